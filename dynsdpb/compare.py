@@ -1,0 +1,91 @@
+"""Summaries over arms: per method mean, std and per-seed values of the test metrics, and the
+paired difference to vanilla (same seed, same data) with a 95% t-interval."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .metrics import mean_std, paired_diff
+from .store import RunDir, atomic_write_json, read_json
+
+TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc"),
+                "regression": ("test_pearson", "test_spearman", "test_mse")}
+
+
+def summarize_runs(runs: list[RunDir]) -> dict:
+    """Group finished runs by method; pair seeds against vanilla."""
+    by_method: dict[str, dict[int, dict]] = {}
+    task = "classification"
+    for rd in runs:
+        s = rd.summary()
+        if not s:
+            continue
+        task = s.get("task", task)
+        by_method.setdefault(s["method"], {})[int(s["seed"])] = s
+    metrics = TEST_METRICS[task]
+    out: dict = {"task": task, "primary_metric": metrics[0], "methods": {}}
+    base = by_method.get("vanilla", {})
+    for method, seeds in by_method.items():
+        row: dict = {"seeds": sorted(seeds), "schedule": next(iter(seeds.values()))["schedule"],
+                     "formula": next(iter(seeds.values())).get("formula", "")}
+        for m in metrics:
+            vals = [seeds[s].get(m) for s in sorted(seeds)]
+            mean, std = mean_std([v for v in vals if v is not None])
+            row[m] = {"mean": mean, "std": std, "per_seed": dict(zip(map(str, sorted(seeds)), vals))}
+            if method != "vanilla" and base:
+                common = sorted(set(seeds) & set(base))
+                row[m]["diff_vs_vanilla"] = paired_diff([seeds[s].get(m) for s in common],
+                                                        [base[s].get(m) for s in common])
+        row["wall_time_mean"] = mean_std([seeds[s].get("wall_time") for s in seeds])[0]
+        out["methods"][method] = row
+    return out
+
+
+def write_summary(exp_dir: str | Path) -> dict:
+    exp_dir = Path(exp_dir)
+    meta = read_json(exp_dir / "experiment.json", {}) or {}
+    runs = [RunDir(exp_dir / a) for a in meta.get("arms", [])]
+    summary = summarize_runs(runs)
+    summary["experiment"] = meta.get("id", exp_dir.name)
+    summary["states"] = {rd.id: rd.status().get("state") for rd in runs}
+    atomic_write_json(exp_dir / "summary.json", summary)
+    return summary
+
+
+def _fmt(x, pct: bool) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{100 * x:.2f}" if pct else f"{x:.4f}"
+
+
+def table_rows(summary: dict) -> list[dict]:
+    """One row per method for the primary metric, ready for printing or a dataframe."""
+    m = summary.get("primary_metric", "test_accuracy")
+    pct = m in ("test_accuracy", "test_macro_f1")
+    rows = []
+    for method, r in summary.get("methods", {}).items():
+        v = r.get(m, {})
+        d = v.get("diff_vs_vanilla")
+        rows.append({
+            "method": method, "schedule": r.get("schedule"),
+            f"{m} mean": _fmt(v.get("mean"), pct), "std": _fmt(v.get("std"), pct),
+            "per seed": " ".join(_fmt(x, pct) for x in v.get("per_seed", {}).values()),
+            "diff vs vanilla [95% CI]": "-" if d is None else
+            f"{_fmt(d['mean'], pct)} [{_fmt(d['ci_low'], pct)}, {_fmt(d['ci_high'], pct)}]",
+        })
+    return rows
+
+
+def format_table(summary: dict) -> str:
+    rows = table_rows(summary)
+    if not rows:
+        return "(no finished runs)"
+    m = summary.get("primary_metric", "")
+    unit = " (%)" if m in ("test_accuracy", "test_macro_f1") else ""
+    cols = list(rows[0].keys())
+    w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = [f"{m}{unit}, mean and sample std over seeds; paired difference to vanilla",
+             "  ".join(c.ljust(w[c]) for c in cols),
+             "  ".join("-" * w[c] for c in cols)]
+    lines += ["  ".join(str(r[c]).ljust(w[c]) for c in cols) for r in rows]
+    return "\n".join(lines)

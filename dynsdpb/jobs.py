@@ -1,0 +1,203 @@
+"""Background jobs: a queue of experiments and one worker thread per device.
+
+The app holds one JobManager (via `st.cache_resource`); the CLI can use it too. The worker
+never calls Streamlit and never waits on a reader: it writes run folders, and every reader
+(the app's pages, another process) polls those files. One experiment runs per device at a
+time; the others wait in a visible queue. Closing the browser does not touch the worker.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RunConfig, check_config
+from .errors import ConfigError, TrainingFault
+from .store import RunDir, atomic_write_bytes, find_experiments, read_json, safe_name
+
+
+@dataclass
+class Job:
+    exp_dir: Path
+    resume: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"          # queued | running | done
+    error: str = ""
+    submitted: float = field(default_factory=time.time)
+
+    @property
+    def id(self) -> str:
+        return self.exp_dir.name
+
+
+class JobManager:
+    def __init__(self, runs_dir: str | Path = "runs", autostart: bool = True):
+        self.runs_dir = Path(runs_dir)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._queue: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._current: Job | None = None
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        if autostart:
+            self.start()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._loop, name="dynsdpb-worker",
+                                                daemon=True)
+                self._worker.start()
+
+    def close(self, wait: float = 0) -> None:
+        """Stop everything (used by cache_resource's on_release and tests)."""
+        with self._lock:
+            self._closed = True
+            for j in self._queue:
+                j.stop.set()
+            if self._current:
+                self._current.stop.set()
+            self._wake.notify_all()
+        if wait and self._worker:
+            self._worker.join(wait)
+
+    # -- submitting ---------------------------------------------------------------------
+    def submit(self, base: RunConfig, methods: list[str], seeds: list[int], name: str = "",
+               upload: tuple[str, bytes] | None = None) -> Job:
+        """Validate, write the experiment folder (all arms queued) and enqueue it."""
+        from .train import create_experiment
+        check_config(base)
+        if not methods:
+            raise ConfigError.one("methods", methods, "pick at least one method")
+        if not seeds:
+            raise ConfigError.one("seeds", seeds, "give at least one seed")
+        exp = None
+        if upload is not None:
+            # Uploaded data lives inside the experiment folder, so the run can be resumed or
+            # relaunched later and nothing is written outside the runs directory.
+            from .store import unique_dir
+            from .data import read_table
+            fname, data = upload
+            fname = safe_name(Path(fname).name, "upload.csv")
+            read_table(fname, data)  # validate before writing anything
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            exp = unique_dir(self.runs_dir, name or f"{stamp}-{Path(fname).stem}")
+            dest = exp / "data" / fname
+            atomic_write_bytes(dest, data)
+            base = base.replace(dataset=str(dest))
+        with self._lock:
+            exp = create_experiment(self.runs_dir, base, methods, seeds, name, exp_dir=exp)
+            job = Job(exp)
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._wake.notify_all()
+        return job
+
+    def resume(self, exp_id: str) -> Job:
+        exp = self._exp_path(exp_id)
+        with self._lock:
+            j = self._jobs.get(exp_id)
+            if j and j.state in ("queued", "running"):
+                return j
+            for a in (read_json(exp / "experiment.json", {}) or {}).get("arms", []):
+                rd = RunDir(exp / a)
+                if rd.status().get("state") != "finished":
+                    rd.set_status("queued")
+            job = Job(exp, resume=True)
+            self._jobs[exp_id] = job
+            self._queue.append(job)
+            self._wake.notify_all()
+        return job
+
+    def stop(self, exp_id: str) -> bool:
+        """Queued: dequeue and mark stopped. Running: finish the current step, save, stop."""
+        with self._lock:
+            j = self._jobs.get(exp_id)
+            if j is None:
+                return False
+            j.stop.set()
+            if j in self._queue:
+                self._queue.remove(j)
+                j.state = "done"
+                for rd in self.arms(exp_id):
+                    if rd.raw_status().get("state") == "queued":
+                        rd.set_status("stopped")
+            return True
+
+    # -- reading ------------------------------------------------------------------------
+    def _exp_path(self, exp_id: str) -> Path:
+        p = self.runs_dir / safe_name(exp_id)
+        if not (p / "experiment.json").is_file():
+            raise ConfigError.one("experiment", exp_id, "no such experiment in the runs directory")
+        return p
+
+    def arms(self, exp_id: str) -> list[RunDir]:
+        exp = self.runs_dir / safe_name(exp_id)
+        meta = read_json(exp / "experiment.json", {}) or {}
+        return [RunDir(exp / a) for a in meta.get("arms", [])]
+
+    def queue(self) -> list[str]:
+        with self._lock:
+            return [j.id for j in self._queue]
+
+    def current(self) -> str | None:
+        with self._lock:
+            return self._current.id if self._current else None
+
+    def job(self, exp_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(exp_id)
+
+    def experiments(self) -> list[Path]:
+        return find_experiments(self.runs_dir)
+
+    def is_active(self) -> bool:
+        with self._lock:
+            return self._current is not None or bool(self._queue)
+
+    def wait_idle(self, timeout: float = 60) -> bool:
+        end = time.time() + timeout
+        while time.time() < end:
+            if not self.is_active():
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- the worker ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        from .train import run_experiment
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._wake.wait(1.0)
+                if self._closed:
+                    return
+                job = self._queue.popleft()
+                job.state = "running"
+                self._current = job
+            try:
+                if not job.stop.is_set():
+                    run_experiment(job.exp_dir, stop=job.stop, resume=job.resume)
+            except (ConfigError, TrainingFault) as e:
+                job.error = str(e)  # already written to each arm's status.json
+            except Exception as e:  # noqa: BLE001 - the worker must survive any run
+                job.error = f"{type(e).__name__}: {e}"
+                for rd in self.arms(job.id):
+                    if rd.raw_status().get("state") in ("queued", "running"):
+                        rd.set_status("failed", error=job.error,
+                                      hint="unexpected error; details in worker.log")
+                try:
+                    with open(self.runs_dir / "worker.log", "a", encoding="utf-8") as f:
+                        f.write(f"--- {time.ctime()} {job.id}\n{traceback.format_exc()}\n")
+                except OSError:
+                    pass
+            finally:
+                with self._lock:
+                    job.state = "done"
+                    self._current = None

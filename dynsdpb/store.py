@@ -1,0 +1,264 @@
+"""The run store: one folder per run, written so that a crash loses at most one step.
+
+    <runs_dir>/<experiment>/                 one experiment (arms of one config)
+        experiment.json                      arms, base config, state
+        summary.json                         per-method test metrics over seeds (when done)
+        <method>-s<seed>/                    one run (an arm)
+            config.json                      the RunConfig
+            status.json                      state machine: queued -> running -> finished |
+                                             stopped | failed | interrupted
+            metrics.jsonl                    one JSON object per line, flushed per step
+            summary.json                     final metrics
+            checkpoint/state.pt              resumable state (atomic: temp file + rename)
+            model/                           save_pretrained (safetensors)
+
+Readers never trust the last line of metrics.jsonl (a SIGKILL may tear it) and never
+trust a `running` status whose writer is gone: that run shows as `interrupted`.
+Everything here is plain files and thread-safe per writer, so the app can read while a
+training thread writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
+ACTIVE = ("queued", "running")
+# One token per process: a `running` status written by another process whose pid is gone
+# was cut off.
+PROCESS_TOKEN = uuid.uuid4().hex
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str, fallback: str = "run") -> str:
+    """A name that is safe as one path component: no separators, no `..`, no shell chars."""
+    s = _SAFE.sub("-", str(name)).strip(".-_")[:80]
+    return s or fallback
+
+
+def inside(root: Path, p: Path) -> bool:
+    try:
+        p.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _clean(o: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every reader can parse the file."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(_clean(obj), indent=2).encode("utf-8"))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All complete records of a metrics.jsonl; a torn or garbled line is skipped."""
+    out: list[dict] = []
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn last line from a crash mid-write
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+class MetricsWriter:
+    """Append-only JSONL, flushed (and fsynced) per record so a crash loses at most one line."""
+
+    def __init__(self, path: Path, truncate_after_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        if truncate_after_step is not None:
+            # Resuming: drop records written after the checkpoint and any torn line, so the
+            # file equals what an uninterrupted run would have written up to that step.
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after_step]
+            atomic_write_bytes(self.path, b"".join(
+                (json.dumps(_clean(r)) + "\n").encode() for r in keep))
+        elif self.path.exists():
+            self._repair_tail()
+        self._f = open(self.path, "ab")
+
+    def _repair_tail(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
+
+    def write(self, rec: dict) -> None:
+        line = (json.dumps(_clean(rec)) + "\n").encode("utf-8")
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._f.close()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+class RunDir:
+    """Paths and state of one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # paths
+    config_path = property(lambda s: s.path / "config.json")
+    status_path = property(lambda s: s.path / "status.json")
+    metrics_path = property(lambda s: s.path / "metrics.jsonl")
+    summary_path = property(lambda s: s.path / "summary.json")
+    checkpoint_path = property(lambda s: s.path / "checkpoint" / "state.pt")
+    model_path = property(lambda s: s.path / "model")
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def config(self) -> dict:
+        return read_json(self.config_path, {}) or {}
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.metrics_path)
+
+    def summary(self) -> dict:
+        return read_json(self.summary_path, {}) or {}
+
+    def raw_status(self) -> dict:
+        return read_json(self.status_path, {}) or {}
+
+    def status(self, live_owner_ok: bool = True) -> dict:
+        """The status, with runs whose writer died shown as `interrupted`."""
+        st = self.raw_status()
+        if st.get("state") in ACTIVE:
+            mine = st.get("owner") == PROCESS_TOKEN
+            if not mine and not _pid_alive(st.get("pid")):
+                st = dict(st, state="interrupted",
+                          message="the process running it ended before it finished; resume it "
+                                  "from its last checkpoint")
+        return st
+
+    def set_status(self, state: str, **kw) -> dict:
+        assert state in STATES, state
+        st = self.raw_status()
+        st.update(kw)
+        st.update(state=state, updated=time.time(), pid=os.getpid(), owner=PROCESS_TOKEN)
+        atomic_write_json(self.status_path, st)
+        return st
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+
+def find_runs(runs_dir: str | Path) -> list[RunDir]:
+    """Every run folder under runs_dir (depth 1 or 2), newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for cfg in list(root.glob("*/config.json")) + list(root.glob("*/*/config.json")):
+        rd = RunDir(cfg.parent)
+        if (rd.path / "status.json").exists():
+            found.append(rd)
+    found.sort(key=lambda r: r.raw_status().get("created", 0), reverse=True)
+    return found
+
+
+def find_experiments(runs_dir: str | Path) -> list[Path]:
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    exps = [p.parent for p in root.glob("*/experiment.json")]
+    exps.sort(key=lambda p: (read_json(p / "experiment.json", {}) or {}).get("created", 0),
+              reverse=True)
+    return exps
+
+
+def unique_dir(root: Path, name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    base = safe_name(name)
+    p = root / base
+    i = 2
+    while p.exists():
+        p = root / f"{base}-{i}"
+        i += 1
+    p.mkdir(parents=True)
+    return p
+
+
+def delete_run_or_experiment(runs_dir: str | Path, path: str | Path) -> None:
+    root, p = Path(runs_dir), Path(path)
+    if not inside(root, p) or p.resolve() == root.resolve():
+        raise ValueError(f"refusing to delete {p}: not inside the runs directory {root}")
+    shutil.rmtree(p)
+
+
+def iter_records(paths: Iterable[Path]) -> Iterable[tuple[Path, dict]]:
+    for p in paths:
+        for r in read_metrics(p):
+            yield p, r
