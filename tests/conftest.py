@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny generated CSV and a config that trains in about a second."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from dynsdpb.config import RunConfig  # noqa: E402
+
+WORDS = {"pos": ["good", "great", "love", "nice", "fine", "happy"],
+         "neg": ["bad", "awful", "hate", "poor", "sad", "worse"]}
+
+
+def write_tiny_csv(path: Path, n: int = 160, seed: int = 0, pair: bool = False,
+                   regression: bool = False) -> Path:
+    rng = random.Random(seed)
+    lines = ["text,text_pair,label" if pair else "text,label"]
+    for _ in range(n):
+        lab = rng.choice(["pos", "neg"])
+        text = " ".join(rng.choice(WORDS[lab]) for _ in range(5))
+        if regression:
+            score = sum(w in WORDS["pos"] for w in text.split()) / 5 + rng.random() * 0.01
+            lines.append(f"{text},{score:.4f}")
+        elif pair:
+            lines.append(f"{text},{rng.choice(WORDS[lab])} day,{lab}")
+        else:
+            lines.append(f"{text},{lab}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    return write_tiny_csv(tmp_path / "tiny.csv")
+
+
+def tiny_config(csv: Path, **kw) -> RunConfig:
+    base = dict(model="tiny-random-bert", dataset=str(csv), steps=6, batch_size=4, val_size=10,
+                test_size=10, max_len=16, eval_every=2, checkpoint_every=2, lr=1e-3,
+                probe_size=8, save_model=False, warmup_ratio=0.0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture
+def tiny_cfg(tiny_csv) -> RunConfig:
+    return tiny_config(tiny_csv)
