@@ -267,7 +267,7 @@ class Arm:
         rec = dict.fromkeys(RECORD_KEYS)
         rec.update(step=self.step_idx, epoch=round(b.epoch, 4), method=cfg.method,
                    schedule=self.schedule, seed=cfg.seed, loss=float(parts.total.detach()),
-                   ce=float(parts.ce), kd=float(parts.kd), lr=lr, grad_norm=float(gn),
+                   ce=float(parts.ce.detach()), kd=float(parts.kd.detach()), lr=lr, grad_norm=float(gn),
                    samples_seen=self.samples_seen, samples_per_s=len(ids) / max(dt, 1e-9),
                    wall_time=round(self.wall_time, 3))
         if n_car:

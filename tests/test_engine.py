@@ -1,0 +1,203 @@
+"""The training loop on a tiny random BERT: golden values, resume equality, arm isolation,
+vanilla/dynsdpb sharing seed and data order, logging schema, run store."""
+import json
+import math
+import threading
+
+import pytest
+import torch
+
+from dynsdpb.store import RunDir, read_metrics
+from dynsdpb.train import (RECORD_KEYS, Arm, Prepared, create_experiment, get_lr, run_arms,
+                           run_experiment)
+from tests.conftest import tiny_config
+
+# Volatile by nature: timing fields.
+VOLATILE = {"time", "wall_time", "samples_per_s"}
+
+
+def _strip(recs):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]
+
+
+def _close(a, b, tol=1e-6):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            x, y = ra[k], rb[k]
+            if isinstance(x, float) and isinstance(y, float):
+                assert math.isclose(x, y, rel_tol=tol, abs_tol=tol), (ra["step"], k, x, y)
+            else:
+                assert x == y, (ra["step"], k, x, y)
+
+
+def test_lr_schedule():
+    cfg = tiny_config("x.csv", steps=10, lr=1.0, warmup_ratio=0.2)
+    lrs = [get_lr(t, cfg) for t in range(10)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0
+
+
+# Golden values: the first steps on the tiny model and CSV, seed 0. They pin the whole path
+# (data split, tokenization, init, layout, teacher cache, schedule, loss, optimizer). If an
+# intended change moves them, print the new values (pytest -s) and say why in the commit.
+GOLDEN = {
+    # method: [(step, loss, ce, kd, alpha)]
+    "dlb": [(1, 0.6935238838195801, 0.6935238838195801, 0.0, None),
+            (2, 0.7145656943321228, 0.7117706537246704, 0.002795057836920023, 1.0),
+            (3, 0.6885744333267212, 0.6818279027938843, 0.006746537983417511, 1.0),
+            (4, 0.7004541158676147, 0.6992580890655518, 0.0011960039846599102, 1.0)],
+    "dynsdpb": [(1, 0.6935238838195801, 0.6935238838195801, 0.0, None),
+                (2, 0.71177077293396, 0.7117706537246704, 1.430106806310505e-07,
+                 3.643837771960534e-05),
+                (3, 0.6825776100158691, 0.6825701594352722, 7.466373972420115e-06,
+                 0.0010621934197843075),
+                (4, 0.7006217241287231, 0.7006195187568665, 2.214316282334039e-06,
+                 0.0010569385485723615)],
+}
+
+
+@pytest.mark.parametrize("method", ["dlb", "dynsdpb"])
+def test_golden_values(method, tiny_csv, tmp_path):
+    kw = dict(alpha=1.0, tau=1.0) if method == "dlb" else {}
+    cfg = tiny_config(tiny_csv, method=method, steps=4, eval_every=100, lr=1e-2, **kw)
+    exp = create_experiment(tmp_path / "runs", cfg, [method], [0])
+    run_experiment(exp)
+    recs = read_metrics(exp / f"{method}-s0" / "metrics.jsonl")
+    got = [(r["step"], r["loss"], r["ce"], r["kd"], r["alpha"]) for r in recs]
+    print(got)
+    assert len(got) == len(GOLDEN[method])
+    for g, want in zip(got, GOLDEN[method]):
+        assert g[0] == want[0]
+        for x, y in zip(g[1:], want[1:]):
+            if y is None:
+                assert x is None
+            else:
+                assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-10), (g, want)
+
+
+def _run(cfg, root, methods, seeds, stop_after=None):
+    exp = create_experiment(root, cfg, methods, seeds)
+    stop = threading.Event()
+
+    def progress(arm, rec):
+        if stop_after and rec.get("step") == stop_after:
+            stop.set()
+    out = run_experiment(exp, stop=stop, progress=progress)
+    return exp, out
+
+
+@pytest.mark.parametrize("method", ["vanilla", "dynsdpb"])
+def test_stop_then_resume_reproduces_uninterrupted_run(method, tiny_csv, tmp_path):
+    """torchtune-style: stop mid-run (between checkpoints), resume, compare every record."""
+    cfg = tiny_config(tiny_csv, method=method, steps=7, eval_every=2, checkpoint_every=0,
+                      lr=1e-2, alpha=1.0, tau=1.0)
+    full, _ = _run(cfg, tmp_path / "a", [method], [0])
+    part, out = _run(cfg, tmp_path / "b", [method], [0], stop_after=3)
+    rd = RunDir(part / f"{method}-s0")
+    assert out["states"] == {f"{method}-s0": "stopped"}
+    assert rd.status()["state"] == "stopped" and rd.status()["step"] == 3
+    assert len(rd.metrics()) == 3
+    out2 = run_experiment(part, resume=True)
+    assert out2["states"] == {f"{method}-s0": "finished"}
+    _close(_strip(rd.metrics()), _strip(RunDir(full / f"{method}-s0").metrics()))
+    assert rd.summary()["test_accuracy"] == RunDir(full / f"{method}-s0").summary()["test_accuracy"]
+
+
+def test_resume_from_periodic_checkpoint_truncates_later_records(tiny_csv, tmp_path):
+    """A crash after step 5 with the last checkpoint at step 4: records 5.. are dropped and
+    recomputed, identical to the uninterrupted run."""
+    cfg = tiny_config(tiny_csv, method="dlb", steps=6, checkpoint_every=2, lr=1e-2)
+    full, _ = _run(cfg, tmp_path / "a", ["dlb"], [0])
+    part, _ = _run(cfg, tmp_path / "b", ["dlb"], [0], stop_after=5)
+    rd = RunDir(part / "dlb-s0")
+    # simulate a crash: the stop checkpoint (step 5) is lost, step 4's periodic one remains
+    import torch as _t
+    st = _t.load(rd.checkpoint_path, weights_only=True)
+    assert st["step"] == 5
+    cfg4, _ = _run(cfg.replace(steps=6), tmp_path / "c", ["dlb"], [0], stop_after=4)
+    rd.checkpoint_path.write_bytes(RunDir(cfg4 / "dlb-s0").checkpoint_path.read_bytes())
+    rd.set_status("running")  # as left by a killed process
+    run_experiment(part, resume=True)
+    _close(_strip(rd.metrics()), _strip(RunDir(full / "dlb-s0").metrics()))
+
+
+def test_arm_does_not_depend_on_its_neighbours(tiny_csv, tmp_path):
+    """Lockstep arms keep their own RNG: an arm alone equals the same arm among others."""
+    cfg = tiny_config(tiny_csv, steps=5, lr=1e-2)
+    alone, _ = _run(cfg, tmp_path / "a", ["dynsdpb"], [1])
+    crowd, out = _run(cfg, tmp_path / "b", ["vanilla", "dlb", "dynsdpb"], [0, 1])
+    assert set(out["states"].values()) == {"finished"} and len(out["states"]) == 6
+    _close(_strip(RunDir(alone / "dynsdpb-s1").metrics()),
+           _strip(RunDir(crowd / "dynsdpb-s1").metrics()))
+
+
+def test_vanilla_and_dynsdpb_share_init_and_data_order(tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_csv, steps=3)
+    exp = create_experiment(tmp_path, cfg, ["vanilla", "dynsdpb"], [0])
+    prep = Prepared(cfg)
+    arms = [Arm(cfg.replace(method=m), prep, RunDir(exp / f"{m}-s0")) for m in ("vanilla", "dynsdpb")]
+    sd = [a.model.state_dict() for a in arms]
+    assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
+    for t in range(3):
+        assert arms[0].layout.batch(t).ids == arms[1].layout.batch(t).new
+    # samples_seen: dynsdpb forwards the carried half too (epochs budget)
+    run_arms(arms)
+    recs = [RunDir(exp / f"{m}-s0").metrics() for m in ("vanilla", "dynsdpb")]
+    assert [r["samples_seen"] for r in recs[0]] == [4, 8, 12]
+    assert [r["samples_seen"] for r in recs[1]] == [4, 12, 20]
+
+
+def test_compute_budget_forwards_batch_size_per_step(tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_csv, steps=3, budget="compute")
+    exp, _ = _run(cfg, tmp_path, ["vanilla", "dynsdpb"], [0])
+    assert [r["samples_seen"] for r in RunDir(exp / "vanilla-s0").metrics()] == [4, 8, 12]
+    assert [r["samples_seen"] for r in RunDir(exp / "dynsdpb-s0").metrics()] == [2, 6, 10]
+
+
+def test_metrics_schema_and_store(tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_csv, steps=4, eval_every=2, save_model=True)
+    exp, out = _run(cfg, tmp_path, ["vanilla", "dynsdpb"], [0, 1])
+    for arm in ("vanilla-s0", "dynsdpb-s1"):
+        rd = RunDir(exp / arm)
+        recs = rd.metrics()
+        assert [r["step"] for r in recs] == [1, 2, 3, 4]
+        assert all(tuple(r.keys()) == RECORD_KEYS for r in recs)
+        evals = [r for r in recs if r["val_accuracy"] is not None]
+        assert [r["step"] for r in evals] == [2, 4]
+        assert evals[0]["probe_drift"] is None and evals[1]["probe_drift"] >= 0
+        assert json.loads(rd.config_path.read_text())["method"] == arm.split("-")[0]
+        s = rd.summary()
+        assert 0 <= s["test_accuracy"] <= 1 and s["formula"] and s["schedule"]
+        assert (rd.model_path / "model.safetensors").is_file()
+        assert rd.status()["state"] == "finished"
+    dyn = RunDir(exp / "dynsdpb-s0").metrics()
+    assert dyn[0]["alpha"] is None and dyn[1]["alpha"] is not None
+    assert dyn[1]["alpha_min"] <= dyn[1]["alpha"] <= dyn[1]["alpha_max"]
+    assert 0 <= dyn[1]["agreement"] <= 1 and dyn[1]["logit_drift"] >= 0
+    assert RunDir(exp / "vanilla-s0").metrics()[1]["alpha"] is None
+    summ = json.loads((exp / "summary.json").read_text())
+    d = summ["methods"]["dynsdpb"]["test_accuracy"]
+    assert set(d["per_seed"]) == {"0", "1"} and d["diff_vs_vanilla"]["n"] == 2
+
+
+def test_regression_task(tmp_path):
+    from tests.conftest import write_tiny_csv
+    csv = write_tiny_csv(tmp_path / "reg.csv", regression=True)
+    cfg = tiny_config(csv, steps=3, task="regression")
+    exp, out = _run(cfg, tmp_path / "r", ["vanilla", "dynsdpb"], [0])
+    assert set(out["states"].values()) == {"finished"}
+    rec = RunDir(exp / "dynsdpb-s0").metrics()[-1]
+    assert rec["tau"] == 1.0 and rec["u_mean"] is None and rec["val_pearson"] is not None
+    assert "test_pearson" in RunDir(exp / "dynsdpb-s0").summary()
+
+
+def test_sentence_pair_task(tmp_path):
+    from tests.conftest import write_tiny_csv
+    csv = write_tiny_csv(tmp_path / "pair.csv", pair=True)
+    cfg = tiny_config(csv, steps=2, text_pair_column="text_pair")
+    prep = Prepared(cfg)
+    assert prep.train.token_type_ids is not None and max(prep.train.token_type_ids[0]) == 1
+    exp, out = _run(cfg, tmp_path / "p", ["dlb"], [0])
+    assert out["states"] == {"dlb-s0": "finished"}
