@@ -145,11 +145,10 @@ class Arm:
         self.probe_prev: torch.Tensor | None = None
         self.last_eval: dict = {}
         self.state = "running"
-        start_step = None
-        if resume:
-            start_step = self.load_checkpoint()
-        self.writer = MetricsWriter(run_dir.metrics_path,
-                                    truncate_after_step=start_step if resume else None)
+        start_step = self.load_checkpoint() if resume else 0
+        # Records after the checkpoint (or all of them, when starting over) are dropped: the
+        # file then equals what an uninterrupted run would have written up to here.
+        self.writer = MetricsWriter(run_dir.metrics_path, truncate_after_step=start_step)
 
     # -- RNG isolation ------------------------------------------------------------------
     def _fresh_cuda_rng(self, seed: int) -> torch.Tensor:
