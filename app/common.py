@@ -1,0 +1,543 @@
+"""Shared pieces of the app's pages: the job manager, run lookups and the chart builders.
+
+Everything here only *reads* what runs write (run folders under the runs directory) or asks
+the engine's JobManager to act. The training thread never sees Streamlit: it writes files,
+and the pages poll them (anchors.md §2, "Option 1").
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from dynsdpb import config as C
+from dynsdpb.errors import ConfigError
+from dynsdpb.jobs import JobManager
+from dynsdpb.store import RunDir, atomic_write_json, find_experiments, read_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------
+# The job manager: one per runs directory, shared by every session (st.cache_resource).
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("DYNSDPB_RUNS_DIR") or "runs").expanduser().resolve()
+
+
+def _release(jm: JobManager) -> None:
+    jm.close()
+
+
+@st.cache_resource(show_spinner=False, on_release=_release)
+def _manager(path: str) -> JobManager:
+    return JobManager(path)
+
+
+def manager() -> JobManager:
+    """The app's JobManager for the configured runs directory (env DYNSDPB_RUNS_DIR)."""
+    return _manager(str(runs_dir()))
+
+
+# ---------------------------------------------------------------------------------------
+# Colours: one per method, the same on every chart and page.
+
+METHOD_COLORS = {"vanilla": "#5f6b7a", "dlb": "#1f77b4", "dynsdpb": "#d62728"}
+_EXTRA = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+SEED_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+RUN_PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+               "#17becf", "#bcbd22", "#5f6b7a"]
+
+# Material icons render offline in every browser (Streamlit ships the font); emoji need a
+# system font. For st.markdown / labels only; tables show the plain state word.
+STATE_ICONS = {"queued": ":material/hourglass_empty:", "running": ":material/play_circle:",
+               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:",
+               "failed": ":material/error:", "interrupted": ":material/warning:"}
+STATE_COLORS = {"queued": "gray", "running": "blue", "finished": "green", "stopped": "orange",
+                "failed": "red", "interrupted": "orange"}
+
+
+def state_badge(state: str) -> str:
+    """A coloured state word with its icon, for st.markdown."""
+    return f":{STATE_COLORS.get(state, 'gray')}-badge[{STATE_ICONS.get(state, '')} {state}]"
+
+
+def method_color(method: str) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _EXTRA[sum(map(ord, method)) % len(_EXTRA)]
+
+
+def rgba(hex_color: str, a: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{a})"
+
+
+def method_chip(method: str) -> str:
+    """A coloured method name for st.markdown (a small legend that matches the charts)."""
+    return (f"<span style='color:{method_color(method)};font-weight:600'>&#9632; {method}"
+            "</span>")
+
+
+# ---------------------------------------------------------------------------------------
+# Experiments and runs as the pages see them
+
+
+@dataclass
+class Arm:
+    """One run folder plus what the charts need from it."""
+    rd: RunDir
+    exp_id: str
+    exp_name: str
+    cfg: dict
+    status: dict
+    records: list[dict]
+
+    @property
+    def id(self) -> str:
+        return self.rd.id
+
+    @property
+    def method(self) -> str:
+        return self.cfg.get("method", "?")
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.get("seed", 0))
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "?")
+
+    @property
+    def label(self) -> str:
+        return f"{self.exp_name} / {self.id}"
+
+    @property
+    def key(self) -> str:
+        """A stable id across pages: experiment folder / arm folder."""
+        return f"{self.exp_id}/{self.id}"
+
+
+def exp_meta(exp: Path) -> dict:
+    return read_json(exp / "experiment.json", {}) or {}
+
+
+def exp_name(exp: Path, meta: dict | None = None) -> str:
+    meta = exp_meta(exp) if meta is None else meta
+    return meta.get("name") or exp.name
+
+
+def rename_experiment(exp: Path, new_name: str) -> str:
+    """Store a display name in experiment.json; the folder keeps its name."""
+    new_name = " ".join(str(new_name).split())[:80]
+    if not new_name:
+        raise ValueError("give a non-empty name")
+    meta = exp_meta(exp)
+    if not meta:
+        raise ValueError(f"{exp} has no experiment.json")
+    meta["name"] = new_name
+    atomic_write_json(exp / "experiment.json", meta)
+    return new_name
+
+
+def arm_dirs(exp: Path, meta: dict | None = None) -> list[RunDir]:
+    meta = exp_meta(exp) if meta is None else meta
+    return [RunDir(exp / a) for a in meta.get("arms", [])]
+
+
+def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
+    meta = exp_meta(exp)
+    name = exp_name(exp, meta)
+    out = []
+    for rd in arm_dirs(exp, meta):
+        if not rd.exists():
+            continue
+        out.append(Arm(rd, exp.name, name, rd.config(), rd.status(),
+                       rd.metrics() if with_records else []))
+    return out
+
+
+def exp_state(states: list[str]) -> str:
+    """One word for an experiment from its arms' states (the most urgent one wins)."""
+    s = set(states)
+    for k in ("running", "queued", "failed", "interrupted", "stopped", "finished"):
+        if k in s:
+            return k
+    return "?"
+
+
+def experiments() -> list[Path]:
+    return find_experiments(runs_dir())
+
+
+def find_arm(key: str) -> Arm | None:
+    exp_id, _, arm = key.partition("/")
+    exp = runs_dir() / exp_id
+    rd = RunDir(exp / arm)
+    if not rd.exists():
+        return None
+    return Arm(rd, exp_id, exp_name(exp), rd.config(), rd.status(), rd.metrics())
+
+
+def all_arm_keys() -> list[tuple[str, str]]:
+    """(key, label) of every run, newest experiment first."""
+    out = []
+    for exp in experiments():
+        meta = exp_meta(exp)
+        name = exp_name(exp, meta)
+        for rd in arm_dirs(exp, meta):
+            if rd.exists():
+                out.append((f"{exp.name}/{rd.id}", f"{name} / {rd.id} "
+                             f"({rd.status().get('state', '?')})"))
+    return out
+
+
+def fmt_clock(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def primary_val_metric(arms: list[Arm]) -> str:
+    for a in arms:
+        for r in a.records:
+            if r.get("val_accuracy") is not None:
+                return "val_accuracy"
+            if r.get("val_pearson") is not None:
+                return "val_pearson"
+    task = next((a.cfg.get("task") for a in arms), "auto")
+    return "val_pearson" if task == "regression" else "val_accuracy"
+
+
+def progress_info(arms: list[Arm], now: float | None = None) -> dict:
+    """Steps done/total, a rate from the records' write times, ETA and samples/s."""
+    now = now or time.time()
+    total = sum(int(a.status.get("steps") or a.cfg.get("steps") or 0) for a in arms)
+    done = sum(int(a.status.get("step") or 0) for a in arms)
+    times = sorted(r["time"] for a in arms for r in a.records if r.get("time"))
+    rate = None
+    if len(times) >= 2 and times[-1] > times[0]:
+        rate = (len(times) - 1) / (times[-1] - times[0])   # steps per second, all arms
+    active = any(a.state in ("running", "queued") for a in arms)
+    eta = (total - done) / rate if (rate and active) else None
+    sps = [a.records[-1].get("samples_per_s") for a in arms
+           if a.records and a.state == "running" and a.records[-1].get("samples_per_s")]
+    latest = None
+    for a in arms:
+        for r in a.records[-1:]:
+            if r.get("time") and (latest is None or r["time"] > latest[1]["time"]):
+                latest = (a, r)
+    return {"total": total, "done": done, "rate": rate, "eta": eta,
+            "samples_per_s": (sum(sps) / len(sps)) if sps else None, "latest": latest,
+            "active": active}
+
+
+# ---------------------------------------------------------------------------------------
+# Charts. Every figure: x = step (or epoch / samples seen), one fixed colour per method,
+# one dash style per seed, layout.uirevision fixed so zoom survives live updates.
+
+X_LABELS = {"step": "step", "epoch": "epoch", "samples_seen": "samples seen (forward passes)"}
+MAX_POINTS = 1500
+
+
+def _thin(recs: list[dict]) -> list[dict]:
+    """Keep at most MAX_POINTS records (evenly spaced, always the last one)."""
+    if len(recs) <= MAX_POINTS:
+        return recs
+    k = math.ceil(len(recs) / MAX_POINTS)
+    out = recs[::k]
+    if out[-1] is not recs[-1]:
+        out.append(recs[-1])
+    return out
+
+
+def _series(recs: list[dict], key: str, x: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for r in recs:
+        v = r.get(key)
+        if v is None or r.get(x) is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        xs.append(r[x])
+        ys.append(v)
+    return xs, ys
+
+
+def _style(arm: Arm, color_by: str, idx: int) -> tuple[str, str]:
+    if color_by == "run":
+        return RUN_PALETTE[idx % len(RUN_PALETTE)], "solid"
+    return method_color(arm.method), SEED_DASHES[arm.seed % len(SEED_DASHES)]
+
+
+def _name(arm: Arm, multi_exp: bool) -> str:
+    return f"{arm.exp_name}: {arm.id}" if multi_exp else arm.id
+
+
+UNIT_RANGE = ("val_accuracy", "val_macro_f1", "agreement")
+
+
+def _base_layout(fig: go.Figure, uirev: str, x: str, height: int = 340) -> go.Figure:
+    fig.update_layout(
+        uirevision=uirev, height=height, margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+        hovermode="x unified", template="plotly_white")
+    fig.update_xaxes(title_text=X_LABELS.get(x, x), title_standoff=4)
+    return fig
+
+
+def _multi_exp(arms: list[Arm]) -> bool:
+    return len({a.exp_id for a in arms}) > 1
+
+
+def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
+                  color_by: str = "method") -> go.Figure:
+    """alpha and tau per step: mean line with the min-max band over the carried samples."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("alpha (KD weight)", "tau (temperature)"),
+                        horizontal_spacing=0.08)
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        recs = _thin(a.records)
+        color, dash = _style(a, color_by, i)
+        name = _name(a, multi)
+        for col, key in ((1, "alpha"), (2, "tau")):
+            xs, ys = _series(recs, key, x)
+            if not xs:
+                continue
+            xl, lo = _series(recs, f"{key}_min", x)
+            xh, hi = _series(recs, f"{key}_max", x)
+            if xl and xh and len(xl) == len(xh):
+                fig.add_trace(go.Scatter(x=xh, y=hi, mode="lines", line=dict(width=0, color=color),
+                                         legendgroup=name, showlegend=False, hoverinfo="skip",
+                                         name=f"{name} {key} max"), row=1, col=col)
+                fig.add_trace(go.Scatter(x=xl, y=lo, mode="lines", line=dict(width=0, color=color),
+                                         fill="tonexty", fillcolor=rgba(color, 0.18),
+                                         legendgroup=name, showlegend=False, hoverinfo="skip",
+                                         name=f"{name} {key} min"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines",
+                                     marker=dict(size=4), line=dict(color=color, dash=dash, width=2),
+                                     name=name, legendgroup=name, showlegend=(col == 1),
+                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
+    if not fig.data:
+        fig.add_annotation(text="no distilling arm has logged alpha/tau yet (vanilla has none)",
+                           showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return _base_layout(fig, uirev, x)
+
+
+def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
+              color_by: str = "method") -> go.Figure:
+    """logit drift and agreement on the carried half; probe drift at evaluations, every arm."""
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
+                        subplot_titles=("logit drift, carried half (KL)",
+                                        "agreement, carried half",
+                                        "probe drift at evaluations (KL)"))
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        recs = _thin(a.records)
+        color, dash = _style(a, color_by, i)
+        name = _name(a, multi)
+        shown = False
+        for col, key in ((1, "logit_drift"), (2, "agreement"), (3, "probe_drift")):
+            xs, ys = _series(recs, key, x)
+            if not xs:
+                continue
+            mode = "lines+markers" if (key == "probe_drift" or len(xs) < 40) else "lines"
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode=mode, marker=dict(size=5),
+                                     line=dict(color=color, dash=dash, width=2), name=name,
+                                     legendgroup=name, showlegend=not shown,
+                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
+            shown = True
+    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
+    return _base_layout(fig, uirev, x)
+
+
+def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
+             color_by: str = "method") -> go.Figure:
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
+                        subplot_titles=("CE (hard labels)", "KD term (alpha·tau²·KL)",
+                                        "total loss"))
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        recs = _thin(a.records)
+        color, dash = _style(a, color_by, i)
+        name = _name(a, multi)
+        shown = False
+        for col, key in ((1, "ce"), (2, "kd"), (3, "loss")):
+            xs, ys = _series(recs, key, x)
+            if not xs:
+                continue
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines",
+                                     marker=dict(size=4), line=dict(color=color, dash=dash, width=2),
+                                     name=name, legendgroup=name, showlegend=not shown,
+                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
+            shown = True
+    return _base_layout(fig, uirev, x)
+
+
+def fig_metric(arms: list[Arm], key: str, x: str = "step", uirev: str = "metric",
+               color_by: str = "method", title: str | None = None) -> go.Figure:
+    """One metric against x for every arm (eval metrics have points at eval steps only)."""
+    fig = go.Figure()
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        recs = _thin(a.records)
+        xs, ys = _series(recs, key, x)
+        if not xs:
+            continue
+        color, dash = _style(a, color_by, i)
+        eval_only = key.startswith("val_") or key == "probe_drift"
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if (eval_only or len(xs) < 40)
+                                 else "lines", marker=dict(size=6),
+                                 line=dict(color=color, dash=dash, width=2),
+                                 name=_name(a, multi), hovertemplate=f"{key} %{{y:.4g}}"))
+    fig.update_layout(title=dict(text=title or key, x=0, font=dict(size=14)))
+    fig.update_yaxes(title_text=key)
+    if key in UNIT_RANGE:
+        fig.update_yaxes(range=[-0.02, 1.02])
+    if not fig.data:
+        fig.add_annotation(text=f"no {key} values yet", showarrow=False, xref="paper",
+                           yref="paper", x=0.5, y=0.5)
+    return _base_layout(fig, uirev, x)
+
+
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},
+                 "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+
+
+def chart_config(filename: str) -> dict:
+    cfg = dict(PLOTLY_CONFIG)
+    cfg["toImageButtonOptions"] = dict(PLOTLY_CONFIG["toImageButtonOptions"], filename=filename)
+    return cfg
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML file (plotly.js embedded: works offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Files for download
+
+
+def zip_folder(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder.parent))
+    return buf.getvalue()
+
+
+def records_frame(arms: list[Arm]):
+    import pandas as pd
+    rows = []
+    for a in arms:
+        for r in a.records:
+            rows.append({"experiment": a.exp_id, "run": a.id, **r})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Handing a config to the Setup page (relaunch, YAML load)
+
+FORM_PREFIX = "f_"
+SPECIAL_FIELDS = ("model", "dataset", "text_column", "text_pair_column", "label_column",
+                  "method", "seed", "name")
+
+
+def field_widget_value(name: str, value):
+    """What a field's widget holds for a config value (text for numbers, raw for the rest)."""
+    f = C.FIELDS[name]
+    if f.metadata.get("choices") or f.type in (bool, "bool"):
+        return value
+    return "" if value is None else str(value)
+
+
+def prefill_setup(cfg: dict, methods: list[str] | None = None, seeds: list[int] | None = None,
+                  name: str = "") -> list[str]:
+    """Put a config (a dict as saved, or typed in a YAML) into the Setup page's widgets.
+
+    Call it before the widgets are drawn (a callback, or another page). Values that cannot
+    go into a widget (unknown fields, a choice that does not exist) are reported back; other
+    invalid values are loaded as they are, so the form shows them with what to change.
+    """
+    ss = st.session_state
+    notes: list[str] = []
+    for k, v in cfg.items():
+        if k not in C.FIELDS:
+            notes.append(f"Ignored unknown field {k!r}.")
+            continue
+        if k in SPECIAL_FIELDS:
+            continue
+        f = C.FIELDS[k]
+        choices = f.metadata.get("choices")
+        if choices and v not in choices:
+            notes.append(f"{k}: {v!r} is not one of {', '.join(choices)}; kept the default.")
+            continue
+        if f.type in (bool, "bool"):
+            try:
+                v = C.from_dict({k: v}, check=False).to_dict()[k]
+            except ConfigError:
+                notes.append(f"{k}: {v!r} is not true/false; kept the default.")
+                continue
+        ss[FORM_PREFIX + k] = field_widget_value(k, v)
+    from dynsdpb.data import BUILTIN_DATASETS
+    from dynsdpb.models import BUILTIN_MODELS
+    if "model" in cfg:
+        model = str(cfg.get("model") or "")
+        if model in BUILTIN_MODELS:
+            ss["w_model_choice"] = model
+        else:
+            ss["w_model_choice"] = OTHER_MODEL
+            ss["w_model_other"] = model
+    if "dataset" in cfg:
+        ds = str(cfg.get("dataset") or "")
+        if ds in BUILTIN_DATASETS:
+            ss["w_data_source"] = DATA_BUILTIN
+            ss["w_data_builtin"] = ds
+        else:
+            ss["w_data_source"] = DATA_PATH
+            ss["w_data_path"] = ds
+    for k in ("text_column", "text_pair_column", "label_column"):
+        if k in cfg:
+            ss["w_" + k] = str(cfg[k] or "")
+    if methods:
+        ss["w_methods"] = [m for m in methods if m in C.METHODS]
+    elif cfg.get("method") in C.METHODS:
+        cur = [m for m in (ss.get("w_methods") or ["vanilla"]) if m in C.METHODS]
+        if cfg["method"] not in cur:
+            cur.append(cfg["method"])
+        ss["w_methods"] = cur
+    if seeds:
+        ss["w_seeds"] = ",".join(str(s) for s in seeds)
+    elif "seed" in cfg:
+        ss["w_seeds"] = str(cfg["seed"])
+    if name:
+        ss["w_exp_name"] = name
+    return notes
+
+
+OTHER_MODEL = "other: local folder or hub id"
+DATA_BUILTIN = "built-in"
+DATA_UPLOAD = "upload a file"
+DATA_PATH = "local file path or hub id"

@@ -1,0 +1,49 @@
+"""DynSDPB Workbench: the Streamlit entry point (`dynsdpb app`, `scripts/run.sh`).
+
+It runs on every rerun as the shared frame of all pages: page config, the job manager, the
+sidebar status, then the page chosen in the navigation.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # `streamlit run app/main.py` puts app/ on sys.path; pages import `app.common`.
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import common  # noqa: E402
+
+st.set_page_config(page_title="DynSDPB Workbench", page_icon=":material/science:", layout="wide")
+
+# Widgets forget their values when their page is not shown; re-assigning the keys keeps the
+# Setup form as the user left it while they look at other pages.
+for _k in list(st.session_state.keys()):
+    if isinstance(_k, str) and (_k.startswith(common.FORM_PREFIX) or _k.startswith("w_")):
+        st.session_state[_k] = st.session_state[_k]
+
+PAGES = ROOT / "pages"
+nav = st.navigation([
+    st.Page(PAGES / "setup.py", title="Setup", icon=":material/tune:", url_path="setup", default=True),
+    st.Page(PAGES / "live.py", title="Live", icon=":material/monitoring:", url_path="live"),
+    st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(PAGES / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
+    st.Page(PAGES / "learn.py", title="Learn", icon=":material/school:", url_path="learn"),
+])
+
+jm = common.manager()
+with st.sidebar:
+    cur = jm.current()
+    queued = jm.queue()
+    if cur:
+        st.markdown(f"**Training:** {common.exp_name(jm.runs_dir / cur)}")
+    else:
+        st.markdown("**Training:** idle")
+    if queued:
+        st.markdown(f"**Waiting:** {len(queued)} experiment(s)")
+    st.caption(f"Runs directory: `{jm.runs_dir}`")
+
+nav.run()

@@ -1,0 +1,205 @@
+"""Live: one experiment's arms, updated about once a second while anything is training.
+
+Everything inside `live_view` re-reads the run folders (status.json, metrics.jsonl) and
+redraws; the polling switches off when no experiment is queued or running.
+"""
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app import common
+from dynsdpb import config as C
+from dynsdpb.schedules import describe
+
+ss = st.session_state
+jm = common.manager()
+
+st.title("Live")
+exps = common.experiments()
+if not exps:
+    st.info("No experiments yet. Start one on the Setup page.")
+    if st.button("Go to Setup", key="btn_go_setup"):
+        st.switch_page(common.ROOT / "pages" / "setup.py")
+    st.stop()
+
+ids = [e.name for e in exps]
+names = {e.name: common.exp_name(e) for e in exps}
+if ss.get("live_exp") not in ids:
+    ss["live_exp"] = jm.current() if jm.current() in ids else ids[0]
+ss["w_live_pick"] = ss["live_exp"]
+ss.setdefault("w_live_x", "step")
+ss.setdefault("w_live_follow", True)
+
+
+def _picked() -> None:
+    ss["live_exp"] = ss["w_live_pick"]
+
+
+c1, c2, c3 = st.columns([3, 2, 2])
+with c1:
+    exp_id = st.selectbox("experiment", ids, key="w_live_pick", on_change=_picked,
+                          format_func=lambda i: f"{names[i]}  ({i})" if names[i] != i else i)
+with c2:
+    x = st.radio("x axis", list(common.X_LABELS), horizontal=True, key="w_live_x",
+                 format_func=lambda k: {"samples_seen": "samples seen"}.get(k, k),
+                 help="samples seen counts forward passes: a distilling step forwards the "
+                      "carried half again, so this axis compares at equal compute.")
+with c3:
+    follow = st.toggle("follow the running experiment", key="w_live_follow",
+                       help="When the experiment shown is not training, switch to the one that "
+                            "is (once per experiment).")
+
+active_at_start = jm.is_active()
+run_every = 1.0 if active_at_start else None
+
+
+def _state_line(arms: list[common.Arm]) -> str:
+    return common.state_badge(common.exp_state([a.state for a in arms]))
+
+
+@st.fragment(run_every=run_every)
+def live_view() -> None:
+    cur = jm.current()
+    exp = jm.runs_dir / exp_id
+    arms = common.load_arms(exp)
+    if not arms:
+        st.warning("This experiment has no runs (it may have been deleted).")
+        return
+    viewed_active = any(a.state in ("running", "queued") for a in arms)
+    if follow and cur and cur != exp_id and not viewed_active and ss.get("live_followed") != cur:
+        ss["live_followed"] = cur     # jump to each newly started experiment once
+        ss["live_exp"] = cur
+        st.rerun()
+    info = common.progress_info(arms)
+
+    # -- status, progress, stop -----------------------------------------------------------
+    top1, top2 = st.columns([4, 1])
+    with top1:
+        state = common.exp_state([a.state for a in arms])
+        parts = [_state_line(arms), f"{info['done']}/{info['total']} steps"]
+        if info["eta"] is not None:
+            parts.append(f"ETA {common.fmt_duration(info['eta'])}")
+        if info["samples_per_s"]:
+            parts.append(f"{info['samples_per_s']:.1f} samples/s per arm")
+        if state == "running" and not info["latest"]:
+            parts.append("loading the model and data…")
+        if exp_id in jm.queue():
+            parts.append(f"waiting in the queue (position {jm.queue().index(exp_id) + 1})")
+        st.markdown(" · ".join(parts))
+        frac = info["done"] / info["total"] if info["total"] else 0.0
+        if state != "finished":
+            frac = min(frac, 0.99)   # 100% only when the run has really finished
+        st.progress(frac)
+        latest = info["latest"]
+        if latest:
+            a, r = latest
+            st.caption(f"latest step {r.get('step')} of {a.id} written at "
+                       f"{common.fmt_clock(r.get('time'))}; page updated "
+                       f"{common.fmt_clock(time.time())}", help="Step records are written by "
+                       "the training thread; this page re-reads them about once a second.")
+    with top2:
+        if state in ("running", "queued"):
+            if st.button("Stop", key="btn_stop", width="stretch", icon=":material/stop:",
+                         help="Finishes the current step, saves a checkpoint; resume later "
+                              "from the Runs page."):
+                jm.stop(exp_id)
+                st.toast("Stopping after the current step…")
+        elif state in ("stopped", "interrupted", "failed"):
+            if st.button("Resume", key="btn_resume", width="stretch",
+                         icon=":material/play_arrow:",
+                         help="Continue the unfinished runs from their last checkpoint."):
+                jm.resume(exp_id)
+                st.rerun()
+
+    rows = []
+    for a in arms:
+        last = a.records[-1] if a.records else {}
+        val_key = common.primary_val_metric(arms)
+        val = next((r.get(val_key) for r in reversed(a.records) if r.get(val_key) is not None),
+                   None)
+        rows.append({"run": a.id, "state": a.state,
+                     "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
+                     "loss": last.get("loss"), "alpha": last.get("alpha"), "tau": last.get("tau"),
+                     val_key: val, "samples/s": last.get("samples_per_s")})
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.4f")
+                                for k in ("loss", "alpha", "tau", val_key)}
+                 | {"samples/s": st.column_config.NumberColumn(format="%.1f")})
+    for a in arms:
+        if a.state == "failed":
+            st.error(f"{a.id} failed: {a.status.get('error')}  \nWhat to do: "
+                     f"{a.status.get('hint', '')}")
+        elif a.state == "interrupted":
+            st.warning(f"{a.id}: {a.status.get('message', 'interrupted')}")
+
+    q = [i for i in jm.queue() if i != exp_id]
+    if q or (cur and cur != exp_id):
+        with st.container(border=True):
+            st.markdown("**Queue** (one experiment trains at a time)")
+            if cur and cur != exp_id:
+                st.markdown(f":material/play_circle: training now: "
+                            f"{common.exp_name(jm.runs_dir / cur)}")
+            for i, qid in enumerate(q):
+                qc1, qc2 = st.columns([5, 1])
+                qc1.markdown(f"{i + 1}. :material/hourglass_empty: "
+                             f"{common.exp_name(jm.runs_dir / qid)}")
+                if qc2.button("remove", key=f"btn_dequeue_{qid}"):
+                    jm.stop(qid)
+                    st.rerun()
+
+    # -- charts ---------------------------------------------------------------------------
+    methods = list(dict.fromkeys(a.method for a in arms))
+    st.markdown("Colours: " + " &nbsp; ".join(common.method_chip(m) for m in methods)
+                + " &nbsp; (dash style = seed)", unsafe_allow_html=True)
+    uirev = f"{exp_id}:{x}"
+    val_key = common.primary_val_metric(arms)
+
+    st.markdown("##### Validation " + val_key.removeprefix("val_"))
+    st.plotly_chart(common.fig_metric(arms, val_key, x, uirev=uirev + ":val",
+                                      title=f"{val_key} (validation set, every "
+                                            f"{arms[0].cfg.get('eval_every')} steps)"),
+                    key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
+
+    st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")
+    for m in methods:
+        if m == "vanilla":
+            continue
+        a0 = next(a for a in arms if a.method == m)
+        try:
+            rc = C.from_dict(a0.cfg, check=False)
+            text = f"schedule **{rc.resolved_schedule}**: {describe(rc)}"
+        except Exception:  # noqa: BLE001 - an old or odd config must not break the page
+            text = "schedule unknown"
+        st.markdown(common.method_chip(m) + " &nbsp; " + text, unsafe_allow_html=True)
+    if "vanilla" in methods:
+        st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
+    st.plotly_chart(common.fig_alpha_tau(arms, x, uirev=uirev + ":at"), key="chart_alpha_tau",
+                    config=common.chart_config(f"{exp_id}-alpha-tau"))
+
+    st.markdown("##### Drift: how far predictions move")
+    st.caption("logit drift = KL(previous-step prediction ‖ current), on the carried half before "
+               "the update; agreement = share of carried samples whose predicted class did not "
+               "change. Only distilling arms have a carried half; probe drift (same KL on a fixed "
+               "probe set, between evaluations) covers every arm, vanilla included.")
+    st.plotly_chart(common.fig_drift(arms, x, uirev=uirev + ":drift"), key="chart_drift",
+                    config=common.chart_config(f"{exp_id}-drift"))
+
+    st.markdown("##### Loss parts")
+    st.plotly_chart(common.fig_loss(arms, x, uirev=uirev + ":loss"), key="chart_loss",
+                    config=common.chart_config(f"{exp_id}-loss"))
+
+    finished = [a for a in arms if a.state == "finished"]
+    if finished and state == "finished":
+        from dynsdpb.compare import summarize_runs, table_rows
+        st.markdown("##### Test results")
+        st.dataframe(table_rows(summarize_runs([a.rd for a in arms])), hide_index=True,
+                     width="stretch")
+
+    # Polling stops with the last run: one full rerun turns run_every off (or on again).
+    if jm.is_active() != active_at_start:
+        st.rerun()
+
+
+live_view()

@@ -1,0 +1,182 @@
+"""Runs: the history in the runs directory (it survives app restarts).
+
+Filter, rename (a display name in experiment.json; folders never move), delete with a
+confirmation, relaunch from a run's config, resume stopped or interrupted runs, and download
+the fine-tuned model folder.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import streamlit as st
+
+from app import common
+from dynsdpb import config as C
+from dynsdpb.errors import ConfigError
+from dynsdpb.store import delete_run_or_experiment
+
+ss = st.session_state
+jm = common.manager()
+
+st.title("Runs")
+exps = common.experiments()
+if not exps:
+    st.info(f"No runs in `{jm.runs_dir}` yet. Start one on the Setup page.")
+    st.stop()
+
+# -- overview with filters -------------------------------------------------------------------
+ss.setdefault("w_runs_filter", "")
+ss.setdefault("w_runs_states", [])
+c1, c2 = st.columns([2, 2])
+with c1:
+    text = st.text_input("filter", key="w_runs_filter", placeholder="name, dataset, model, method",
+                         help="Shows experiments whose name, folder, dataset, model or methods "
+                              "contain this text.")
+with c2:
+    states = st.multiselect("state", ["running", "queued", "finished", "stopped", "failed",
+                                      "interrupted"], key="w_runs_states")
+
+rows, shown = [], []
+for exp in exps:
+    meta = common.exp_meta(exp)
+    arms = common.load_arms(exp, with_records=False)
+    st_ = common.exp_state([a.state for a in arms])
+    base = meta.get("base_config", {})
+    hay = " ".join(map(str, [exp.name, meta.get("name", ""), base.get("dataset", ""),
+                             base.get("model", ""), *meta.get("methods", [])])).lower()
+    if text and text.lower() not in hay:
+        continue
+    if states and st_ not in states:
+        continue
+    best = {}
+    for a in arms:
+        s = a.rd.summary()
+        pm = s.get("primary_metric")
+        if pm and s.get(f"test_{pm}") is not None:
+            best.setdefault(a.method, []).append(s[f"test_{pm}"])
+    res = "  ".join(f"{m} {sum(v) / len(v):.3f}" for m, v in best.items())
+    shown.append(exp)
+    rows.append({
+        "name": common.exp_name(exp, meta), "state": st_,
+        "created": datetime.fromtimestamp(meta.get("created", 0)).strftime("%Y-%m-%d %H:%M"),
+        "model": base.get("model", ""), "dataset": str(base.get("dataset", "")).split("/")[-1],
+        "runs": ", ".join(a.id for a in arms),
+        "steps": base.get("steps"), "test result (mean)": res, "folder": exp.name,
+    })
+st.dataframe(rows, hide_index=True, width="stretch")
+st.caption(f"{len(rows)} of {len(exps)} experiments · runs directory `{jm.runs_dir}`")
+if not shown:
+    st.stop()
+
+# -- one experiment --------------------------------------------------------------------------
+ids = [e.name for e in shown]
+if ss.get("w_runs_pick") not in ids:
+    ss["w_runs_pick"] = ids[0]
+names = {e.name: common.exp_name(e) for e in shown}
+exp_id = st.selectbox("experiment", ids, key="w_runs_pick",
+                      format_func=lambda i: f"{names[i]}  ({i})" if names[i] != i else i)
+exp = jm.runs_dir / exp_id
+meta = common.exp_meta(exp)
+arms = common.load_arms(exp, with_records=False)
+state = common.exp_state([a.state for a in arms])
+active = state in ("running", "queued") or exp_id in jm.queue() or jm.current() == exp_id
+
+arm_rows = []
+for a in arms:
+    s = a.rd.summary()
+    pm = s.get("primary_metric")
+    arm_rows.append({
+        "run": a.id, "state": a.state,
+        "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
+        "test": (f"{pm} {s.get(f'test_{pm}'):.4f}" if pm and s.get(f"test_{pm}") is not None
+                 else ""),
+        "wall time (s)": s.get("wall_time"),
+        "model saved": "yes" if (a.rd.model_path / "config.json").is_file() else "",
+        "note": a.status.get("error") or a.status.get("message") or "",
+    })
+st.dataframe(arm_rows, hide_index=True, width="stretch")
+
+b = st.columns(5)
+if b[0].button("Live view", key="btn_runs_live", icon=":material/monitoring:", width="stretch"):
+    ss["live_exp"] = exp_id
+    st.switch_page(common.ROOT / "pages" / "live.py")
+if b[1].button("Compare these", key="btn_runs_compare",
+                icon=":material/compare_arrows:", width="stretch"):
+    ss["w_cmp_pick"] = [f"{exp_id}/{a.id}" for a in arms]
+    st.switch_page(common.ROOT / "pages" / "compare.py")
+if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/replay:", width="stretch",
+               help="Load this experiment's config, methods and seeds into the Setup page; "
+                    "change what you like and Start a new experiment."):
+    base = meta.get("base_config") or (arms[0].cfg if arms else {})
+    common.prefill_setup(base, methods=meta.get("methods"), seeds=meta.get("seeds"))
+    ss["w_exp_name"] = ""
+    st.switch_page(common.ROOT / "pages" / "setup.py")
+if active:
+    if b[3].button("Stop", key="btn_runs_stop", icon=":material/stop:", width="stretch"):
+        jm.stop(exp_id)
+        st.toast("Stopping after the current step…")
+        st.rerun()
+elif state in ("stopped", "interrupted", "failed"):
+    if b[3].button("Resume", key="btn_runs_resume", icon=":material/play_arrow:", width="stretch",
+                   help="Continue the unfinished runs from their last checkpoint (or from the "
+                        "start when there is none)."):
+        try:
+            jm.resume(exp_id)
+        except ConfigError as e:
+            st.error(str(e))
+        else:
+            ss["live_exp"] = exp_id
+            st.switch_page(common.ROOT / "pages" / "live.py")
+if b[4].button("Delete…", key="btn_runs_delete", icon=":material/delete:", width="stretch", disabled=active,
+               help="Stop it first." if active else "Asks for confirmation."):
+    ss["confirm_delete"] = exp_id
+
+if ss.get("confirm_delete") == exp_id:
+    with st.container(border=True):
+        st.warning(f"Delete **{names[exp_id]}** and all its runs, metrics and saved models "
+                   f"(`{exp}`)? This cannot be undone.")
+        d1, d2, _ = st.columns([1, 1, 4])
+        if d1.button("Yes, delete", type="primary", key="btn_runs_delete_yes"):
+            ss.pop("confirm_delete", None)
+            if jm.current() == exp_id or exp_id in jm.queue():
+                st.error("It is training; stop it first.")
+            else:
+                delete_run_or_experiment(jm.runs_dir, exp)
+                ss.pop("w_runs_pick", None)
+                st.toast(f"Deleted {names[exp_id]}")
+                st.rerun()
+        if d2.button("Cancel", key="btn_runs_delete_no"):
+            ss.pop("confirm_delete", None)
+            st.rerun()
+
+with st.expander("Rename"):
+    r1, r2 = st.columns([3, 1])
+    new_name = r1.text_input("display name", value=names[exp_id], key=f"rename_{exp_id}",
+                             label_visibility="collapsed")
+    if r2.button("Rename", key="btn_runs_rename"):
+        try:
+            common.rename_experiment(exp, new_name)
+        except ValueError as e:
+            st.error(str(e))
+        else:
+            st.rerun()
+    st.caption("Only the name shown in the app changes; the folder keeps its name.")
+
+with st.expander("Downloads"):
+    for a in arms:
+        d1, d2, d3 = st.columns([2, 2, 2])
+        d1.markdown(f"**{a.id}** {common.state_badge(a.state)}")
+        model_dir = a.rd.model_path
+        if (model_dir / "config.json").is_file():
+            d2.download_button("fine-tuned model (zip)", lambda p=model_dir: common.zip_folder(p),
+                               icon=":material/download:", file_name=f"{exp_id}-{a.id}-model.zip", mime="application/zip",
+                               key=f"dl_model_{a.id}", on_click="ignore")
+        else:
+            d2.caption("no saved model" + (" (save_model is off)" if not a.cfg.get("save_model")
+                                          else " yet"))
+        try:
+            y = C.dumps(C.from_dict(a.cfg, check=False))
+        except ConfigError:
+            y = ""
+        d3.download_button("config (YAML)", y, file_name=f"{a.id}.yaml", mime="text/yaml",
+                           icon=":material/download:", key=f"dl_cfg_{a.id}", on_click="ignore", disabled=not y)

@@ -1,0 +1,453 @@
+"""Setup: pick a model, a dataset and the methods to compare; set the hyperparameters; Start.
+
+The form is generated from the engine's RunConfig fields (labels, help texts, choices). Every
+value is checked with the engine's own `validate`, for every chosen method, on every rerun:
+problems show under their field with what to change, and Start stays off until none are left.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+import yaml
+
+from app import common
+from app.common import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, FORM_PREFIX, OTHER_MODEL
+from dynsdpb import config as C
+from dynsdpb.data import BUILTIN_DATASETS, FILE_SUFFIXES, dataset_kind, read_table, rows_to_taskdata
+from dynsdpb.errors import ConfigError, Problem
+from dynsdpb.models import BUILTIN_MODELS
+from dynsdpb.schedules import describe
+
+ss = st.session_state
+DEFAULTS = C.RunConfig()
+
+# ---------------------------------------------------------------------------------------
+# Widget state: defaults once, then whatever the user (or a loaded YAML / relaunch) set.
+
+for _name in C.FIELDS:
+    if _name not in common.SPECIAL_FIELDS:
+        ss.setdefault(FORM_PREFIX + _name, common.field_widget_value(_name, getattr(DEFAULTS, _name)))
+ss.setdefault("w_model_choice", DEFAULTS.model)
+ss.setdefault("w_model_other", "")
+ss.setdefault("w_data_source", DATA_BUILTIN)
+ss.setdefault("w_data_builtin", DEFAULTS.dataset)
+ss.setdefault("w_data_path", "")
+ss.setdefault("w_text_column", DEFAULTS.text_column)
+ss.setdefault("w_text_pair_column", DEFAULTS.text_pair_column)
+ss.setdefault("w_label_column", DEFAULTS.label_column)
+ss.setdefault("w_methods", ["vanilla", "dynsdpb"])
+ss.setdefault("w_seeds", "0")
+ss.setdefault("w_exp_name", "")
+
+
+def _on_upload() -> None:
+    f = ss.get("upload_widget")
+    if f is not None:
+        ss["upload"] = {"name": f.name, "data": f.getvalue()}
+        ss.pop("w_text_column", None)   # re-guess the mapping for the new file
+        ss.pop("w_label_column", None)
+        ss.pop("w_text_pair_column", None)
+
+
+def _on_yaml() -> None:
+    f = ss.get("yaml_widget")
+    if f is None:
+        return
+    try:
+        d = yaml.safe_load(f.getvalue().decode("utf-8", errors="replace"))
+    except yaml.YAMLError as e:
+        ss["yaml_msg"] = ("error", f"{f.name} is not valid YAML ({str(e).splitlines()[0]})")
+        return
+    if not isinstance(d, dict):
+        ss["yaml_msg"] = ("error", f"{f.name} must hold a mapping of field names to values")
+        return
+    notes = common.prefill_setup(d)
+    msg = f"Loaded {f.name}." + (" " + " ".join(notes) if notes else "")
+    ss["yaml_msg"] = ("warning" if notes else "success", msg)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _read_rows(name: str, data: bytes) -> tuple[list[dict], list[str]]:
+    return read_table(name, data)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _check_rows(digest: str, name: str, data: bytes, cfg_json: str) -> list[Problem]:
+    """The engine's data checks (columns, labels, split sizes) on the chosen file."""
+    rows, _ = _read_rows(name, data)
+    cfg = C.from_dict(yaml.safe_load(cfg_json), check=False)
+    try:
+        rows_to_taskdata(rows, cfg, name)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def _file_source() -> tuple[str, bytes] | None:
+    """(name, bytes) of an uploaded file, or of a local file path that exists."""
+    src = ss["w_data_source"]
+    if src == DATA_UPLOAD and ss.get("upload"):
+        return ss["upload"]["name"], ss["upload"]["data"]
+    if src == DATA_PATH:
+        p = Path(str(ss["w_data_path"]).strip()).expanduser()
+        if p.suffix.lower() in FILE_SUFFIXES and p.is_file() and p.stat().st_size < 200e6:
+            return str(p), p.read_bytes()
+    return None
+
+
+def _guess_mapping() -> None:
+    """For a readable file, make the column widgets hold existing columns (guessing names)."""
+    if ss["w_data_source"] == DATA_BUILTIN:
+        return
+    fs = _file_source()
+    if not fs:
+        return
+    try:
+        rows, _ = _read_rows(*fs)
+    except ConfigError:
+        return
+    if not rows:
+        return
+    cols = [str(c) for c in rows[0].keys()]
+    lower = {c.lower(): c for c in cols}
+    guesses = {
+        "w_text_column": next((lower[c] for c in ("text", "sentence", "sentence1", "question",
+                                                  "premise", "content") if c in lower), cols[0]),
+        "w_label_column": next((lower[c] for c in ("label", "labels", "target", "class",
+                                                   "sentiment", "y", "score") if c in lower),
+                               cols[-1]),
+        "w_text_pair_column": next((lower[c] for c in ("text_pair", "sentence2", "hypothesis")
+                                    if c in lower), ""),
+    }
+    for k, options in (("w_text_column", cols), ("w_label_column", cols),
+                       ("w_text_pair_column", [""] + cols)):
+        if ss.get(k) not in options:
+            ss[k] = guesses[k]
+
+
+# ---------------------------------------------------------------------------------------
+# Collect the values and check them (before drawing, so problems sit under their fields)
+
+def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str]]:
+    problems: dict[str, list[Problem]] = {}
+
+    def add(p: Problem) -> None:
+        lst = problems.setdefault(p.field, [])
+        if all(q.fix != p.fix for q in lst):
+            lst.append(p)
+
+    raw = {n: ss[FORM_PREFIX + n] for n in C.FIELDS if n not in common.SPECIAL_FIELDS}
+    choice = ss["w_model_choice"]
+    raw["model"] = ss["w_model_other"] if choice == OTHER_MODEL else choice
+    src = ss["w_data_source"]
+    if src == DATA_BUILTIN:
+        raw["dataset"] = ss["w_data_builtin"]
+        raw.update(text_column="text", text_pair_column="", label_column="label")
+    else:
+        if src == DATA_UPLOAD:
+            raw["dataset"] = ss["upload"]["name"] if ss.get("upload") else ""
+        else:
+            raw["dataset"] = ss["w_data_path"]
+        raw["text_column"] = ss["w_text_column"]
+        raw["text_pair_column"] = ss["w_text_pair_column"]
+        raw["label_column"] = ss["w_label_column"]
+    warnings: list[str] = []
+
+    methods = [m for m in ss["w_methods"] if m in C.METHODS]
+    if not methods:
+        add(Problem("methods", "", "pick at least one method (vanilla is the baseline)"))
+    try:
+        seeds = C.parse_int_list("seeds", ss["w_seeds"])
+    except ConfigError as e:
+        seeds = [0]
+        for p in e.problems:
+            add(p)
+    raw["method"] = methods[0] if methods else "vanilla"
+    raw["seed"] = seeds[0]
+
+    good = {}
+    for k, v in raw.items():
+        try:
+            C.from_dict({k: v}, check=False)
+            good[k] = v
+        except ConfigError as e:
+            for p in e.problems:
+                add(p)
+    cfg = C.from_dict(good, check=False)
+    for m in methods or ["vanilla"]:
+        for p in C.validate(cfg.replace(method=m)):
+            add(p)
+    if src == DATA_UPLOAD and not ss.get("upload"):
+        add(Problem("dataset", "", "upload a CSV, TSV, JSONL, JSON or Parquet file"))
+    elif src == DATA_PATH and raw["dataset"].strip():
+        kind = dataset_kind(raw["dataset"].strip())
+        if kind == "file" and not Path(raw["dataset"].strip()).expanduser().is_file():
+            add(Problem("dataset", raw["dataset"], "no such file; check the path (or upload it)"))
+        elif kind == "unknown":
+            add(Problem("dataset", raw["dataset"], "not a file path with a known suffix "
+                        f"({', '.join(FILE_SUFFIXES)}) or a hub id such as nyu-mll/glue:rte"))
+    fs = _file_source()
+    if fs and not problems.get("dataset"):
+        name, data = fs
+        try:
+            _, warnings = _read_rows(name, data)
+            digest = hashlib.sha1(data).hexdigest()
+            for p in _check_rows(digest, name, data, yaml.safe_dump(cfg.to_dict())):
+                add(p)
+        except ConfigError as e:
+            for p in e.problems:
+                add(p)
+    return cfg, problems, methods, seeds, warnings
+
+
+# ---------------------------------------------------------------------------------------
+# Drawing
+
+st.title("Setup")
+st.caption("Choose a model and a dataset, the methods to train side by side, and the settings. "
+           "Every method gets the same seed, data order, optimizer and steps: only the loss "
+           "differs.")
+
+with st.expander("Load or save a config (YAML)"):
+    st.file_uploader("Load a config file", type=["yaml", "yml", "json"], key="yaml_widget",
+                     on_change=_on_yaml, help="A file saved here or by `dynsdpb train --dump`.")
+    if ss.get("yaml_msg"):
+        kind, msg = ss["yaml_msg"]
+        getattr(st, kind)(msg)
+    save_slot = st.empty()
+
+_guess_mapping()
+cfg, problems, methods, seeds, data_warnings = collect()
+shown: set[str] = set()
+
+
+def show_problems(name: str, where=st) -> None:
+    for p in problems.get(name, []):
+        where.error(f"**{name}** = `{p.value}`: {p.fix}", icon="⚠️")
+    shown.add(name)
+
+
+def field(name: str, where=st) -> None:
+    """One RunConfig field as a widget, with its help text and its problems under it."""
+    f = C.FIELDS[name]
+    key = FORM_PREFIX + name
+    help_ = f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    if choices:
+        if ss.get(key) not in choices:
+            ss[key] = getattr(DEFAULTS, name)
+        where.selectbox(name, list(choices), key=key, help=help_)
+    elif f.type in (bool, "bool"):
+        where.checkbox(name, key=key, help=help_)
+    else:
+        where.text_input(name, key=key, help=help_)
+    show_problems(name, where)
+
+
+def grid(names: list[str], ncols: int = 3) -> None:
+    cols = st.columns(ncols)
+    for i, n in enumerate(names):
+        with cols[i % ncols]:
+            field(n)
+
+
+# -- model -------------------------------------------------------------------------------
+st.subheader("1 · Model")
+c1, c2 = st.columns([1, 2])
+with c1:
+    st.selectbox("model", list(BUILTIN_MODELS) + [OTHER_MODEL], key="w_model_choice",
+                 help=C.field_help("model"))
+with c2:
+    if ss["w_model_choice"] == OTHER_MODEL:
+        st.text_input("local folder or hub id", key="w_model_other",
+                      placeholder="./my-model or prajjwal1/bert-tiny",
+                      help="A folder with config.json and safetensors weights, or a hub id "
+                           "(needs network).")
+        field("trust_remote_code")
+    else:
+        st.caption(BUILTIN_MODELS[ss["w_model_choice"]].description)
+show_problems("model")
+
+# -- data --------------------------------------------------------------------------------
+st.subheader("2 · Dataset")
+st.radio("source", [DATA_BUILTIN, DATA_UPLOAD, DATA_PATH], key="w_data_source", horizontal=True,
+         label_visibility="collapsed")
+src = ss["w_data_source"]
+if src == DATA_BUILTIN:
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        st.selectbox("dataset", list(BUILTIN_DATASETS), key="w_data_builtin",
+                     help=C.field_help("dataset"))
+    with c2:
+        st.caption(BUILTIN_DATASETS[ss["w_data_builtin"]].description)
+        if ss["w_data_builtin"] == "tweets-sentiment":
+            field("min_confidence")
+elif src == DATA_UPLOAD:
+    st.file_uploader("CSV, TSV, JSONL, JSON or Parquet with a header row / named fields",
+                     type=[s.lstrip(".") for s in FILE_SUFFIXES], key="upload_widget",
+                     on_change=_on_upload)
+    if ss.get("upload"):
+        c1, c2 = st.columns([3, 1])
+        c1.caption(f"Using **{ss['upload']['name']}** ({len(ss['upload']['data']) / 1e3:.1f} kB). "
+                   "It is stored inside the experiment's folder when you start.")
+        if c2.button("Remove file", key="btn_remove_upload"):
+            ss.pop("upload", None)
+            st.rerun()
+else:
+    st.text_input("file path or hub id", key="w_data_path",
+                  placeholder="data/my.csv or nyu-mll/glue:rte", help=C.field_help("dataset"))
+show_problems("dataset")
+
+fs = _file_source() if not problems.get("dataset") else None
+if src != DATA_BUILTIN:
+    rows: list[dict] = []
+    if fs:
+        try:
+            rows, _ = _read_rows(*fs)
+        except ConfigError:
+            rows = []
+    if rows:
+        cols = [str(c) for c in rows[0].keys()]
+        st.markdown("**Column mapping**: which column holds what.")
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            st.selectbox("text_column", cols, key="w_text_column", help=C.field_help("text_column"))
+            show_problems("text_column")
+        with c2:
+            st.selectbox("text_pair_column", [""] + cols, key="w_text_pair_column",
+                         format_func=lambda c: c or "(none: single sentences)",
+                         help=C.field_help("text_pair_column"))
+            show_problems("text_pair_column")
+        with c3:
+            st.selectbox("label_column", cols, key="w_label_column",
+                         help=C.field_help("label_column"))
+            show_problems("label_column")
+        st.dataframe(rows[:5], hide_index=True, width="stretch")
+        st.caption(f"{len(rows)} rows; the first 5 are shown.")
+        for w in data_warnings:
+            st.info(w)
+    else:
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            st.text_input("text_column", key="w_text_column", help=C.field_help("text_column"))
+            show_problems("text_column")
+        with c2:
+            st.text_input("text_pair_column", key="w_text_pair_column",
+                          help=C.field_help("text_pair_column"))
+            show_problems("text_pair_column")
+        with c3:
+            st.text_input("label_column", key="w_label_column", help=C.field_help("label_column"))
+            show_problems("label_column")
+with st.expander("Splits and length", expanded=any(problems.get(n) for n in (
+        "task", "max_train_samples", "val_size", "test_size", "split_seed", "max_len"))):
+    grid(["task", "max_train_samples", "val_size", "test_size", "split_seed", "max_len"])
+
+# -- methods -----------------------------------------------------------------------------
+st.subheader("3 · Methods")
+c1, c2, c3 = st.columns([2, 1, 1])
+with c1:
+    st.multiselect("methods to run side by side", list(C.METHODS), key="w_methods",
+                   help=C.field_help("method") + " Keep vanilla as the baseline.")
+    show_problems("methods")
+with c2:
+    st.text_input("seeds", key="w_seeds", help="Comma-separated, e.g. 0,1,2: every method runs "
+                  "once per seed, so the summary can report mean, std and a paired difference "
+                  "to vanilla.")
+    show_problems("seeds")
+with c3:
+    field("budget")
+if methods and "vanilla" not in methods:
+    st.info("No vanilla arm: the comparison to the baseline (paired difference) will be missing.")
+n_arms = len(methods) * len(seeds)
+st.caption(f"{n_arms} run(s): {', '.join(f'{m}-s{s}' for s in seeds for m in methods) or '-'}. "
+           "They train in lockstep, one step each in turn.")
+
+if "dlb" in methods or "dynsdpb" in methods:
+    dl, dy = st.columns(2)
+    if "dlb" in methods:
+        with dl:
+            st.markdown(common.method_chip("dlb") + " &nbsp; fixed alpha and tau [paper: DLB]",
+                        unsafe_allow_html=True)
+            c_a, c_b = st.columns(2)
+            with c_a:
+                for n in ("schedule", "alpha"):
+                    field(n)
+            with c_b:
+                for n in ("tau", "warmup_alpha_steps"):
+                    field(n)
+            if not problems.get("schedule"):
+                st.caption(describe(cfg.replace(method="dlb")))
+    if "dynsdpb" in methods:
+        with dy:
+            st.markdown(common.method_chip("dynsdpb") + " &nbsp; dynamic alpha and tau "
+                        "[paper: the idea; formulas: ours]", unsafe_allow_html=True)
+            c_a, c_b = st.columns(2)
+            with c_a:
+                for n in ("alpha_max", "tau_0", "tau_min"):
+                    field(n)
+            with c_b:
+                for n in ("tau_max", "granularity", "tau_direction"):
+                    field(n)
+            st.caption(describe(cfg.replace(method="dynsdpb", schedule="auto")))
+    with st.expander("Decoder models only"):
+        field("top_k")
+
+# -- optimisation and bookkeeping ----------------------------------------------------------
+st.subheader("4 · Training")
+grid(["steps", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip"])
+with st.expander("Evaluation, checkpoints, device", expanded=any(problems.get(n) for n in (
+        "eval_every", "probe_size", "checkpoint_every", "save_model", "device"))):
+    grid(["eval_every", "probe_size", "checkpoint_every", "device", "save_model"])
+
+# -- problems not shown yet (hidden fields) and Start ---------------------------------------
+st.divider()
+left = [p for n, ps in problems.items() if n not in shown for p in ps]
+for p in left:
+    st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon="⚠️")
+n_problems = sum(len(v) for v in problems.values())
+
+c1, c2, c3 = st.columns([2, 1, 3])
+with c1:
+    st.text_input("experiment name (optional)", key="w_exp_name",
+                  help="A folder-safe name is derived from it; empty: date and dataset.")
+with c2:
+    st.write("")
+    start = st.button("Start", type="primary", key="btn_start", disabled=n_problems > 0,
+                      width="stretch")
+with c3:
+    st.write("")
+    if n_problems:
+        st.warning(f"Start is off until the {n_problems} problem(s) marked above are fixed.")
+    else:
+        jm = common.manager()
+        busy = jm.current()
+        st.caption("Runs in the background: you can close the browser, it keeps going."
+                   + (" Another experiment is training; this one waits in the queue." if busy
+                      else ""))
+
+if not n_problems:
+    yaml_cfg = cfg.replace(method=next((m for m in reversed(methods) if m != "vanilla"),
+                                       methods[0] if methods else "vanilla"))
+    save_slot.download_button("Save this config (YAML)", C.dumps(yaml_cfg), "dynsdpb-config.yaml",
+                              mime="text/yaml", key="btn_save_yaml")
+else:
+    save_slot.caption("Fix the marked problems to save the config.")
+
+if start:
+    if n_problems:
+        st.error("Start refused: fix the problems marked above first.")
+    else:
+        jm = common.manager()
+        upload = None
+        if ss["w_data_source"] == DATA_UPLOAD and ss.get("upload"):
+            upload = (ss["upload"]["name"], ss["upload"]["data"])
+        try:
+            job = jm.submit(cfg, methods, seeds, name=str(ss["w_exp_name"]).strip(), upload=upload)
+        except ConfigError as e:
+            for p in e.problems:
+                st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon="⚠️")
+        else:
+            ss["live_exp"] = job.id
+            st.switch_page(common.ROOT / "pages" / "live.py")

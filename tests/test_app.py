@@ -1,0 +1,279 @@
+"""The app's wiring, through streamlit.testing.v1.AppTest (no browser).
+
+Numbers are tested below the UI (test_engine*, test_loss, ...). Here: the Setup form starts a
+tiny run, the Live page shows it finishing with points on every chart, invalid input is
+shown and starts nothing, and the Compare / Runs / Learn pages render real runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "app" / "main.py")
+PAGES = ROOT / "pages"
+SMALL = dict(steps="3", batch_size="4", val_size="10", test_size="10", max_len="16",
+             eval_every="1", probe_size="8", checkpoint_every="0", warmup_ratio="0.0")
+
+
+def write_csv(path: Path, n: int = 120) -> Path:
+    rng = random.Random(0)
+    words = {"pos": ["good", "great", "love", "nice", "fine", "happy"],
+             "neg": ["bad", "awful", "hate", "poor", "sad", "ugly"]}
+    lines = ["text,label"]
+    for i in range(n):
+        lab = "pos" if i % 2 else "neg"
+        lines.append(" ".join(rng.choice(words[lab]) for _ in range(5)) + f",{lab}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """A fresh runs directory and a fresh JobManager (st.cache_resource is shared per process)."""
+    d = tmp_path / "runs"
+    monkeypatch.setenv("DYNSDPB_RUNS_DIR", str(d))
+    st.cache_resource.clear()
+    yield d
+    st.cache_resource.clear()   # on_release closes the manager: its worker thread ends
+
+
+@pytest.fixture
+def csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "tiny.csv")
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def fill_setup(at: AppTest, csv: Path, methods=("vanilla", "dynsdpb"), **fields) -> None:
+    """What a user does on the Setup page: tiny model, the CSV by path, small settings."""
+    ss = at.session_state
+    ss["w_model_choice"] = "tiny-random-bert"
+    ss["w_data_source"] = "local file path or hub id"
+    ss["w_data_path"] = str(csv)
+    ss["w_methods"] = list(methods)
+    for k, v in {**SMALL, "save_model": False, **fields}.items():
+        ss["f_" + k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def points(spec: dict, name: str) -> int:
+    """Number of y values in the traces named `name` (bands are named '<arm> alpha max' etc.)."""
+    return sum(len(t.get("y") or []) for t in spec["data"] if t.get("name") == name)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]
+                     + [e.value for e in at.error] + [w.value for w in at.warning])
+
+
+def train_experiment(runs: Path, csv: Path, name: str = "") -> str:
+    """Two finished arms without the UI (for the pages that only read runs)."""
+    from app import common
+    from dynsdpb.config import RunConfig
+    jm = common.manager()
+    cfg = RunConfig(model="tiny-random-bert", dataset=str(csv), steps=3, batch_size=4,
+                    val_size=10, test_size=10, max_len=16, eval_every=1, probe_size=8,
+                    checkpoint_every=0, save_model=True)
+    job = jm.submit(cfg, ["vanilla", "dynsdpb"], [0], name=name)
+    assert jm.wait_idle(120), "tiny run did not finish"
+    assert not job.error, job.error
+    return job.id
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_setup_starts_run_live_shows_it_finished_with_points(runs_dir, csv):
+    t0 = time.time()
+    at = new_app()
+    fill_setup(at, csv)
+    assert not at.error, [e.value for e in at.error]
+    start = at.button(key="btn_start")
+    assert not start.disabled
+    start.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Live"          # Start switched to the Live page
+
+    exps = [p for p in runs_dir.iterdir() if (p / "experiment.json").is_file()]
+    assert len(exps) == 1
+    arms = json.loads((exps[0] / "experiment.json").read_text())["arms"]
+    assert sorted(arms) == ["dynsdpb-s0", "vanilla-s0"]
+
+    # AppTest does not fire run_every timers: rerun until the page says finished.
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        time.sleep(1.0)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if "finished]" in at.markdown[0].value if at.markdown else False:
+            break
+    page = texts(at)
+    assert "finished]" in page, page[:2000]
+    assert "3/3" in page or "6/6 steps" in page
+    assert "latest step 3 of" in page
+
+    ch = specs(at)
+    assert len(ch) == 4
+    val, alpha_tau, drift, loss = ch
+    for arm in ("vanilla-s0", "dynsdpb-s0"):
+        assert points(val, arm) == 3                  # eval_every = 1: steps 1..3
+        assert points(loss, arm) == 3 * 3             # ce, kd, total: one point per step each
+        assert any(t["name"] == arm and len(t["y"]) >= 1 for t in drift["data"])  # probe drift
+    assert points(alpha_tau, "dynsdpb-s0") >= 2       # step 1 has no carried half
+    assert all(t["name"] != "vanilla-s0" for t in alpha_tau["data"])
+    # one fixed colour per method on every chart; zoom kept across updates
+    colors = {}
+    for spec in ch:
+        assert spec["layout"]["uirevision"]
+        for t in spec["data"]:
+            if t.get("line", {}).get("width", 2) and "dynsdpb" in t.get("name", ""):
+                colors.setdefault("dynsdpb", set()).add(t["line"]["color"])
+            if t.get("name") == "vanilla-s0":
+                colors.setdefault("vanilla", set()).add(t["line"]["color"])
+    assert colors["dynsdpb"] == {"#d62728"} and colors["vanilla"] == {"#5f6b7a"}
+    # the schedule and its formula, paper vs ours, are on the page
+    assert "dynsdpb-v1" in page and "The formulas are ours" in page
+    print(f"setup -> finished run -> charts: {time.time() - t0:.1f} s")
+
+
+def test_invalid_input_is_shown_and_starts_nothing(runs_dir, csv):
+    at = new_app()
+    fill_setup(at, csv, steps="abc", batch_size="3", lr="-1")
+    errors = "\n".join(e.value for e in at.error)
+    assert "**steps** = `abc`: use a whole number" in errors
+    assert "needs an even batch size" in errors and "try 4" in errors
+    assert "**lr**" in errors and "> 0" in errors
+    assert any("Start is off until the" in w.value for w in at.warning)
+    start = at.button(key="btn_start")
+    assert start.disabled
+    from streamlit.testing.v1.errors import AppTestError
+    with pytest.raises(AppTestError):   # a user cannot press it
+        start.click()
+    at.run()
+    assert at.title[0].value == "Setup"
+    assert not any((p / "experiment.json").exists() for p in runs_dir.glob("*"))
+    from app import common
+    assert not common.manager().is_active()
+
+    # fixing the fields turns Start on again
+    fill_setup(at, csv, steps="3", batch_size="4", lr="5e-5")
+    assert not at.error and not at.button(key="btn_start").disabled
+
+    # a method needs a seed list it can read
+    at.session_state["w_seeds"] = "0, x"
+    at.run()
+    assert any("whole numbers separated by commas" in e.value for e in at.error)
+
+
+def test_uploaded_file_gets_a_column_mapping(runs_dir, tmp_path):
+    at = new_app()
+    at.session_state["w_data_source"] = "upload a file"
+    at.run()
+    assert any("upload a CSV" in e.value for e in at.error)
+    data = "sentence;sentiment\n" + "\n".join(f"word{i} text;{'a' if i % 2 else 'b'}"
+                                              for i in range(60))
+    at.session_state["upload"] = {"name": "mine.csv", "data": data.encode()}
+    at.run()
+    assert not at.exception
+    boxes = {s.label: s for s in at.selectbox}
+    assert boxes["text_column"].value == "sentence"      # guessed
+    assert boxes["label_column"].value == "sentiment"
+    # the engine's own data checks appear next to the fields: 60 rows < 800 + 400 + 16
+    assert any("usable rows" in e.value for e in at.error)
+
+
+def test_compare_page_renders_two_runs(runs_dir, csv):
+    exp = train_experiment(runs_dir, csv)
+    at = new_app()
+    at.switch_page(str(PAGES / "compare.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["w_cmp_pick"] == [f"{exp}/vanilla-s0", f"{exp}/dynsdpb-s0"] or \
+        sorted(at.session_state["w_cmp_pick"]) == sorted([f"{exp}/vanilla-s0",
+                                                          f"{exp}/dynsdpb-s0"])
+    ch = {c["layout"]["title"]["text"]: c for c in specs(at)}
+    assert set(ch) == {"val_accuracy", "loss", "alpha", "logit_drift"}   # the default overlay
+    for key in ("val_accuracy", "loss"):
+        assert points(ch[key], "vanilla-s0") == 3 and points(ch[key], "dynsdpb-s0") == 3
+    assert points(ch["alpha"], "dynsdpb-s0") >= 2 and points(ch["alpha"], "vanilla-s0") == 0
+    frames = [df.value for df in at.dataframe]
+    summary = frames[0]
+    assert set(summary["method"]) == {"vanilla", "dynsdpb"}
+    diff = frames[1]
+    assert list(diff["field"]) == ["method"]             # the arms differ only in method
+    assert len(at.get("download_button")) == 5          # 4 charts as HTML + the metrics CSV
+
+
+def test_runs_page_rename_relaunch_delete(runs_dir, csv):
+    exp = train_experiment(runs_dir, csv, name="first")
+    at = new_app()
+    at.switch_page(str(PAGES / "runs.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["first"] and list(table["state"]) == ["finished"]
+
+    # rename: a display name in experiment.json, the folder stays
+    at.text_input(key=f"rename_{exp}").set_value("teaching demo").run()
+    at.button(key="btn_runs_rename").click().run()
+    meta = json.loads((runs_dir / exp / "experiment.json").read_text())
+    assert meta["name"] == "teaching demo" and (runs_dir / exp).is_dir()
+    assert list(at.dataframe[0].value["name"]) == ["teaching demo"]
+
+    # relaunch: the Setup form gets the experiment's config, methods and seeds
+    at.button(key="btn_runs_relaunch").click().run()
+    assert at.title[0].value == "Setup"
+    assert at.session_state["w_model_choice"] == "tiny-random-bert"
+    assert at.session_state["w_data_path"] == str(csv)
+    assert at.session_state["f_steps"] == "3"
+    assert at.session_state["w_methods"] == ["vanilla", "dynsdpb"]
+    assert not at.error
+
+    # delete asks first
+    at.switch_page(str(PAGES / "runs.py")).run()
+    at.button(key="btn_runs_delete").click().run()
+    assert (runs_dir / exp).is_dir()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="btn_runs_delete_yes").click().run()
+    assert not (runs_dir / exp).exists()
+    assert not at.exception
+
+
+def test_learn_page_draws_layout_and_alpha_tau(runs_dir):
+    at = new_app()
+    at.switch_page(str(PAGES / "learn.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    ch = specs(at)
+    assert len(ch) == 2
+    heat = next(t for t in ch[1]["data"] if t["type"] == "heatmap")
+    z = heat["z"]   # numpy arrays travel as plotly's typed arrays {dtype, bdata, shape}
+    if isinstance(z, dict):
+        import base64
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"])
+    assert float(np.max(z)) == pytest.approx(1.0)                    # alpha_max default
+    at.slider(key="w_learn_u").set_value(1.0).run()
+    assert at.metric[0].value == "0.000"                           # uniform predictions: alpha 0
+    at.selectbox(key="w_learn_sched").set_value("warmup").run()
+    assert not at.exception
+    line = specs(at)[1]["data"][0]
+    assert line["y"][0] == 0.0 and line["y"][-1] == 0.5
