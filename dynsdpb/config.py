@@ -332,6 +332,9 @@ def validate(cfg: RunConfig) -> list[Problem]:
         bad("probe_size", "use at least 1 probe sample")
     if cfg.checkpoint_every < 0:
         bad("checkpoint_every", "use 0 (only at the end) or a positive step count")
+    for name in ("seed", "split_seed"):
+        if not (0 <= getattr(cfg, name) < 2 ** 32):
+            bad(name, "use a whole number >= 0 and below 2**32, e.g. 0")
     return P
 
 
