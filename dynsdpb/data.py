@@ -149,8 +149,8 @@ def read_table(path: str | Path, data: bytes | None = None) -> tuple[list[dict],
     else:
         size = len(data)
     if size > MAX_FILE_MB * 1e6:
-        raise ConfigError.one("dataset", name, f"the file is {size / 1e6:.0f} MB, over the "
-                              f"{MAX_FILE_MB:.0f} MB limit; use a smaller sample (or raise "
+        raise ConfigError.one("dataset", name, f"the file is {size / 1e6:.3g} MB, over the "
+                              f"{MAX_FILE_MB:g} MB limit; use a smaller sample (or raise "
                               "DYNSDPB_MAX_FILE_MB)")
     if size == 0:
         raise ConfigError.one("dataset", name, "the file is empty")
@@ -312,7 +312,10 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
             pr = "" if pr is None else str(pr).strip()
         kept.append((t, pr, lab))
     if not kept:
-        raise ConfigError.one("text_column", text_col, "every row has an empty text or label; "
+        if any(str(r.get(text_col) or "").strip() for r in rows):
+            raise ConfigError.one("label_column", label_col, "every row with a text has an "
+                                  "empty label; pick the column that holds the label")
+        raise ConfigError.one("text_column", text_col, "every row has an empty text; "
                               "pick the column that holds the text")
     if empty:
         warnings.append(f"dropped {empty} rows with an empty text or label")
