@@ -31,6 +31,9 @@ def _progress_bars(total_steps: int, arms: list[str]):
             bar.set_postfix(post)
         elif rec.get("state") == "failed":
             bar.write(f"{arm}: failed: {rec.get('error')} (hint: {rec.get('hint')})")
+        elif rec.get("state") == "warning":
+            for w in rec.get("warnings", []):
+                bar.write(f"dynsdpb: warning: {w}", file=sys.stderr)
     return bar, progress
 
 

@@ -531,6 +531,13 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
             rd.set_status("failed", error=f"{type(e).__name__}: {e}",
                           hint="could not set up the run")
         raise
+    if prep is not None and prep.data.warnings:
+        # e.g. "not valid UTF-8, read as latin-1": kept in each arm's status for the app,
+        # shown by the CLI through `progress`.
+        for rd in rds:
+            rd.set_status(rd.raw_status().get("state", "queued"), warnings=prep.data.warnings)
+        if progress:
+            progress("data", {"state": "warning", "warnings": list(prep.data.warnings)})
     final = run_arms(arms, stop, progress)
     summary = write_summary(exp_dir)
     return {"states": final, "summary": summary}
