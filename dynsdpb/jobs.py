@@ -71,21 +71,28 @@ class JobManager:
     def submit(self, base: RunConfig, methods: list[str], seeds: list[int], name: str = "",
                upload: tuple[str, bytes] | None = None) -> Job:
         """Validate, write the experiment folder (all arms queued) and enqueue it."""
-        from .train import create_experiment
+        from .train import create_experiment, experiment_configs
         check_config(base)
         if not methods:
             raise ConfigError.one("methods", methods, "pick at least one method")
         if not seeds:
             raise ConfigError.one("seeds", seeds, "give at least one seed")
+        for c in experiment_configs(base, methods, seeds):
+            check_config(c)  # every arm (e.g. an odd batch size for dlb) before writing
         exp = None
         if upload is not None:
             # Uploaded data lives inside the experiment folder, so the run can be resumed or
             # relaunched later and nothing is written outside the runs directory.
             from .store import unique_dir
-            from .data import read_table
+            from .data import read_table, rows_to_taskdata
             fname, data = upload
-            fname = safe_name(Path(fname).name, "upload.csv")
-            read_table(fname, data)  # validate before writing anything
+            # Browsers may send a Windows path; keep the suffix, sanitize the stem.
+            p = Path(str(fname).replace("\\", "/"))
+            suffix = p.suffix.lower() if p.suffix[1:].isalnum() else ""
+            fname = safe_name(p.stem, "upload") + suffix
+            # validate before writing anything: format, columns, labels, split sizes
+            rows, warnings = read_table(fname, data)
+            rows_to_taskdata(rows, base, fname, warnings)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             exp = unique_dir(self.runs_dir, name or f"{stamp}-{Path(fname).stem}")
             dest = exp / "data" / fname

@@ -244,11 +244,13 @@ def unique_dir(root: Path, name: str) -> Path:
     base = safe_name(name)
     p = root / base
     i = 2
-    while p.exists():
-        p = root / f"{base}-{i}"
-        i += 1
-    p.mkdir(parents=True)
-    return p
+    while True:
+        try:
+            p.mkdir()  # atomic: two threads or processes never get the same folder
+            return p
+        except FileExistsError:
+            p = root / f"{base}-{i}"
+            i += 1
 
 
 def delete_run_or_experiment(runs_dir: str | Path, path: str | Path) -> None:
