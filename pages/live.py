@@ -37,6 +37,7 @@ def _picked() -> None:
     ss["live_exp"] = ss["w_live_pick"]
 
 
+ss.setdefault("w_live_pause", False)
 c1, c2, c3 = st.columns([3, 2, 2])
 with c1:
     exp_id = st.selectbox("experiment", ids, key="w_live_pick", on_change=_picked,
@@ -50,6 +51,11 @@ with c3:
     follow = st.toggle("follow the running experiment", key="w_live_follow",
                        help="When the experiment shown is not training, switch to the one that "
                             "is (once per experiment).")
+    paused = st.toggle("pause the charts (to zoom)", key="w_live_pause",
+                       help="Streamlit 1.67 redraws a chart from scratch whenever its data "
+                            "changes, so a zoom lasts until the next update (about a second). "
+                            "Pause the charts to zoom and inspect; status and progress keep "
+                            "updating.")
 
 active_at_start = jm.is_active()
 run_every = 1.0 if active_at_start else None
@@ -60,7 +66,8 @@ def _state_line(arms: list[common.Arm]) -> str:
 
 
 @st.fragment(run_every=run_every)
-def live_view() -> None:
+def live_status() -> None:
+    """Status, progress, Stop/Resume, the runs table and the queue: always live."""
     cur = jm.current()
     exp = jm.runs_dir / exp_id
     arms = common.load_arms(exp)
@@ -95,10 +102,13 @@ def live_view() -> None:
         latest = info["latest"]
         if latest:
             a, r = latest
-            st.caption(f"latest step {r.get('step')} of {a.id} written at "
-                       f"{common.fmt_clock(r.get('time'))}; page updated "
-                       f"{common.fmt_clock(time.time())}", help="Step records are written by "
-                       "the training thread; this page re-reads them about once a second.")
+            text = (f"latest step {r.get('step')} of {a.id} written at "
+                    f"{common.fmt_clock(r.get('time'))}; page updated "
+                    f"{common.fmt_clock(time.time())}")
+        else:
+            text = "no step records yet"
+        st.caption(text, help="Step records are written by the training thread; this page "
+                   "re-reads them about once a second.")
     with top2:
         if state in ("running", "queued"):
             if st.button("Stop", key="btn_stop", width="stretch", icon=":material/stop:",
@@ -127,16 +137,18 @@ def live_view() -> None:
                  column_config={k: st.column_config.NumberColumn(format="%.4f")
                                 for k in ("loss", "alpha", "tau", val_key)}
                  | {"samples/s": st.column_config.NumberColumn(format="%.1f")})
+    msgs = st.container()   # fixed slots keep the elements below in place between updates
     for a in arms:
         if a.state == "failed":
-            st.error(f"{a.id} failed: {a.status.get('error')}  \nWhat to do: "
+            msgs.error(f"{a.id} failed: {a.status.get('error')}  \nWhat to do: "
                      f"{a.status.get('hint', '')}")
         elif a.state == "interrupted":
-            st.warning(f"{a.id}: {a.status.get('message', 'interrupted')}")
+            msgs.warning(f"{a.id}: {a.status.get('message', 'interrupted')}")
 
     q = [i for i in jm.queue() if i != exp_id]
+    qbox = st.container()
     if q or (cur and cur != exp_id):
-        with st.container(border=True):
+        with qbox.container(border=True):
             st.markdown("**Queue** (one experiment trains at a time)")
             if cur and cur != exp_id:
                 st.markdown(f":material/play_circle: training now: "
@@ -149,7 +161,18 @@ def live_view() -> None:
                     jm.stop(qid)
                     st.rerun()
 
-    # -- charts ---------------------------------------------------------------------------
+    # Polling stops with the last run: one full rerun turns run_every off (or on again).
+    if jm.is_active() != active_at_start:
+        st.rerun()
+
+
+@st.fragment(run_every=None if paused else run_every)
+def live_charts() -> None:
+    """The four charts, the schedule formulas and (when done) the test results."""
+    arms = common.load_arms(jm.runs_dir / exp_id)
+    if not arms:
+        return
+    state = common.exp_state([a.state for a in arms])
     methods = list(dict.fromkeys(a.method for a in arms))
     st.markdown("Colours: " + " &nbsp; ".join(common.method_chip(m) for m in methods)
                 + " &nbsp; (dash style = seed)", unsafe_allow_html=True)
@@ -197,9 +220,8 @@ def live_view() -> None:
         st.dataframe(table_rows(summarize_runs([a.rd for a in arms])), hide_index=True,
                      width="stretch")
 
-    # Polling stops with the last run: one full rerun turns run_every off (or on again).
-    if jm.is_active() != active_at_start:
-        st.rerun()
 
-
-live_view()
+live_status()
+if paused and active_at_start:
+    st.info("Charts paused: zoom and hover freely. Turn the pause off to follow the run again.")
+live_charts()

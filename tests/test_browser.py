@@ -1,0 +1,186 @@
+"""The real thing: `streamlit run app/main.py` on a free localhost port, driven by Chromium.
+
+Loads a YAML config (tiny model, a generated CSV), presses Start, watches the Live page
+until its charts carry points and the runs finish (reloading the page half way: a refresh
+must not stop or lose the run), then checks the Compare page. It saves screenshots to
+test-artifacts/ and measures how long a step's metrics record takes to appear in the page:
+the page shows "latest step N of ARM written at HH:MM:SS.mmm" and the test compares the
+record's `time` with the moment that text first showed.
+
+Uses Debian's chromium (`apt-get install -y chromium`); never downloads a browser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = pytest.mark.browser
+
+LATEST = re.compile(r"latest step (\d+) of (\S+) written at (\d\d:\d\d:\d\d\.\d{3})")
+JS_POINTS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
+    d => (d.data || []).reduce((n, t) => n + ((t.y && t.y.length) || 0), 0))"""
+ALL_FOUR = ("() => { const p = (" + JS_POINTS + ")(); "
+            "return p.length === 4 && p.every(n => n > 0); }")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the app did not come up")
+
+
+def _write_inputs(tmp: Path, steps: int) -> Path:
+    import random
+    rng = random.Random(0)
+    words = {"pos": ["good", "great", "love", "nice", "fine", "happy"],
+             "neg": ["bad", "awful", "hate", "poor", "sad", "ugly"]}
+    lines = ["text,label"] + [" ".join(rng.choice(words[lab]) for _ in range(5)) + f",{lab}"
+                              for lab in (["pos", "neg"] * 60)]
+    csv = tmp / "tiny.csv"
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text("\n".join([
+        "model: tiny-random-bert", f"dataset: {csv}", "method: dynsdpb", f"steps: {steps}",
+        "batch_size: 4", "val_size: 10", "test_size: 10", "max_len: 16", "eval_every: 2",
+        "probe_size: 8", "checkpoint_every: 0", "save_model: false", "lr: 1e-3",
+        "warmup_ratio: 0.0"]) + "\n", encoding="utf-8")
+    return cfg
+
+
+def test_browser_live_run_and_compare(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+    t_start = time.time()
+    steps = 8
+    runs = tmp_path / "runs"
+    cfg_file = _write_inputs(tmp_path, steps)
+    port = _free_port()
+    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    ARTIFACTS.mkdir(exist_ok=True)
+    seen: dict[tuple[str, int], float] = {}
+    try:
+        _wait_health(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 2600})
+            page.set_default_timeout(30_000)
+            base = f"http://127.0.0.1:{port}"
+            page.goto(base + "/")
+            page.get_by_role("heading", name="Setup").wait_for()
+
+            # Load the config from YAML, as a user would, then Start.
+            page.get_by_text("Load or save a config (YAML)").click()
+            page.locator("input[type=file]").first.set_input_files(str(cfg_file))
+            page.get_by_text("Loaded tiny.yaml").wait_for()
+            start = page.get_by_role("button", name="Start", exact=True)
+            page.wait_for_function("() => { const b = Array.from(document.querySelectorAll("
+                                   "'button')).find(b => b.innerText.trim() === 'Start');"
+                                   " return b && !b.disabled; }")
+            start.click()
+            page.get_by_role("heading", name="Live").wait_for()
+
+            # Poll the page: note when each "latest step" first shows; reload once mid-run.
+            total = 2 * steps
+            reloaded = False
+            end = time.time() + 120
+            done_text = f"{total}/{total} steps"
+            while time.time() < end:
+                body = page.evaluate("() => document.body.innerText")
+                now = time.time()
+                m = LATEST.search(body)
+                if m:
+                    seen.setdefault((m.group(2), int(m.group(1))), now)
+                if m and not reloaded and len(seen) >= 2:
+                    page.reload()                      # a refresh must not stop the run
+                    page.get_by_role("heading", name="Live").wait_for()
+                    reloaded = True
+                    continue
+                if done_text in body and "finished" in body:
+                    break
+                time.sleep(0.05)
+            assert reloaded, "no step records showed up"
+            body = page.evaluate("() => document.body.innerText")
+            assert done_text in body and "finished" in body, body[:1500]
+            # 4 charts, every one with points (a redraw briefly shows old and new copies)
+            page.wait_for_function(ALL_FOUR)
+            pts = page.evaluate(JS_POINTS)
+            assert len(pts) == 4 and all(n > 0 for n in pts), pts
+            time.sleep(1.0)   # let plotly finish drawing before the picture
+            shot = ARTIFACTS / "live.png"
+            page.screenshot(path=str(shot))
+            print(f"\nscreenshot: {shot.resolve()}")
+
+            # Compare: both arms, charts with points, the summary table.
+            page.get_by_role("link", name="Compare").click()
+            page.get_by_role("heading", name="Summary (test set)").wait_for()
+            page.wait_for_function(ALL_FOUR)
+            body = page.evaluate("() => document.body.innerText")
+            assert "vanilla-s0" in body and "dynsdpb-s0" in body
+            time.sleep(1.0)
+            page.screenshot(path=str(ARTIFACTS / "compare.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+    # Delay between a record being written (its `time`) and the page showing it.
+    exp = next(p for p in runs.iterdir() if (p / "experiment.json").is_file())
+    states = {a: json.loads((exp / a / "status.json").read_text())["state"]
+              for a in ("vanilla-s0", "dynsdpb-s0")}
+    assert states == {"vanilla-s0": "finished", "dynsdpb-s0": "finished"}, states
+    delays = []
+    for (arm, step), t_seen in seen.items():
+        recs = [json.loads(x) for x in (exp / arm / "metrics.jsonl").read_text().splitlines()]
+        rec = next(r for r in recs if r["step"] == step)
+        delays.append(t_seen - rec["time"])
+    assert delays and min(delays) >= -0.05, delays
+    print(f"metrics record -> visible in the page: n={len(delays)}, "
+          f"median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
+          f"(page polls every 1.0 s); whole test {time.time() - t_start:.1f} s")
+    assert statistics.median(delays) < 5.0
