@@ -284,6 +284,12 @@ class Arm:
         rec["time"] = time.time()  # when the record hits the file (the app measures its lag)
         self.writer.write(rec)
         if self.done or (cfg.checkpoint_every and self.step_idx % cfg.checkpoint_every == 0):
+            # Inside step() the arm's RNG is the live global one and self.rng_state is still
+            # the state from before this step: snapshot it, or a resume from this checkpoint
+            # would replay this step's dropout masks.
+            self.rng_state = torch.get_rng_state()
+            if self.cuda_rng_state is not None:
+                self.cuda_rng_state = torch.cuda.get_rng_state(self.device)
             self.save_checkpoint()
         return rec
 
