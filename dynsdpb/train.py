@@ -96,7 +96,10 @@ def _is_oom(e: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None and isinstance(e, oom):
         return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    msg = str(e).lower()
+    # CUDA/MPS say "out of memory"; torch's CPU allocator says "can't allocate memory".
+    return isinstance(e, RuntimeError) and ("out of memory" in msg
+                                            or "can't allocate memory" in msg)
 
 
 OOM_HINT = "lower batch_size or max_len (or use a smaller model)"
