@@ -364,7 +364,15 @@ class Arm:
             raise ConfigError.one("resume", str(self.rd.path), "this run has no checkpoint to "
                                   "resume from; start it again instead")
         # weights_only: a checkpoint is plain tensors and numbers, never arbitrary pickles
-        st = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            st = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - damaged, foreign or unsafe: never a traceback
+            import pickle
+            why = ("it holds objects other than tensors and numbers, which are never unpickled"
+                   if isinstance(e, pickle.UnpicklingError) else
+                   f"it is damaged or not a dynsdpb checkpoint ({type(e).__name__})")
+            raise ConfigError.one("checkpoint", str(p), f"cannot resume: {why}; start the run "
+                                  "again (delete its folder)") from None
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.step_idx, self.samples_seen = int(st["step"]), int(st["samples_seen"])
