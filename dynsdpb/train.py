@@ -479,7 +479,8 @@ def _finish(a: Arm, progress: ProgressFn | None) -> str:
         summary = a.finish()
     except Exception as e:  # noqa: BLE001
         a.rd.set_status("failed", step=a.step_idx, error=f"finishing failed: {e}",
-                        hint="the metrics and checkpoint are kept")
+                        hint=(OOM_HINT + "; " if _is_oom(e) else "")
+                        + "the metrics and checkpoint are kept")
         return "failed"
     a.rd.set_status("finished", step=a.step_idx, finished=time.time())
     if progress:
