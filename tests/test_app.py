@@ -127,7 +127,8 @@ def test_setup_starts_run_live_shows_it_finished_with_points(runs_dir, csv):
         time.sleep(1.0)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
-        if "finished]" in at.markdown[0].value if at.markdown else False:
+        head = at.markdown[0].value if at.markdown else ""
+        if any(f"{s}]" in head for s in ("finished", "failed", "stopped", "interrupted")):
             break
     page = texts(at)
     assert "finished]" in page, page[:2000]
@@ -277,3 +278,26 @@ def test_learn_page_draws_layout_and_alpha_tau(runs_dir):
     assert not at.exception
     line = specs(at)[1]["data"][0]
     assert line["y"][0] == 0.0 and line["y"][-1] == 0.5
+
+
+def test_stop_button_stops_a_running_experiment(runs_dir, csv):
+    at = new_app()
+    fill_setup(at, csv, steps="400", eval_every="200")
+    at.button(key="btn_start").click().run()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any("latest step" in c.value for c in at.caption):
+        time.sleep(0.5)
+        at.run()
+    assert any("latest step" in c.value for c in at.caption), "no step was recorded"
+    at.button(key="btn_stop").click().run()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(f"{s}]" in at.markdown[0].value
+                                             for s in ("stopped", "finished", "failed")):
+        time.sleep(0.5)
+        at.run()
+    assert "stopped]" in at.markdown[0].value, at.markdown[0].value
+    exp = next(p for p in runs_dir.iterdir() if (p / "experiment.json").is_file())
+    for arm in ("vanilla-s0", "dynsdpb-s0"):
+        st_ = json.loads((exp / arm / "status.json").read_text())
+        assert st_["state"] == "stopped" and 0 < st_["step"] < 400
+    assert at.button(key="btn_resume")              # offered where Stop was
