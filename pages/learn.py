@@ -164,10 +164,10 @@ if sched == "dynsdpb-v1":
     logits = torch.randn(400, n_cls, generator=g) * torch.linspace(0.2, 4, 400).unsqueeze(1)
     su, sd = signals(logits, torch.zeros(400, dtype=torch.long))
 
-    fig2 = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.1,
+    fig2 = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.16,
                          subplot_titles=("alpha(u, d)", "tau(u)"))
     fig2.add_trace(go.Heatmap(x=uu, y=dd, z=A.numpy(), colorscale="Reds", zmin=0,
-                              zmax=max(cfg.alpha_max, 1e-6), colorbar=dict(title="alpha", x=0.5),
+                              zmax=max(cfg.alpha_max, 1e-6), colorbar=dict(title="alpha", x=0.5, thickness=12, len=0.9),
                               hovertemplate="u %{x:.2f}<br>d %{y:.2f}<br>alpha %{z:.3f}"
                                             "<extra></extra>"), row=1, col=1)
     fig2.add_trace(go.Scatter(x=su.numpy(), y=sd.numpy(), mode="markers", name=f"random "

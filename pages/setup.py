@@ -365,31 +365,22 @@ st.caption(f"{n_arms} run(s): {', '.join(f'{m}-s{s}' for s in seeds for m in met
            "They train in lockstep, one step each in turn.")
 
 if "dlb" in methods or "dynsdpb" in methods:
-    dl, dy = st.columns(2)
+    both = "dlb" in methods and "dynsdpb" in methods
+    dl, dy = st.columns(2) if both else (st.container(), st.container())
     if "dlb" in methods:
         with dl:
-            st.markdown(common.method_chip("dlb") + " &nbsp; fixed alpha and tau [paper: DLB]",
+            st.markdown(common.method_chip("dlb") + " &nbsp; one alpha and tau for all samples "
+                        "[static: paper (DLB); warmup, linear: ours]",
                         unsafe_allow_html=True)
-            c_a, c_b = st.columns(2)
-            with c_a:
-                for n in ("schedule", "alpha"):
-                    field(n)
-            with c_b:
-                for n in ("tau", "warmup_alpha_steps"):
-                    field(n)
+            grid(["schedule", "alpha", "tau", "warmup_alpha_steps"], 2 if both else 4)
             if not problems.get("schedule"):
                 st.caption(describe(cfg.replace(method="dlb")))
     if "dynsdpb" in methods:
         with dy:
             st.markdown(common.method_chip("dynsdpb") + " &nbsp; dynamic alpha and tau "
                         "[paper: the idea; formulas: ours]", unsafe_allow_html=True)
-            c_a, c_b = st.columns(2)
-            with c_a:
-                for n in ("alpha_max", "tau_0", "tau_min"):
-                    field(n)
-            with c_b:
-                for n in ("tau_max", "granularity", "tau_direction"):
-                    field(n)
+            grid(["alpha_max", "tau_0", "tau_min", "tau_max", "granularity", "tau_direction"],
+                 2 if both else 3)
             st.caption(describe(cfg.replace(method="dynsdpb", schedule="auto")))
     with st.expander("Decoder models only"):
         field("top_k")

@@ -203,6 +203,22 @@ def test_uploaded_file_gets_a_column_mapping(runs_dir, tmp_path):
     assert boxes["label_column"].value == "sentiment"
     # the engine's own data checks appear next to the fields: 60 rows < 800 + 400 + 16
     assert any("usable rows" in e.value for e in at.error)
+    assert at.button(key="btn_start").disabled
+
+    # small enough splits: Start stores the upload inside the experiment folder
+    for k, v in {**SMALL, "save_model": False}.items():
+        at.session_state["f_" + k] = v
+    at.session_state["w_model_choice"] = "tiny-random-bert"
+    at.session_state["w_methods"] = ["vanilla"]
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    at.button(key="btn_start").click().run()
+    assert at.title[0].value == "Live"
+    exp = next(p for p in runs_dir.iterdir() if (p / "experiment.json").is_file())
+    assert (exp / "data" / "mine.csv").read_bytes() == data.encode()
+    cfg = json.loads((exp / "vanilla-s0" / "config.json").read_text())
+    assert cfg["dataset"] == str(exp / "data" / "mine.csv")
+    assert (cfg["text_column"], cfg["label_column"]) == ("sentence", "sentiment")
 
 
 def test_compare_page_renders_two_runs(runs_dir, csv):
