@@ -105,6 +105,12 @@ def cmd_resume(a) -> int:
     p = Path(a.dir)
     if not (p / "experiment.json").is_file():
         raise ConfigError.one("dir", a.dir, "not an experiment folder (no experiment.json)")
+    from .store import read_json
+    meta = read_json(p / "experiment.json", None)
+    if not isinstance(meta, dict) or not isinstance(meta.get("arms"), list) \
+            or not isinstance(meta.get("base_config"), dict):
+        raise ConfigError.one("dir", a.dir, "its experiment.json is damaged (not what dynsdpb "
+                              "wrote); it cannot be resumed")
     return _experiment(p, resume=True)
 
 

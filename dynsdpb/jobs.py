@@ -112,6 +112,8 @@ class JobManager:
             j = self._jobs.get(exp_id)
             if j and j.state in ("queued", "running"):
                 return j
+            from .store import check_not_busy
+            check_not_busy(self.arms(exp_id), exp_id)
             for a in (read_json(exp / "experiment.json", {}) or {}).get("arms", []):
                 rd = RunDir(exp / a)
                 if rd.status().get("state") != "finished":

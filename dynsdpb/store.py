@@ -214,6 +214,23 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
+    def busy_elsewhere(self) -> int | None:
+        """The pid of another live process that has this run queued or running, else None.
+        Resuming it here too would make two writers of one folder."""
+        st = self.raw_status()
+        if st.get("state") in ACTIVE and st.get("owner") != PROCESS_TOKEN \
+                and _pid_alive(st.get("pid")):
+            return int(st["pid"])
+        return None
+
+
+def check_not_busy(rds: "Iterable[RunDir]", where: str) -> None:
+    from .errors import ConfigError
+    busy = [(rd.id, pid) for rd in rds if (pid := rd.busy_elsewhere())]
+    if busy:
+        raise ConfigError.one("resume", where, f"{busy[0][0]} is still running in another "
+                              f"process (pid {busy[0][1]}); stop it there, or wait for it")
+
 
 def find_runs(runs_dir: str | Path) -> list[RunDir]:
     """Every run folder under runs_dir (depth 1 or 2), newest first."""

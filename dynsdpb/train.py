@@ -528,9 +528,19 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
     from .store import read_json
     exp_dir = Path(exp_dir)
     meta = read_json(exp_dir / "experiment.json", {})
+    if not isinstance(meta, dict) or not isinstance(meta.get("arms"), list):
+        raise ConfigError.one("experiment", str(exp_dir / "experiment.json"), "missing or "
+                              "damaged; this experiment cannot be run or resumed from it")
     rds = [RunDir(exp_dir / a) for a in meta["arms"]]
+    for rd in rds:
+        if not isinstance(rd.config(), dict) or not rd.config():
+            # never fall back to the default config: that would train something else
+            raise ConfigError.one("config", str(rd.config_path), "missing or damaged; this "
+                                  "run cannot be run or resumed from it")
     cfgs = [from_dict(rd.config()) for rd in rds]
     if resume:
+        from .store import check_not_busy
+        check_not_busy(rds, str(exp_dir))
         keep = [(rd, c) for rd, c in zip(rds, cfgs) if rd.status().get("state") != "finished"]
         rds, cfgs = [k[0] for k in keep], [k[1] for k in keep]
     try:
