@@ -122,13 +122,28 @@ def finite_state(st: dict) -> bool:
 # --------------------------------------------------------------------------------------
 # NaN / inf
 
-@pytest.mark.parametrize("where", ["loss", "gradient"])
+@contextmanager
+def infinite_loss(arm):
+    orig = T.dynsdpb_loss
+
+    def loss(*a, **kw):
+        parts = orig(*a, **kw)
+        parts.total = parts.total * float("inf")
+        return parts
+    T.dynsdpb_loss = loss
+    try:
+        yield
+    finally:
+        T.dynsdpb_loss = orig
+
+
+@pytest.mark.parametrize("where", ["loss", "inf-loss", "gradient"])
 def test_nan_fails_one_arm_with_step_and_hint_and_keeps_last_good_checkpoint(
         where, tiny_csv, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_csv)  # 6 steps, checkpoint every 2
     exp = create_experiment(tmp_path / "runs", cfg, ["vanilla", "dlb", "dynsdpb"], [0])
-    fault = ((lambda arm: forward_returns(arm, lambda z: z * float("nan"))) if where == "loss"
-             else nan_gradients)
+    fault = {"loss": lambda arm: forward_returns(arm, lambda z: z * float("nan")),
+             "inf-loss": infinite_loss, "gradient": nan_gradients}[where]
     # step 5 of the dlb arm (0-based step_idx 4): the last good checkpoint is step 4's
     inject(monkeypatch, lambda a: a.cfg.method == "dlb" and a.step_idx == 4, fault)
     events = []
@@ -138,8 +153,9 @@ def test_nan_fails_one_arm_with_step_and_hint_and_keeps_last_good_checkpoint(
     rd = RunDir(exp / "dlb-s0")
     st = rd.status()
     assert st["state"] == "failed" and st["failed_step"] == 5 and st["step"] == 4
-    assert "at step 5" in st["error"] and "nan" in st["error"]
-    assert ("loss is" if where == "loss" else "gradient norm is") in st["error"]
+    assert "at step 5" in st["error"]
+    assert {"loss": "loss is nan", "inf-loss": "loss is inf",
+            "gradient": "gradient norm is nan"}[where] in st["error"]
     assert st["hint"] == NAN_HINT and "lower lr" in st["hint"]
     assert ("dlb-s0", {"state": "failed", "error": st["error"], "hint": NAN_HINT}) in events
     # what was written is all good: steps 1..4, finite, and the checkpoint is step 4's
@@ -152,7 +168,7 @@ def test_nan_fails_one_arm_with_step_and_hint_and_keeps_last_good_checkpoint(
     for arm in ("vanilla-s0", "dynsdpb-s0"):
         assert len(RunDir(exp / arm).metrics()) == 6 and RunDir(exp / arm).summary()
     assert (exp / "summary.json").is_file()
-    if where == "gradient":
+    if where != "loss":
         return
     # Once the cause is gone, the failed arm resumes from its last good checkpoint and ends
     # exactly where an uninterrupted run ends.
@@ -668,3 +684,91 @@ def test_trust_remote_code_is_off_unless_asked(tiny_csv, tmp_path, monkeypatch):
         assert seen[-2] == ("tokenizer", {"trust_remote_code": want})
         assert seen[-1][1]["trust_remote_code"] is want
         assert seen[-1][1]["use_safetensors"] is True
+
+
+# --------------------------------------------------------------------------------------
+# Resuming what cannot or must not be resumed
+
+def _killed_experiment(tmp_path, csv, steps_done=3, checkpoint=True):
+    """An experiment as a killed process leaves it: `running`, its writer gone."""
+    cfg = tiny_config(csv, checkpoint_every=2 if checkpoint else 0)
+    exp = create_experiment(tmp_path / "runs", cfg, ["dynsdpb"], [0])
+    stop = threading.Event()
+    run_experiment(exp, stop=stop,
+                   progress=lambda a, r: r.get("step") == steps_done and stop.set())
+    rd = RunDir(exp / "dynsdpb-s0")
+    if not checkpoint:  # the stop checkpoint would not exist after a kill before step 2
+        rd.checkpoint_path.unlink()
+    st = rd.raw_status()
+    rd.status_path.write_text(json.dumps(dict(st, state="running", owner="dead-process",
+                                              pid=2 ** 22 + 4321)))
+    return cfg, exp, rd
+
+
+def test_interrupted_before_the_first_checkpoint_starts_over(tiny_csv, tmp_path):
+    cfg, exp, rd = _killed_experiment(tmp_path, tiny_csv, steps_done=1, checkpoint=False)
+    assert rd.status()["state"] == "interrupted" and len(rd.metrics()) == 1
+    assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
+    ref = create_experiment(tmp_path / "ref", cfg, ["dynsdpb"], [0])
+    run_experiment(ref)
+    assert_same_records(rd.metrics(), RunDir(ref / "dynsdpb-s0").metrics())
+
+
+def test_resume_refuses_a_run_still_alive_in_another_process(tiny_csv, tmp_path, capsys):
+    cfg, exp, rd = _killed_experiment(tmp_path, tiny_csv)
+    st = rd.raw_status()
+    # as written by another live process (the app, or a second terminal)
+    rd.status_path.write_text(json.dumps(dict(st, state="running", owner="other",
+                                              pid=os.getppid())))
+    assert rd.status()["state"] == "running"
+    before = rd.metrics_path.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["resume", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert "still running in another process" in err and len(err.strip().splitlines()) == 1
+    jm = JobManager(tmp_path / "runs", autostart=False)
+    with pytest.raises(ConfigError, match="still running in another process"):
+        jm.resume(exp.name)
+    assert rd.raw_status()["owner"] == "other" and rd.metrics_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["experiment.json", "config.json"])
+def test_resume_with_damaged_files_says_so(damage, tiny_csv, tmp_path, capsys):
+    cfg, exp, rd = _killed_experiment(tmp_path, tiny_csv)
+    (exp / damage if damage == "experiment.json" else rd.config_path).write_text('{"arms": [')
+    capsys.readouterr()
+    assert cli.main(["resume", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert damage in err and "damaged" in err
+    assert len(rd.metrics()) == 3  # nothing was overwritten
+
+
+
+def test_ctrl_c_on_the_cli_leaves_a_resumable_run(tmp_path, capsys):
+    csv = write_tiny_csv(tmp_path / "d.csv")
+    exp = tmp_path / "exp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, "train", "--set",
+                             "model=tiny-random-bert", "--set", f"dataset={csv}", "--set",
+                             "steps=8", "--set", "batch_size=4", "--set", "val_size=10",
+                             "--set", "test_size=10", "--set", "max_len=16", "--set",
+                             "checkpoint_every=2", "--set", "save_model=false", "--out",
+                             str(exp)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    rd = RunDir(exp / "dynsdpb-s0")
+    try:
+        assert _wait_for(lambda: rd.has_checkpoint() or proc.poll() is not None, 120)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"dynsdpb resume {exp}" in err
+    assert rd.status()["state"] == "interrupted"
+    capsys.readouterr()
+    assert cli.main(["resume", str(exp)]) == 0
+    assert rd.status()["state"] == "finished"
+    assert [r["step"] for r in rd.metrics()] == list(range(1, 9))
