@@ -144,7 +144,11 @@ class MetricsWriter:
     def close(self) -> None:
         with self._lock:
             if not self._f.closed:
-                self._f.close()
+                try:
+                    self._f.close()
+                except OSError:
+                    pass  # e.g. disk full: the record that failed is lost either way; a
+                    # failing close must not take the other arms down with it
 
 
 def _pid_alive(pid: int | None) -> bool:

@@ -453,7 +453,10 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
             except Exception as e:  # noqa: BLE001 - a bug must not take the other arms down
                 a.writer.close()
                 a.rd.set_status("failed", step=a.step_idx, error=f"{type(e).__name__}: {e}",
-                                hint="this looks like a bug; the metrics so far are kept")
+                                hint="a file could not be written (is the disk full?); free "
+                                "space, then resume from the last checkpoint"
+                                if isinstance(e, OSError) else
+                                "this looks like a bug; the metrics so far are kept")
                 final[a.rd.id] = "failed"
                 live.remove(a)
                 continue
