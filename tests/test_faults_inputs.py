@@ -284,6 +284,8 @@ FILE_CASES = {
     "jsonl-not-objects": (b'[1, 2]\n"x"\n', ".jsonl", {}, "dataset", "must be a JSON object"),
     "bad-parquet": (b"PAR1 this is not parquet", ".parquet", {}, "dataset",
                     "not a readable Parquet file"),
+    "image-renamed-to-csv": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, ".csv", {},
+                             "dataset", "fewer than 2 columns", "header row"),
 }
 
 

@@ -772,3 +772,42 @@ def test_ctrl_c_on_the_cli_leaves_a_resumable_run(tmp_path, capsys):
     assert cli.main(["resume", str(exp)]) == 0
     assert rd.status()["state"] == "finished"
     assert [r["step"] for r in rd.metrics()] == list(range(1, 9))
+
+
+class _FullDisk:
+    """A metrics file on a full disk: every write, flush and close fails like ENOSPC."""
+
+    closed = False
+
+    def _fail(self, *a):
+        raise OSError(28, "No space left on device")
+    write = flush = fileno = _fail
+
+    def close(self):
+        self.closed = True
+        self._fail()
+
+
+@contextmanager
+def full_disk(arm):
+    arm.writer._f.close()
+    arm.writer._f = _FullDisk()
+    yield
+
+
+def test_disk_full_fails_one_arm_with_a_hint_and_it_resumes(tiny_csv, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_csv)
+    exp = create_experiment(tmp_path / "runs", cfg, ["vanilla", "dlb"], [0])
+    inject(monkeypatch, lambda a: a.cfg.method == "dlb" and a.step_idx == 2, full_disk)
+    out = run_experiment(exp)
+    assert out["states"] == {"vanilla-s0": "finished", "dlb-s0": "failed"}
+    rd = RunDir(exp / "dlb-s0")
+    st = rd.status()
+    assert "No space left on device" in st["error"] and "disk" in st["hint"]
+    assert "resume" in st["hint"]
+    assert [r["step"] for r in rd.metrics()] == [1, 2]
+    monkeypatch.undo()  # space freed
+    assert run_experiment(exp, resume=True)["states"] == {"dlb-s0": "finished"}
+    ref = create_experiment(tmp_path / "ref", cfg, ["dlb"], [0])
+    run_experiment(ref)
+    assert_same_records(rd.metrics(), RunDir(ref / "dlb-s0").metrics())
