@@ -34,6 +34,9 @@ BUDGETS = ("epochs", "compute")
 GRANULARITIES = ("sample", "batch")
 TAU_DIRECTIONS = ("soften-uncertain", "sharpen-uncertain")
 DEVICES = ("auto", "cpu", "cuda")
+# Token limits of the built-in models (models.max_positions), so that `validate` can check
+# max_len without loading them; other models are checked when they are loaded.
+BUILTIN_MAX_LEN = {"minilm-l6": 512, "tiny-random-bert": 128}
 
 
 def _f(default, help: str, group: str, choices: tuple | None = None, **kw):
@@ -298,6 +301,9 @@ def validate(cfg: RunConfig) -> list[Problem]:
             f"previous step); try {max(2, cfg.batch_size + cfg.batch_size % 2)}")
     if cfg.max_len < 8:
         bad("max_len", "use at least 8 tokens")
+    elif cfg.max_len > BUILTIN_MAX_LEN.get(cfg.model, cfg.max_len):
+        bad("max_len", f"{cfg.model} handles at most {BUILTIN_MAX_LEN[cfg.model]} tokens; "
+            "lower max_len")
     if not (cfg.weight_decay >= 0):
         bad("weight_decay", "use a number >= 0")
     if not (0 <= cfg.warmup_ratio < 1):
