@@ -349,15 +349,30 @@ def test_unknown_model_lists_the_builtins(tmp_path, capsys):
         assert_one_line_error(rc, err, "model", fix)
 
 
-def test_max_len_over_the_model_limit(tmp_path, capsys):
-    """max_len within the model's limit is checked when the model is built (tiny: 128)."""
-    csv = write_tiny_csv(tmp_path / "d.csv")
-    rc, _, err = run_cli(["train", *_sets(TINY_SET), "--set", f"dataset={csv}",
-                          "--set", "max_len=1000", "--out", str(tmp_path / "exp")], capsys)
+def test_max_len_over_the_model_limit(tmp_path, capsys, no_training):
+    """Built-ins: checked by validate (the app shows it before Start). Other models: when
+    the model is loaded, with the same message."""
+    for model, limit in [("tiny-random-bert", 128), ("minilm-l6", 512)]:
+        with pytest.raises(ConfigError) as ei:
+            C.from_dict({"model": model, "max_len": limit + 1})
+        assert_problem(ei.value, "max_len", f"at most {limit}", "lower max_len")
+        assert C.validate(C.RunConfig(model=model, max_len=limit)) == []
+    rc, _, err = run_cli(["train", "--set", "model=tiny-random-bert", "--set", "max_len=1000",
+                          "--out", str(tmp_path / "exp")], capsys)
     assert_one_line_error(rc, err, "max_len", "at most 128", "lower max_len")
-    from dynsdpb.store import RunDir
-    st = RunDir(tmp_path / "exp" / "dynsdpb-s0").status()
-    assert st["state"] == "failed" and "max_len" in st["error"]
+    # the table agrees with the models themselves
+    from dynsdpb.models import _minilm_dir, build_model, load_tokenizer, tiny_bert_config
+    import json as _json
+    assert _json.loads((_minilm_dir() / "config.json").read_text())[
+        "max_position_embeddings"] == C.BUILTIN_MAX_LEN["minilm-l6"]
+    assert tiny_bert_config(10, 2, "classification").max_position_embeddings == \
+        C.BUILTIN_MAX_LEN["tiny-random-bert"]
+    # the load-time check (what a local or hub model gets)
+    cfg = tiny_config("x.csv")
+    tok = load_tokenizer(cfg)
+    with pytest.raises(ConfigError) as ei:
+        build_model(cfg.replace(max_len=1000), 2, "classification", tok)
+    assert_problem(ei.value, "max_len", "at most 128", "lower max_len")
 
 
 def test_file_over_the_size_limit(tmp_path, monkeypatch, capsys):
