@@ -46,4 +46,7 @@ with st.sidebar:
         st.markdown(f"**Waiting:** {len(queued)} experiment(s)")
     st.caption(f"Runs directory: `{jm.runs_dir}`")
 
+if "flash" in st.session_state:     # a message from an action that reran the app
+    st.toast(st.session_state.pop("flash"))
+
 nav.run()

@@ -115,7 +115,8 @@ def live_status() -> None:
                          help="Finishes the current step, saves a checkpoint; resume later "
                               "from the Runs page."):
                 jm.stop(exp_id)
-                st.toast("Stopping after the current step…")
+                ss["flash"] = "Stopping after the current step; it can be resumed later."
+                st.rerun()
         elif state in ("stopped", "interrupted", "failed"):
             if st.button("Resume", key="btn_resume", width="stretch",
                          icon=":material/play_arrow:",

@@ -114,7 +114,7 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
 if active:
     if b[3].button("Stop", key="btn_runs_stop", icon=":material/stop:", width="stretch"):
         jm.stop(exp_id)
-        st.toast("Stopping after the current step…")
+        ss["flash"] = "Stopping after the current step; it can be resumed later."
         st.rerun()
 elif state in ("stopped", "interrupted", "failed"):
     if b[3].button("Resume", key="btn_runs_resume", icon=":material/play_arrow:", width="stretch",
@@ -143,7 +143,7 @@ if ss.get("confirm_delete") == exp_id:
             else:
                 delete_run_or_experiment(jm.runs_dir, exp)
                 ss.pop("w_runs_pick", None)
-                st.toast(f"Deleted {names[exp_id]}")
+                ss["flash"] = f"Deleted {names[exp_id]}."
                 st.rerun()
         if d2.button("Cancel", key="btn_runs_delete_no"):
             ss.pop("confirm_delete", None)

@@ -305,6 +305,22 @@ def test_stop_button_stops_a_running_experiment(runs_dir, csv):
         time.sleep(0.5)
         at.run()
     assert any("latest step" in c.value for c in at.caption), "no step was recorded"
+
+    # a second experiment waits in the visible queue (one experiment trains at a time)
+    at.switch_page(str(PAGES / "setup.py")).run()
+    at.session_state["w_exp_name"] = "second"
+    at.run()
+    at.button(key="btn_start").click().run()
+    assert at.title[0].value == "Live"
+    at.switch_page(str(PAGES / "live.py"))            # AppTest stays on the page it was sent to
+    at.session_state["w_live_follow"] = False         # stay on this one once it stops
+    at.run()
+    assert "waiting in the queue (position 1)" in at.markdown[0].value
+    at.button(key="btn_stop").click().run()           # removes it from the queue
+    assert "stopped]" in at.markdown[0].value
+    first = sorted(p.name for p in runs_dir.iterdir() if p.name != "second")[0]
+    at.session_state["live_exp"] = first
+    at.run()
     at.button(key="btn_stop").click().run()
     deadline = time.time() + 60
     while time.time() < deadline and not any(f"{s}]" in at.markdown[0].value
@@ -312,7 +328,7 @@ def test_stop_button_stops_a_running_experiment(runs_dir, csv):
         time.sleep(0.5)
         at.run()
     assert "stopped]" in at.markdown[0].value, at.markdown[0].value
-    exp = next(p for p in runs_dir.iterdir() if (p / "experiment.json").is_file())
+    exp = runs_dir / first
     for arm in ("vanilla-s0", "dynsdpb-s0"):
         st_ = json.loads((exp / arm / "status.json").read_text())
         assert st_["state"] == "stopped" and 0 < st_["step"] < 400
