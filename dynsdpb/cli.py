@@ -48,6 +48,16 @@ def _experiment(exp_dir: Path, resume: bool = False) -> int:
     t0 = time.time()
     try:
         out = run_experiment(exp_dir, stop=stop, progress=progress, resume=resume)
+    except ConfigError:
+        from .store import RunDir
+        if not resume and not any(RunDir(exp_dir / a).metrics() for a in meta["arms"]):
+            # Refused before any step ran (a missing column, an unknown model): leave no
+            # half-made experiment, so the same command works once the input is fixed.
+            import shutil
+            for a in meta["arms"]:
+                shutil.rmtree(exp_dir / a, ignore_errors=True)
+            (exp_dir / "experiment.json").unlink(missing_ok=True)
+        raise
     except KeyboardInterrupt:
         stop.set()
         bar.close()
