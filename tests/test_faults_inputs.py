@@ -543,3 +543,18 @@ def test_app_binds_to_localhost_unless_asked(monkeypatch):
     assert "STREAMLIT_SERVER_ADDRESS" not in kw["env"]
     assert cli.main(["app", "--server.address", "0.0.0.0"]) == 0
     assert calls[-1][0][-2:] == ["--server.address", "0.0.0.0"]
+
+
+def test_refused_input_leaves_no_half_made_experiment(tmp_path, capsys):
+    """Fix the input and run the same command again: no 'already holds an experiment'."""
+    csv = write_tiny_csv(tmp_path / "d.csv")
+    out = tmp_path / "exp"
+    args = ["train", *_sets(TINY_SET), "--set", f"dataset={csv}", "--set", "steps=2",
+            "--out", str(out)]
+    rc, _, err = run_cli(args + ["--set", "label_column=sentiment"], capsys)
+    assert_one_line_error(rc, err, "label_column", "no such column")
+    assert not out.exists() or not any(out.iterdir())
+    rc, _, err = run_cli(args, capsys)
+    assert rc == 0, err
+    from dynsdpb.store import RunDir
+    assert RunDir(out / "dynsdpb-s0").status()["state"] == "finished"
