@@ -74,11 +74,18 @@ def _experiment(exp_dir: Path, resume: bool = False) -> int:
 
 def _fresh_out(out: str) -> Path:
     p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ConfigError.one("--out", out, "is a file; give a folder for the experiment")
     if (p / "experiment.json").exists():
         raise ConfigError.one("--out", out, "already holds an experiment; pick another folder or "
                               f"continue it with `dynsdpb resume {out}`")
     if p.exists() and any(p.iterdir()):
         raise ConfigError.one("--out", out, "exists and is not empty; pick a new folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError.one("--out", out, f"cannot create it ({e.strerror}); pick a folder "
+                              "you can write to") from None
     return p
 
 
