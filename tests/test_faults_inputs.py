@@ -196,11 +196,21 @@ def test_good_defaults_validate():
     (["train", "--set", "lr"], "--set", "key=value"),
     (["train", "--config", "no/such/config.yaml"], "config", "no such file"),
     (["resume", "no/such/experiment"], "dir", "not an experiment folder"),
+    (["train", "--out", "{tmp}/a-file"], "--out", "is a file"),
+    (["train", "--out", "{tmp}/a-file/sub"], "--out", "cannot create it"),
+    (["train", "--out", "/proc/no-such-dir/x"], "--out", "cannot create it"),
+    (["train", "--out", "{tmp}/full"], "--out", "not empty"),
 ])
 def test_cli_lists_and_syntax(args, field, fix, capsys, tmp_path, no_training):
-    rc, _, err = run_cli(args + ([] if args[0] == "resume" else ["--out", str(tmp_path / "o")]),
-                         capsys)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] != "resume" and "--out" not in args:
+        args += ["--out", str(tmp_path / "o")]
+    rc, _, err = run_cli(args, capsys)
     assert_one_line_error(rc, err, field, fix)
+    assert (tmp_path / "full" / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("text,suffix,fix", [
