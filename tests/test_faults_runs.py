@@ -811,3 +811,42 @@ def test_disk_full_fails_one_arm_with_a_hint_and_it_resumes(tiny_csv, tmp_path, 
     ref = create_experiment(tmp_path / "ref", cfg, ["dlb"], [0])
     run_experiment(ref)
     assert_same_records(rd.metrics(), RunDir(ref / "dlb-s0").metrics())
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_csv, tmp_path):
+    """A kill between the temp file and the rename leaves a partial temp file beside the
+    last complete checkpoint: resume uses the complete one."""
+    cfg, exp, rd = _killed_experiment(tmp_path, tiny_csv, steps_done=3)
+    partial = rd.checkpoint_path.parent / ".state.pt.k1ll3d.tmp"
+    partial.write_bytes(rd.checkpoint_path.read_bytes()[:1000])
+    assert rd.status()["state"] == "interrupted"
+    assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
+    assert [r["step"] for r in rd.metrics()] == list(range(1, 7))
+    assert torch.load(rd.checkpoint_path, weights_only=True)["step"] == 6
+
+
+def test_closing_the_job_manager_stops_and_saves_then_a_new_one_resumes(tiny_csv, tmp_path,
+                                                                        monkeypatch):
+    """The app's JobManager is released (server restart, code reload): the running arms are
+    saved as `stopped`, and a new JobManager on the same folder resumes them."""
+    cfg = tiny_config(tiny_csv)
+    _slow_steps(monkeypatch, 0.1)
+    jm = JobManager(tmp_path / "runs")
+    job = jm.submit(cfg, ["vanilla", "dynsdpb"], [0], name="restart")
+    rd = RunDir(job.exp_dir / "dynsdpb-s0")
+    assert _wait_for(lambda: len(rd.metrics()) >= 2)
+    jm.close(wait=30)
+    assert not jm._worker.is_alive()
+    for arm in jm.arms(job.id):
+        st = arm.status()
+        assert st["state"] == "stopped" and st["step"] == len(arm.metrics()) < 6
+    monkeypatch.undo()
+    jm2 = JobManager(tmp_path / "runs")
+    try:
+        jm2.resume(job.id)
+        assert jm2.wait_idle(60)
+        assert [a.status()["state"] for a in jm2.arms(job.id)] == ["finished", "finished"]
+        assert all([r["step"] for r in a.metrics()] == list(range(1, 7))
+                   for a in jm2.arms(job.id))
+    finally:
+        jm2.close(wait=5)
