@@ -7,10 +7,13 @@ and the pages poll them (anchors.md §2, "Option 1").
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
+import threading
 import time
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -156,6 +159,44 @@ def arm_dirs(exp: Path, meta: dict | None = None) -> list[RunDir]:
     return [RunDir(exp / a) for a in meta.get("arms", [])]
 
 
+# The pages re-read metrics.jsonl about once a second per open tab, in the same process as
+# the training thread. Parsing only the bytes appended since the last read keeps that cheap
+# (and off the GIL the trainer needs). Same rules as the engine's read_metrics: a torn last
+# line waits for its newline, a garbled line is skipped.
+_RECORDS: dict[str, tuple[int, int, list[dict]]] = {}
+_RECORDS_LOCK = threading.Lock()
+
+
+def read_records(path: Path) -> list[dict]:
+    key = str(path)
+    try:
+        st_ = os.stat(path)
+    except FileNotFoundError:
+        with _RECORDS_LOCK:
+            _RECORDS.pop(key, None)
+        return []
+    with _RECORDS_LOCK:
+        ino, offset, recs = _RECORDS.get(key, (st_.st_ino, 0, []))
+        if ino != st_.st_ino or st_.st_size < offset:   # replaced or truncated: start over
+            offset, recs = 0, []
+        if st_.st_size > offset:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(st_.st_size - offset)
+            end = chunk.rfind(b"\n") + 1
+            recs = list(recs)
+            for raw in chunk[:end].splitlines():
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    recs.append(rec)
+            offset += end
+        _RECORDS[key] = (st_.st_ino, offset, recs)
+        return recs
+
+
 def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
     meta = exp_meta(exp)
     name = exp_name(exp, meta)
@@ -164,7 +205,7 @@ def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
         if not rd.exists():
             continue
         out.append(Arm(rd, exp.name, name, rd.config(), rd.status(),
-                       rd.metrics() if with_records else []))
+                       read_records(rd.metrics_path) if with_records else []))
     return out
 
 
@@ -187,7 +228,8 @@ def find_arm(key: str) -> Arm | None:
     rd = RunDir(exp / arm)
     if not rd.exists():
         return None
-    return Arm(rd, exp_id, exp_name(exp), rd.config(), rd.status(), rd.metrics())
+    return Arm(rd, exp_id, exp_name(exp), rd.config(), rd.status(),
+               read_records(rd.metrics_path))
 
 
 def all_arm_keys() -> list[tuple[str, str]]:
@@ -368,6 +410,14 @@ def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
                                      hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
             shown = True
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
+    have = {t.xaxis or "x" for t in fig.data}
+    for col, axis, what in ((1, "x", "distilling arms log it from step 2"),
+                            (2, "x2", "distilling arms log it from step 2"),
+                            (3, "x3", "first point at the first evaluation")):
+        if axis not in have:
+            fig.add_annotation(text=f"no values yet: {what}", showarrow=False,
+                               xref=f"{axis} domain", yref=f"y{col if col > 1 else ''} domain",
+                               x=0.5, y=0.5, font=dict(color="#888"))
     return _base_layout(fig, uirev, x)
 
 
@@ -415,9 +465,38 @@ def fig_metric(arms: list[Arm], key: str, x: str = "step", uirev: str = "metric"
     if key in UNIT_RANGE:
         fig.update_yaxes(range=[-0.02, 1.02])
     if not fig.data:
-        fig.add_annotation(text=f"no {key} values yet", showarrow=False, xref="paper",
-                           yref="paper", x=0.5, y=0.5)
+        when = (" (first point at the first evaluation)" if key.startswith("val_")
+                or key == "probe_drift" else "")
+        fig.add_annotation(text=f"no {key} values yet{when}", showarrow=False, xref="paper",
+                           yref="paper", x=0.5, y=0.5, font=dict(color="#888"))
     return _base_layout(fig, uirev, x)
+
+
+_FIGS: OrderedDict = OrderedDict()
+_FIGS_LOCK = threading.Lock()
+
+
+def figure(fn, arms: list[Arm], *args, **kw) -> go.Figure:
+    """fn(arms, *args, **kw), reused while no arm has a new record.
+
+    Saves rebuilding four figures every second for every open tab, and while nothing new
+    arrives the chart's spec (and so Streamlit's element) stays the same, so a zoom survives.
+    Callers must not modify the returned figure.
+    """
+    key = (fn.__name__, args, tuple(sorted(kw.items())),
+           tuple((a.key, a.exp_name, a.method, a.seed, len(a.records),
+                  a.records[-1].get("time") if a.records else None) for a in arms))
+    with _FIGS_LOCK:
+        fig = _FIGS.get(key)
+        if fig is not None:
+            _FIGS.move_to_end(key)
+            return fig
+    fig = fn(arms, *args, **kw)
+    with _FIGS_LOCK:
+        _FIGS[key] = fig
+        while len(_FIGS) > 64:
+            _FIGS.popitem(last=False)
+    return fig
 
 
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},

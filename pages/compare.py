@@ -66,7 +66,8 @@ def charts() -> None:
     cols = st.columns(2)
     uirev = "compare:" + ",".join(picked) + f":{x}:{color_by}"
     for i, key in enumerate(chosen):
-        fig = common.fig_metric(arms, key, x, uirev=f"{uirev}:{key}", color_by=color_by)
+        fig = common.figure(common.fig_metric, arms, key, x, uirev=f"{uirev}:{key}",
+                            color_by=color_by)
         with cols[i % 2]:
             st.plotly_chart(fig, key=f"cmp_chart_{key}",
                             config=common.chart_config(f"compare-{key}"))

@@ -181,9 +181,9 @@ def live_charts() -> None:
     val_key = common.primary_val_metric(arms)
 
     st.markdown("##### Validation " + val_key.removeprefix("val_"))
-    st.plotly_chart(common.fig_metric(arms, val_key, x, uirev=uirev + ":val",
-                                      title=f"{val_key} (validation set, every "
-                                            f"{arms[0].cfg.get('eval_every')} steps)"),
+    st.plotly_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
+                                  title=f"{val_key} (validation set, every "
+                                        f"{arms[0].cfg.get('eval_every')} steps)"),
                     key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
 
     st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")
@@ -199,7 +199,8 @@ def live_charts() -> None:
         st.markdown(common.method_chip(m) + " &nbsp; " + text, unsafe_allow_html=True)
     if "vanilla" in methods:
         st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
-    st.plotly_chart(common.fig_alpha_tau(arms, x, uirev=uirev + ":at"), key="chart_alpha_tau",
+    st.plotly_chart(common.figure(common.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
+                    key="chart_alpha_tau",
                     config=common.chart_config(f"{exp_id}-alpha-tau"))
 
     st.markdown("##### Drift: how far predictions move")
@@ -207,11 +208,13 @@ def live_charts() -> None:
                "the update; agreement = share of carried samples whose predicted class did not "
                "change. Only distilling arms have a carried half; probe drift (same KL on a fixed "
                "probe set, between evaluations) covers every arm, vanilla included.")
-    st.plotly_chart(common.fig_drift(arms, x, uirev=uirev + ":drift"), key="chart_drift",
+    st.plotly_chart(common.figure(common.fig_drift, arms, x, uirev=uirev + ":drift"),
+                    key="chart_drift",
                     config=common.chart_config(f"{exp_id}-drift"))
 
     st.markdown("##### Loss parts")
-    st.plotly_chart(common.fig_loss(arms, x, uirev=uirev + ":loss"), key="chart_loss",
+    st.plotly_chart(common.figure(common.fig_loss, arms, x, uirev=uirev + ":loss"),
+                    key="chart_loss",
                     config=common.chart_config(f"{exp_id}-loss"))
 
     finished = [a for a in arms if a.state == "finished"]
