@@ -110,8 +110,9 @@ class JobManager:
         exp = self._exp_path(exp_id)
         with self._lock:
             j = self._jobs.get(exp_id)
-            if j and j.state in ("queued", "running"):
+            if j and j.state in ("queued", "running") and not j.stop.is_set():
                 return j
+            # (a job that is stopping finishes its step first; this resume queues behind it)
             from .store import check_not_busy
             check_not_busy(self.arms(exp_id), exp_id)
             for a in (read_json(exp / "experiment.json", {}) or {}).get("arms", []):
