@@ -850,3 +850,23 @@ def test_closing_the_job_manager_stops_and_saves_then_a_new_one_resumes(tiny_csv
                    for a in jm2.arms(job.id))
     finally:
         jm2.close(wait=5)
+
+
+def test_stop_then_resume_at_once_is_not_lost(tiny_csv, tmp_path, monkeypatch):
+    """An impatient Stop then Resume while the current step is still running: the resume
+    is queued behind the stopping run, not swallowed by it."""
+    cfg = tiny_config(tiny_csv)
+    _slow_steps(monkeypatch, 0.1)
+    jm = JobManager(tmp_path / "runs")
+    try:
+        job = jm.submit(cfg, ["dynsdpb"], [0], name="impatient")
+        rd = RunDir(job.exp_dir / "dynsdpb-s0")
+        assert _wait_for(lambda: len(rd.metrics()) >= 2)
+        jm.stop(job.id)
+        again = jm.resume(job.id)
+        assert again is not job
+        assert jm.wait_idle(60)
+        assert rd.status()["state"] == "finished"
+        assert [r["step"] for r in rd.metrics()] == list(range(1, 7))
+    finally:
+        jm.close(wait=5)
