@@ -333,3 +333,40 @@ def test_stop_button_stops_a_running_experiment(runs_dir, csv):
         st_ = json.loads((exp / arm / "status.json").read_text())
         assert st_["state"] == "stopped" and 0 < st_["step"] < 400
     assert at.button(key="btn_resume")              # offered where Stop was
+
+
+def test_cut_off_run_shows_interrupted_with_its_metrics_and_resumes(runs_dir, csv):
+    """A run whose process died (app restart, kill) reads as interrupted; Resume finishes it."""
+    exp = train_experiment(runs_dir, csv)
+    status = runs_dir / exp / "dynsdpb-s0" / "status.json"
+    st_ = json.loads(status.read_text())
+    st_.update(state="running", pid=2 ** 22 + 12345, owner="a-process-that-is-gone")
+    status.write_text(json.dumps(st_))
+
+    at = new_app()
+    at.switch_page(str(PAGES / "runs.py")).run()
+    assert list(at.dataframe[0].value["state"]) == ["interrupted"]
+    arms = at.dataframe[1].value
+    assert dict(zip(arms["run"], arms["state"])) == {"vanilla-s0": "finished",
+                                                    "dynsdpb-s0": "interrupted"}
+    # the model folder of a finished arm can be downloaded as a zip
+    labels = [b.label for b in at.get("download_button")]
+    assert "fine-tuned model (zip)" in labels
+    from app import common
+    import io
+    import zipfile
+    names = zipfile.ZipFile(io.BytesIO(common.zip_folder(
+        runs_dir / exp / "vanilla-s0" / "model"))).namelist()
+    assert "model/config.json" in names and any(n.endswith(".safetensors") for n in names)
+
+    at.switch_page(str(PAGES / "live.py")).run()
+    assert "interrupted]" in at.markdown[0].value
+    assert any("ended before it finished" in w.value for w in at.warning)
+    assert points(specs(at)[3], "dynsdpb-s0") == 9          # its metrics are intact
+
+    at.button(key="btn_resume").click().run()
+    deadline = time.time() + 60
+    while time.time() < deadline and "finished]" not in at.markdown[0].value:
+        time.sleep(0.5)
+        at.run()
+    assert "finished]" in at.markdown[0].value, at.markdown[0].value
