@@ -17,7 +17,7 @@ from app.common import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, FORM_PREFIX, OTHER_
 from dynsdpb import config as C
 from dynsdpb.data import BUILTIN_DATASETS, FILE_SUFFIXES, dataset_kind, read_table, rows_to_taskdata
 from dynsdpb.errors import ConfigError, Problem
-from dynsdpb.models import BUILTIN_MODELS
+from dynsdpb.models import BUILTIN_MODELS, model_kind
 from dynsdpb.schedules import describe
 
 ss = st.session_state
@@ -45,7 +45,8 @@ ss.setdefault("w_exp_name", "")
 def _on_upload() -> None:
     f = ss.get("upload_widget")
     if f is not None:
-        ss["upload"] = {"name": f.name, "data": f.getvalue()}
+        data = f.getvalue()
+        ss["upload"] = {"name": f.name, "data": data, "sha1": hashlib.sha1(data).hexdigest()}
         ss.pop("w_text_column", None)   # re-guess the mapping for the new file
         ss.pop("w_label_column", None)
         ss.pop("w_text_pair_column", None)
@@ -69,15 +70,16 @@ def _on_yaml() -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _read_rows(name: str, data: bytes) -> tuple[list[dict], list[str]]:
-    return read_table(name, data)
+def _rows(key: str, name: str, _data: bytes | None) -> tuple[list[dict], list[str]]:
+    """Rows of the chosen file; `key` names its content (arguments with _ are not hashed)."""
+    return read_table(name, _data)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _check_rows(digest: str, name: str, data: bytes, cfg_json: str) -> list[Problem]:
+def _check_rows(key: str, name: str, _data: bytes | None, cfg_yaml: str) -> list[Problem]:
     """The engine's data checks (columns, labels, split sizes) on the chosen file."""
-    rows, _ = _read_rows(name, data)
-    cfg = C.from_dict(yaml.safe_load(cfg_json), check=False)
+    rows, _ = _rows(key, name, _data)
+    cfg = C.from_dict(yaml.safe_load(cfg_yaml), check=False)
     try:
         rows_to_taskdata(rows, cfg, name)
     except ConfigError as e:
@@ -85,15 +87,18 @@ def _check_rows(digest: str, name: str, data: bytes, cfg_json: str) -> list[Prob
     return []
 
 
-def _file_source() -> tuple[str, bytes] | None:
-    """(name, bytes) of an uploaded file, or of a local file path that exists."""
+def _file_source() -> tuple[str, str, bytes | None] | None:
+    """(content key, name, bytes or None) of an uploaded file or of a local file that exists."""
     src = ss["w_data_source"]
     if src == DATA_UPLOAD and ss.get("upload"):
-        return ss["upload"]["name"], ss["upload"]["data"]
+        up = ss["upload"]
+        sha = up.get("sha1") or hashlib.sha1(up["data"]).hexdigest()
+        return f"upload:{sha}", up["name"], up["data"]
     if src == DATA_PATH:
         p = Path(str(ss["w_data_path"]).strip()).expanduser()
-        if p.suffix.lower() in FILE_SUFFIXES and p.is_file() and p.stat().st_size < 200e6:
-            return str(p), p.read_bytes()
+        if p.suffix.lower() in FILE_SUFFIXES and p.is_file():
+            stt = p.stat()
+            return f"path:{p.resolve()}:{stt.st_mtime_ns}:{stt.st_size}", str(p), None
     return None
 
 
@@ -105,7 +110,7 @@ def _guess_mapping() -> None:
     if not fs:
         return
     try:
-        rows, _ = _read_rows(*fs)
+        rows, _ = _rows(*fs)
     except ConfigError:
         return
     if not rows:
@@ -179,6 +184,10 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
     for m in methods or ["vanilla"]:
         for p in C.validate(cfg.replace(method=m)):
             add(p)
+    if choice == OTHER_MODEL and str(raw["model"]).strip() \
+            and model_kind(str(raw["model"]).strip()) == "missing":
+        add(Problem("model", raw["model"], "no such folder; give a folder with config.json and "
+                    f"safetensors weights, a hub id, or a built-in ({', '.join(BUILTIN_MODELS)})"))
     if src == DATA_UPLOAD and not ss.get("upload"):
         add(Problem("dataset", "", "upload a CSV, TSV, JSONL, JSON or Parquet file"))
     elif src == DATA_PATH and raw["dataset"].strip():
@@ -190,11 +199,9 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
                         f"({', '.join(FILE_SUFFIXES)}) or a hub id such as nyu-mll/glue:rte"))
     fs = _file_source()
     if fs and not problems.get("dataset"):
-        name, data = fs
         try:
-            _, warnings = _read_rows(name, data)
-            digest = hashlib.sha1(data).hexdigest()
-            for p in _check_rows(digest, name, data, yaml.safe_dump(cfg.to_dict())):
+            _, warnings = _rows(*fs)
+            for p in _check_rows(*fs, yaml.safe_dump(cfg.to_dict())):
                 add(p)
         except ConfigError as e:
             for p in e.problems:
@@ -225,7 +232,7 @@ shown: set[str] = set()
 
 def show_problems(name: str, where=st) -> None:
     for p in problems.get(name, []):
-        where.error(f"**{name}** = `{p.value}`: {p.fix}", icon="⚠️")
+        where.error(f"**{name}** = `{p.value}`: {p.fix}", icon=":material/warning:")
     shown.add(name)
 
 
@@ -305,7 +312,7 @@ if src != DATA_BUILTIN:
     rows: list[dict] = []
     if fs:
         try:
-            rows, _ = _read_rows(*fs)
+            rows, _ = _rows(*fs)
         except ConfigError:
             rows = []
     if rows:
@@ -396,7 +403,7 @@ with st.expander("Evaluation, checkpoints, device", expanded=any(problems.get(n)
 st.divider()
 left = [p for n, ps in problems.items() if n not in shown for p in ps]
 for p in left:
-    st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon="⚠️")
+    st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon=":material/warning:")
 n_problems = sum(len(v) for v in problems.values())
 
 c1, c2, c3 = st.columns([2, 1, 3])
@@ -438,7 +445,7 @@ if start:
             job = jm.submit(cfg, methods, seeds, name=str(ss["w_exp_name"]).strip(), upload=upload)
         except ConfigError as e:
             for p in e.problems:
-                st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon="⚠️")
+                st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon=":material/warning:")
         else:
             ss["live_exp"] = job.id
             st.switch_page(common.ROOT / "pages" / "live.py")
