@@ -287,6 +287,11 @@ class Arm:
         rec["time"] = time.time()  # when the record hits the file (the app measures its lag)
         self.writer.write(rec)
         if self.done or (cfg.checkpoint_every and self.step_idx % cfg.checkpoint_every == 0):
+            # Never overwrite the last good checkpoint with non-finite weights (an update can
+            # overflow with a finite loss and gradient; the next loss would catch it too late).
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                raise TrainingFault(f"weights became non-finite at step {self.step_idx}",
+                                    NAN_HINT, self.step_idx)
             # Inside step() the arm's RNG is the live global one and self.rng_state is still
             # the state from before this step: snapshot it, or a resume from this checkpoint
             # would replay this step's dropout masks.
