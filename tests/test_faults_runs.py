@@ -870,3 +870,32 @@ def test_stop_then_resume_at_once_is_not_lost(tiny_csv, tmp_path, monkeypatch):
         assert [r["step"] for r in rd.metrics()] == list(range(1, 7))
     finally:
         jm.close(wait=5)
+
+
+@contextmanager
+def overflowing_update(arm):
+    """The loss and gradients are finite, but the update itself leaves a NaN weight."""
+    orig = arm.opt.step
+
+    def step(*a, **kw):
+        out = orig(*a, **kw)
+        with torch.no_grad():
+            arm.model.classifier.weight.view(-1)[0] = float("nan")
+        return out
+    arm.opt.step = step
+    try:
+        yield
+    finally:
+        del arm.opt.step
+
+
+def test_non_finite_weights_are_never_checkpointed(tiny_csv, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_csv)  # checkpoints at 2, 4, 6
+    exp = create_experiment(tmp_path / "runs", cfg, ["dlb"], [0])
+    inject(monkeypatch, lambda a: a.step_idx == 3, overflowing_update)  # step 4
+    assert run_experiment(exp)["states"] == {"dlb-s0": "failed"}
+    rd = RunDir(exp / "dlb-s0")
+    st = rd.status()
+    assert st["failed_step"] == 4 and "non-finite" in st["error"] and st["hint"] == NAN_HINT
+    ck = torch.load(rd.checkpoint_path, weights_only=True)
+    assert ck["step"] == 2 and finite_state(ck)
