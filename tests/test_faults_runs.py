@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -61,7 +60,8 @@ def assert_same_records(got, want, tol=1e-6):
         assert a.keys() == b.keys()
         for k in a:
             if isinstance(a[k], float) and isinstance(b[k], float):
-                assert math.isclose(a[k], b[k], rel_tol=tol, abs_tol=tol), (a["step"], k, a[k], b[k])
+                assert math.isclose(a[k], b[k], rel_tol=tol, abs_tol=tol), \
+                    (a["step"], k, a[k], b[k])
             else:
                 assert a[k] == b[k], (a["step"], k, a[k], b[k])
 
