@@ -288,6 +288,11 @@ def validate(cfg: RunConfig) -> list[Problem]:
         bad("text_column", "name the column that holds the text")
     if not cfg.label_column:
         bad("label_column", "name the column that holds the label")
+    elif cfg.label_column in (cfg.text_column, cfg.text_pair_column):
+        bad("label_column", "the label must be a column of its own, not the text column")
+    if cfg.text_pair_column and cfg.text_pair_column == cfg.text_column:
+        bad("text_pair_column", "the second sentence must be another column than text_column "
+            "(leave it empty for single-sentence tasks)")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         bad("lr", "the learning rate must be a number > 0, e.g. 5e-5")
     elif cfg.lr > 1:
