@@ -343,7 +343,8 @@ def _base_layout(fig: go.Figure, uirev: str, x: str, height: int = 340) -> go.Fi
     fig.update_layout(
         uirevision=uirev, height=height, margin=dict(l=10, r=10, t=40, b=10),
         legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
-        hovermode="x unified", template="plotly_white")
+        hovermode="x unified", template="plotly_white", autosize=True,
+        font=dict(family='"Source Sans", "Source Sans Pro", sans-serif'))
     fig.update_xaxes(title_text=X_LABELS.get(x, x), title_standoff=4)
     return fig
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import common
+from app.livechart import live_chart
 from dynsdpb import config as C
 from dynsdpb.compare import summarize_runs, table_rows
 
@@ -69,8 +70,7 @@ def charts() -> None:
         fig = common.figure(common.fig_metric, arms, key, x, uirev=f"{uirev}:{key}",
                             color_by=color_by)
         with cols[i % 2]:
-            st.plotly_chart(fig, key=f"cmp_chart_{key}",
-                            config=common.chart_config(f"compare-{key}"))
+            live_chart(fig, key=f"cmp_chart_{key}", config=common.chart_config(f"compare-{key}"))
             st.download_button(f"{key} chart (HTML)", lambda fig=fig: common.figure_html(fig),
                                icon=":material/download:",
                                file_name=f"compare-{key}.html", mime="text/html",

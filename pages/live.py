@@ -10,6 +10,7 @@ import time
 import streamlit as st
 
 from app import common
+from app.livechart import live_chart
 from dynsdpb import config as C
 from dynsdpb.schedules import describe
 
@@ -51,11 +52,10 @@ with c3:
     follow = st.toggle("follow the running experiment", key="w_live_follow",
                        help="When the experiment shown is not training, switch to the one that "
                             "is (once per experiment).")
-    paused = st.toggle("pause the charts (to zoom)", key="w_live_pause",
-                       help="Streamlit 1.67 redraws a chart from scratch whenever its data "
-                            "changes, so a zoom lasts until the next update (about a second). "
-                            "Pause the charts to zoom and inspect; status and progress keep "
-                            "updating.")
+    paused = st.toggle("pause the charts", key="w_live_pause",
+                       help="Freeze the charts to look at them or explain them; status and "
+                            "progress keep updating. Zoom and legend clicks are kept across "
+                            "updates either way.")
 
 active_at_start = jm.is_active()
 run_every = 1.0 if active_at_start else None
@@ -181,10 +181,10 @@ def live_charts() -> None:
     val_key = common.primary_val_metric(arms)
 
     st.markdown("##### Validation " + val_key.removeprefix("val_"))
-    st.plotly_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
-                                  title=f"{val_key} (validation set, every "
-                                        f"{arms[0].cfg.get('eval_every')} steps)"),
-                    key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
+    live_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
+                             title=f"{val_key} (validation set, every "
+                                   f"{arms[0].cfg.get('eval_every')} steps)"),
+               key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
 
     st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")
     for m in methods:
@@ -199,23 +199,20 @@ def live_charts() -> None:
         st.markdown(common.method_chip(m) + " &nbsp; " + text, unsafe_allow_html=True)
     if "vanilla" in methods:
         st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
-    st.plotly_chart(common.figure(common.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
-                    key="chart_alpha_tau",
-                    config=common.chart_config(f"{exp_id}-alpha-tau"))
+    live_chart(common.figure(common.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
+               key="chart_alpha_tau", config=common.chart_config(f"{exp_id}-alpha-tau"))
 
     st.markdown("##### Drift: how far predictions move")
     st.caption("logit drift = KL(previous-step prediction ‖ current), on the carried half before "
                "the update; agreement = share of carried samples whose predicted class did not "
                "change. Only distilling arms have a carried half; probe drift (same KL on a fixed "
                "probe set, between evaluations) covers every arm, vanilla included.")
-    st.plotly_chart(common.figure(common.fig_drift, arms, x, uirev=uirev + ":drift"),
-                    key="chart_drift",
-                    config=common.chart_config(f"{exp_id}-drift"))
+    live_chart(common.figure(common.fig_drift, arms, x, uirev=uirev + ":drift"),
+               key="chart_drift", config=common.chart_config(f"{exp_id}-drift"))
 
     st.markdown("##### Loss parts")
-    st.plotly_chart(common.figure(common.fig_loss, arms, x, uirev=uirev + ":loss"),
-                    key="chart_loss",
-                    config=common.chart_config(f"{exp_id}-loss"))
+    live_chart(common.figure(common.fig_loss, arms, x, uirev=uirev + ":loss"),
+               key="chart_loss", config=common.chart_config(f"{exp_id}-loss"))
 
     finished = [a for a in arms if a.state == "finished"]
     if finished and state == "finished":
@@ -227,5 +224,5 @@ def live_charts() -> None:
 
 live_status()
 if paused and active_at_start:
-    st.info("Charts paused: zoom and hover freely. Turn the pause off to follow the run again.")
+    st.info("Charts paused. Turn the pause off to follow the run again.")
 live_charts()

@@ -75,7 +75,10 @@ def fill_setup(at: AppTest, csv: Path, methods=("vanilla", "dynsdpb"), **fields)
 
 
 def specs(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    """Plotly figures on the page: st.plotly_chart specs, or the figures of the Live page's
+    zoom-keeping chart component (app/livechart.py), in page order per kind."""
+    from app.livechart import figure_of
+    return [figure_of(c) for c in at.get("bidi_component") + at.get("plotly_chart")]
 
 
 def points(spec: dict, name: str) -> int:

@@ -34,6 +34,10 @@ pytestmark = pytest.mark.browser
 LATEST = re.compile(r"latest step (\d+) of (\S+) written at (\d\d:\d\d:\d\d\.\d{3})")
 JS_POINTS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
     d => (d.data || []).reduce((n, t) => n + ((t.y && t.y.length) || 0), 0))"""
+# The 4th live chart (loss parts): its first x-axis range and its number of points.
+JS_LOSS = """() => { const d = document.querySelectorAll('.js-plotly-plot')[3];
+    return {range: d._fullLayout.xaxis.range.map(v => Math.round(v * 1000) / 1000),
+            points: (d.data || []).reduce((n, t) => n + ((t.y && t.y.length) || 0), 0)}; }"""
 ALL_FOUR = ("() => { const p = (" + JS_POINTS + ")(); "
             "return p.length === 4 && p.every(n => n > 0); }")
 
@@ -57,6 +61,19 @@ def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 30) -> None
             pass
         time.sleep(0.2)
     raise TimeoutError("the app did not come up")
+
+
+def _zoom_loss_chart(page) -> dict:
+    """Drag a zoom box over part of the loss chart's first subplot, as a user would."""
+    initial = page.evaluate(JS_LOSS)
+    box = page.locator(".js-plotly-plot").nth(3).locator(".nsewdrag").first.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.15, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=6)
+    page.mouse.up()
+    time.sleep(0.3)
+    return {"initial": initial, "before": page.evaluate(JS_LOSS)}
 
 
 def _write_inputs(tmp: Path, steps: int) -> Path:
@@ -83,7 +100,7 @@ def test_browser_live_run_and_compare(tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
     t_start = time.time()
-    steps = 8
+    steps = 12
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
     port = _free_port()
@@ -120,9 +137,11 @@ def test_browser_live_run_and_compare(tmp_path):
             start.click()
             page.get_by_role("heading", name="Live").wait_for()
 
-            # Poll the page: note when each "latest step" first shows; reload once mid-run.
+            # Poll the page: note when each "latest step" first shows; reload once mid-run,
+            # then zoom into the loss chart and check the zoom survives new points.
             total = 2 * steps
             reloaded = False
+            zoom: dict = {}
             end = time.time() + 120
             done_text = f"{total}/{total} steps"
             while time.time() < end:
@@ -136,10 +155,19 @@ def test_browser_live_run_and_compare(tmp_path):
                     page.get_by_role("heading", name="Live").wait_for()
                     reloaded = True
                     continue
+                if reloaded and not zoom and len(seen) >= 3 and page.evaluate(ALL_FOUR):
+                    zoom = _zoom_loss_chart(page)
+                elif zoom and "after" not in zoom:
+                    cur = page.evaluate(JS_LOSS)
+                    if cur["points"] > zoom["before"]["points"]:
+                        zoom["after"] = cur            # new points arrived since the zoom
                 if done_text in body and "finished" in body:
                     break
                 time.sleep(0.05)
             assert reloaded, "no step records showed up"
+            assert zoom and "after" in zoom, f"zoom check did not run: {zoom}"
+            assert zoom["after"]["range"] == zoom["before"]["range"], zoom   # zoom kept
+            assert zoom["before"]["range"] != zoom["initial"]["range"], zoom
             body = page.evaluate("() => document.body.innerText")
             assert done_text in body and "finished" in body, body[:1500]
             # 4 charts, every one with points (a redraw briefly shows old and new copies)
