@@ -100,7 +100,7 @@ def test_browser_live_run_and_compare(tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
     t_start = time.time()
-    steps = 12
+    steps = 10
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
     port = _free_port()
