@@ -6,14 +6,16 @@ the fine-tuned model folder.
 """
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+from pathlib import Path
 
 import streamlit as st
 
 from app import common
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.store import delete_run_or_experiment
+from dynsdpb.store import delete_run_or_experiment, inside
 
 ss = st.session_state
 jm = common.manager()
@@ -110,6 +112,13 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
     base = meta.get("base_config") or (arms[0].cfg if arms else {})
     common.prefill_setup(base, methods=meta.get("methods"), seeds=meta.get("seeds"))
     ss["w_exp_name"] = ""
+    data = Path(str(base.get("dataset", "")))
+    if data.is_file() and inside(jm.runs_dir, data):
+        # An uploaded file kept in that experiment's folder: upload it again, so the new
+        # experiment keeps its own copy (and survives deleting this one).
+        blob = data.read_bytes()
+        ss["upload"] = {"name": data.name, "data": blob, "sha1": hashlib.sha1(blob).hexdigest()}
+        ss["w_data_source"] = common.DATA_UPLOAD
     st.switch_page(common.ROOT / "pages" / "setup.py")
 if active:
     if b[3].button("Stop", key="btn_runs_stop", icon=":material/stop:", width="stretch"):

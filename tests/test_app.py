@@ -236,6 +236,13 @@ def test_uploaded_file_gets_a_column_mapping(runs_dir, tmp_path):
     assert cfg["dataset"] == str(exp / "data" / "mine.csv")
     assert (cfg["text_column"], cfg["label_column"]) == ("sentence", "sentiment")
 
+    # relaunching it uploads the kept file again: the new experiment gets its own copy
+    at.switch_page(str(PAGES / "runs.py")).run()
+    at.button(key="btn_runs_relaunch").click().run()
+    assert at.session_state["w_data_source"] == "upload a file"
+    assert at.session_state["upload"]["data"] == data.encode()
+    assert at.session_state["w_label_column"] == "sentiment"
+
 
 def test_compare_page_renders_two_runs(runs_dir, csv):
     exp = train_experiment(runs_dir, csv)
