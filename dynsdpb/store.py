@@ -151,6 +151,30 @@ class MetricsWriter:
                     # failing close must not take the other arms down with it
 
 
+def _proc_start(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot), to tell it from a later
+    process that got the same pid; None where /proc is not available."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+PROCESS_START = _proc_start(os.getpid())
+
+
+def _writer_alive(st: dict) -> bool:
+    """Is the process that wrote this status still the one running under its pid?"""
+    pid = st.get("pid")
+    if not _pid_alive(pid):
+        return False
+    want = st.get("pid_start")
+    now = _proc_start(pid) if want else None
+    return not (want and now and now != want)  # the pid was reused by another process
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -201,7 +225,7 @@ class RunDir:
         st = self.raw_status()
         if st.get("state") in ACTIVE:
             mine = st.get("owner") == PROCESS_TOKEN
-            if not mine and not _pid_alive(st.get("pid")):
+            if not mine and not _writer_alive(st):
                 st = dict(st, state="interrupted",
                           message="the process running it ended before it finished; resume it "
                                   "from its last checkpoint")
@@ -211,7 +235,8 @@ class RunDir:
         assert state in STATES, state
         st = self.raw_status()
         st.update(kw)
-        st.update(state=state, updated=time.time(), pid=os.getpid(), owner=PROCESS_TOKEN)
+        st.update(state=state, updated=time.time(), pid=os.getpid(), owner=PROCESS_TOKEN,
+                  pid_start=PROCESS_START)
         atomic_write_json(self.status_path, st)
         return st
 
@@ -223,7 +248,7 @@ class RunDir:
         Resuming it here too would make two writers of one folder."""
         st = self.raw_status()
         if st.get("state") in ACTIVE and st.get("owner") != PROCESS_TOKEN \
-                and _pid_alive(st.get("pid")):
+                and _writer_alive(st):
             return int(st["pid"])
         return None
 
