@@ -718,8 +718,10 @@ def test_resume_refuses_a_run_still_alive_in_another_process(tiny_csv, tmp_path,
     cfg, exp, rd = _killed_experiment(tmp_path, tiny_csv)
     st = rd.raw_status()
     # as written by another live process (the app, or a second terminal)
+    from dynsdpb.store import _proc_start
     rd.status_path.write_text(json.dumps(dict(st, state="running", owner="other",
-                                              pid=os.getppid())))
+                                              pid=os.getppid(),
+                                              pid_start=_proc_start(os.getppid()))))
     assert rd.status()["state"] == "running"
     before = rd.metrics_path.read_bytes()
     capsys.readouterr()
@@ -899,3 +901,25 @@ def test_non_finite_weights_are_never_checkpointed(tiny_csv, tmp_path, monkeypat
     assert st["failed_step"] == 4 and "non-finite" in st["error"] and st["hint"] == NAN_HINT
     ck = torch.load(rd.checkpoint_path, weights_only=True)
     assert ck["step"] == 2 and finite_state(ck)
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(tiny_csv, tmp_path):
+    """The writer was killed and its pid now belongs to another live process: the run is
+    still `interrupted` (the status records when its writer started) and resumes."""
+    from dynsdpb.store import _proc_start
+    cfg, exp, rd = _killed_experiment(tmp_path, tiny_csv)
+    other = os.getppid()  # alive, but not the process that wrote the status
+    if _proc_start(other) is None:
+        pytest.skip("no /proc here to tell processes apart")
+    st = rd.raw_status()
+    rd.status_path.write_text(json.dumps(dict(st, state="running", owner="dead", pid=other,
+                                              pid_start="1")))
+    assert rd.status()["state"] == "interrupted"
+    assert rd.busy_elsewhere() is None
+    # the same pid with its real start time is the live writer: running, resume refused
+    rd.status_path.write_text(json.dumps(dict(st, state="running", owner="other", pid=other,
+                                              pid_start=_proc_start(other))))
+    assert rd.status()["state"] == "running" and rd.busy_elsewhere() == other
+    rd.status_path.write_text(json.dumps(dict(st, state="running", owner="dead", pid=other,
+                                              pid_start="1")))
+    assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
