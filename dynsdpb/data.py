@@ -340,6 +340,9 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
             raise ConfigError.one("task", "regression", f"labels in {label_col!r} are not numbers; "
                                   "use task=classification")
         y = np.array([float(v) for v in labels_raw], dtype=np.float32)
+        if float(np.ptp(y)) == 0.0:
+            raise ConfigError.one("label_column", label_col, f"every target is {float(y[0]):g}; "
+                                  "regression needs targets that vary")
         names: list[str] = []
     else:
         keys = [str(int(float(v))) if n and float(v).is_integer() else str(v).strip()
