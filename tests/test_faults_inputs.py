@@ -288,6 +288,8 @@ FILE_CASES = {
                           {}, "text_column", "empty text"),
     "empty-label-column": (_csv([f"text {i}," for i in range(60)]), ".csv", {}, "label_column",
                            "empty"),
+    "constant-regression-target": (_csv([f"text {i},0.5" for i in range(60)]), ".csv", {},
+                                   "label_column", "every target is 0.5", "vary"),
     "regression-on-words": (_csv(GOOD_ROWS), ".csv", {"task": "regression"}, "task",
                             "not numbers", "task=classification"),
     "unsupported-type": (b"text,label\n", ".xlsx", {}, "dataset", "unsupported file type",
