@@ -923,3 +923,24 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(tiny_csv, tmp_path):
     rd.status_path.write_text(json.dumps(dict(st, state="running", owner="dead", pid=other,
                                               pid_start="1")))
     assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
+
+
+def test_every_arm_failing_still_ends_cleanly(tiny_csv, tmp_path, monkeypatch, capsys):
+    """NaN in every arm at step 1 (before any checkpoint): each arm is failed with the
+    step and hint, the experiment summary is still written, the CLI exits 1 without a
+    traceback."""
+    inject(monkeypatch, lambda a: True,
+           lambda arm: forward_returns(arm, lambda z: z * float("nan")))
+    rc = cli.main(["compare", "--model", "tiny-random-bert", "--dataset", str(tiny_csv),
+                   "--methods", "vanilla,dlb", "--seeds", "0,1", "--steps", "3",
+                   "--batch-size", "4", "--max-len", "16", "--set", "val_size=10",
+                   "--set", "test_size=10", "--set", "save_model=false",
+                   "--out", str(tmp_path / "exp")])
+    cap = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in cap.out + cap.err
+    assert "loss is nan at step 1" in cap.out + cap.err
+    for arm in ("vanilla-s0", "dlb-s0", "vanilla-s1", "dlb-s1"):
+        st = RunDir(tmp_path / "exp" / arm).status()
+        assert st["state"] == "failed" and st["failed_step"] == 1 and st["hint"] == NAN_HINT
+        assert not RunDir(tmp_path / "exp" / arm).has_checkpoint()
+    assert (tmp_path / "exp" / "summary.json").is_file()
