@@ -46,7 +46,12 @@ fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spaci
                                     "(new)", "vanilla: step t trains on its own chunk"))
 
 
+SHAPES: list[dict] = []   # added in one go: plotly's add_shape per cell takes ~10 ms each
+
+
 def _cells(col: int, lay_: BatchLayout, carried_color: str, new_color: str) -> None:
+    xr, yr = ("x", "y") if col == 1 else (f"x{col}", f"y{col}")
+    xs, ys, labels, hovers = [], [], [], []
     for t in range(steps):
         b = lay_.batch(t)
         start = (t - 1) * lay_.chunk_size if b.carried else t * lay_.chunk_size
@@ -54,28 +59,33 @@ def _cells(col: int, lay_: BatchLayout, carried_color: str, new_color: str) -> N
             pos = start + j
             is_carried = j < len(b.carried)
             color = carried_color if is_carried else new_color
-            fig.add_shape(type="rect", x0=pos + 0.05, x1=pos + 0.95, y0=t - 0.4, y1=t + 0.4,
-                          fillcolor=common.rgba(color, 0.35 if is_carried else 0.75),
-                          line=dict(color=color, width=1), row=1, col=col)
-            fig.add_trace(go.Scatter(
-                x=[pos + 0.5], y=[t], mode="text", text=[str(sid)], showlegend=False,
-                textfont=dict(size=11, color="#111"),
-                hovertext=f"step {t + 1}: sample {sid}, "
-                          + ("carried: distilled toward its logits from step "
-                             f"{t}" if is_carried else "new: CE, logits recorded"),
-                hoverinfo="text"), row=1, col=col)
+            SHAPES.append(dict(type="rect", x0=pos + 0.05, x1=pos + 0.95, y0=t - 0.4,
+                               y1=t + 0.4, xref=xr, yref=yr, line=dict(color=color, width=1),
+                               fillcolor=common.rgba(color, 0.35 if is_carried else 0.75)))
+            xs.append(pos + 0.5)
+            ys.append(t)
+            labels.append(str(sid))
+            hovers.append(f"step {t + 1}: sample {sid}, " + (
+                f"carried: distilled toward its logits from step {t}" if is_carried
+                else "new: CE, logits recorded"))
         if b.carried and col == 1:
             # the previous step's new chunk comes back as this step's carried chunk
-            fig.add_annotation(x=start + lay_.chunk_size / 2, y=t - 0.42, ax=start + lay_.chunk_size / 2,
-                               ay=t - 0.9, xref="x", yref="y", axref="x", ayref="y",
-                               showarrow=True, arrowhead=2, arrowcolor=CARRIED, arrowwidth=1.5)
+            mid = start + lay_.chunk_size / 2
+            fig.add_annotation(x=mid, y=t - 0.42, ax=mid, ay=t - 0.9, xref="x", yref="y",
+                               axref="x", ayref="y", showarrow=True, arrowhead=2,
+                               arrowcolor=CARRIED, arrowwidth=1.5)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="text", text=labels, hovertext=hovers,
+                             hoverinfo="text", showlegend=False,
+                             textfont=dict(size=11, color="#111")), row=1, col=col)
     width = steps * lay_.chunk_size + lay_.chunk_size
     for e in range(1, width // n + 1):
-        fig.add_vline(x=e * n, line=dict(color="#888", dash="dot", width=1), row=1, col=col)
+        SHAPES.append(dict(type="line", x0=e * n, x1=e * n, y0=0, y1=1, xref=xr,
+                           yref=f"{yr} domain", line=dict(color="#888", dash="dot", width=1)))
 
 
 _cells(1, lay, CARRIED, NEW)
 _cells(2, van, VAN, VAN)
+fig.update_layout(shapes=SHAPES)
 for name, color, op in (("carried half: KD toward last step's logits (+ CE)", CARRIED, 0.35),
                         ("new half: CE, logits recorded for the next step", NEW, 0.75),
                         ("vanilla batch: CE only", VAN, 0.75)):
