@@ -573,3 +573,20 @@ def test_refused_input_leaves_no_half_made_experiment(tmp_path, capsys):
     assert rc == 0, err
     from dynsdpb.store import RunDir
     assert RunDir(out / "dynsdpb-s0").status()["state"] == "finished"
+
+
+def test_job_manager_refuses_bad_requests_before_writing(tmp_path):
+    from dynsdpb.jobs import JobManager
+    runs = tmp_path / "runs"
+    jm = JobManager(runs, autostart=False)
+    csv = write_tiny_csv(tmp_path / "d.csv")
+    cfg = tiny_config(csv, method="vanilla", batch_size=5)  # fine for vanilla, odd for dlb
+    for methods, seeds, field, fix in [([], [0], "methods", "at least one method"),
+                                       (["vanilla"], [], "seeds", "at least one seed"),
+                                       (["vanilla"], [0, -2], "seed", ">= 0"),
+                                       (["vanilla", "dlb"], [0], "batch_size", "even")]:
+        for upload in (None, ("d.csv", csv.read_bytes())):
+            with pytest.raises(ConfigError) as ei:
+                jm.submit(cfg, methods, seeds, name="x", upload=upload)
+            assert_problem(ei.value, field, fix)
+            assert _tree(runs) == set() and jm.queue() == []
