@@ -354,6 +354,10 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
         if len(names) < 2:
             raise ConfigError.one("label_column", label_col, f"only one class ({names[0]!r}) "
                                   "found; classification needs at least 2")
+        if len(names) > max(20, len(kept) // 2):
+            warnings.append(f"{label_col!r} has {len(names)} classes for {len(kept)} rows, "
+                            "most seen once or twice: is it the label column (not an id or "
+                            "the text)?")
         idx = {n: i for i, n in enumerate(names)}
         y = np.array([idx[k] for k in keys], dtype=np.int64)
 
