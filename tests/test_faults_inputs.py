@@ -590,3 +590,12 @@ def test_job_manager_refuses_bad_requests_before_writing(tmp_path):
                 jm.submit(cfg, methods, seeds, name="x", upload=upload)
             assert_problem(ei.value, field, fix)
             assert _tree(runs) == set() and jm.queue() == []
+
+
+def test_an_id_column_picked_as_label_gets_a_warning(tmp_path):
+    p = tmp_path / "ids.csv"
+    p.write_bytes(_csv([f"some text {i},row-{i}" for i in range(60)]))
+    td = D.load_data(tiny_config(p))
+    assert any("'label' has 60 classes for 60 rows" in w for w in td.warnings), td.warnings
+    assert not any("classes" in w for w in D.load_data(tiny_config(
+        write_tiny_csv(tmp_path / "ok.csv"))).warnings)
