@@ -271,19 +271,34 @@ def primary_val_metric(arms: list[Arm]) -> str:
     return "val_pearson" if task == "regression" else "val_accuracy"
 
 
+def samples_per_s(arm: Arm, window: int = 10) -> float | None:
+    """Training throughput of an arm over its last `window` steps (one step's own
+    samples_per_s is noisy): samples seen over training wall time, evaluation excluded."""
+    recs = [r for r in arm.records[-(window + 1):]
+            if r.get("samples_seen") is not None and r.get("wall_time") is not None]
+    if len(recs) >= 2:
+        ds = recs[-1]["samples_seen"] - recs[0]["samples_seen"]
+        dt = recs[-1]["wall_time"] - recs[0]["wall_time"]
+        if dt > 0:
+            return ds / dt
+    return arm.records[-1].get("samples_per_s") if arm.records else None
+
+
 def progress_info(arms: list[Arm], now: float | None = None) -> dict:
     """Steps done/total, a rate from the records' write times, ETA and samples/s."""
     now = now or time.time()
     total = sum(int(a.status.get("steps") or a.cfg.get("steps") or 0) for a in arms)
     done = sum(int(a.status.get("step") or 0) for a in arms)
-    times = sorted(r["time"] for a in arms for r in a.records if r.get("time"))
+    # Steps per second over all arms, from the write times of the recent records (recent
+    # only: a resumed run has a gap, and evaluations slow some steps down).
+    times = sorted(r["time"] for a in arms for r in a.records[-30:] if r.get("time"))
+    times = times[-30 * max(1, len(arms)):]
     rate = None
     if len(times) >= 2 and times[-1] > times[0]:
-        rate = (len(times) - 1) / (times[-1] - times[0])   # steps per second, all arms
+        rate = (len(times) - 1) / (times[-1] - times[0])
     active = any(a.state in ("running", "queued") for a in arms)
     eta = (total - done) / rate if (rate and active) else None
-    sps = [a.records[-1].get("samples_per_s") for a in arms
-           if a.records and a.state == "running" and a.records[-1].get("samples_per_s")]
+    sps = [v for v in (samples_per_s(a) for a in arms if a.state == "running") if v]
     latest = None
     for a in arms:
         for r in a.records[-1:]:

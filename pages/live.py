@@ -133,7 +133,7 @@ def live_status() -> None:
         rows.append({"run": a.id, "state": a.state,
                      "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
                      "loss": last.get("loss"), "alpha": last.get("alpha"), "tau": last.get("tau"),
-                     val_key: val, "samples/s": last.get("samples_per_s")})
+                     val_key: val, "samples/s": common.samples_per_s(a)})
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.4f")
                                 for k in ("loss", "alpha", "tau", val_key)}
