@@ -393,7 +393,8 @@ def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
                                          legendgroup=name, showlegend=False, hoverinfo="skip",
                                          name=f"{name} {key} min"), row=1, col=col)
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines",
-                                     marker=dict(size=4), line=dict(color=color, dash=dash, width=2),
+                                     marker=dict(size=4),
+                                     line=dict(color=color, dash=dash, width=2),
                                      name=name, legendgroup=name, showlegend=(col == 1),
                                      hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
     if not fig.data:
@@ -453,7 +454,8 @@ def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
             if not xs:
                 continue
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines",
-                                     marker=dict(size=4), line=dict(color=color, dash=dash, width=2),
+                                     marker=dict(size=4),
+                                     line=dict(color=color, dash=dash, width=2),
                                      name=name, legendgroup=name, showlegend=not shown,
                                      hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
             shown = True

@@ -27,9 +27,11 @@ for _k in list(st.session_state.keys()):
 
 PAGES = ROOT / "pages"
 nav = st.navigation([
-    st.Page(PAGES / "setup.py", title="Setup", icon=":material/tune:", url_path="setup", default=True),
+    st.Page(PAGES / "setup.py", title="Setup", icon=":material/tune:", url_path="setup",
+            default=True),
     st.Page(PAGES / "live.py", title="Live", icon=":material/monitoring:", url_path="live"),
-    st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:",
+            url_path="compare"),
     st.Page(PAGES / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
     st.Page(PAGES / "learn.py", title="Learn", icon=":material/school:", url_path="learn"),
 ])

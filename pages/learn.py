@@ -177,7 +177,8 @@ if sched == "dynsdpb-v1":
     fig2 = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.16,
                          subplot_titles=("alpha(u, d)", "tau(u)"))
     fig2.add_trace(go.Heatmap(x=uu, y=dd, z=A.numpy(), colorscale="Reds", zmin=0,
-                              zmax=max(cfg.alpha_max, 1e-6), colorbar=dict(title="alpha", x=0.5, thickness=12, len=0.9),
+                              zmax=max(cfg.alpha_max, 1e-6),
+                              colorbar=dict(title="alpha", x=0.5, thickness=12, len=0.9),
                               hovertemplate="u %{x:.2f}<br>d %{y:.2f}<br>alpha %{z:.3f}"
                                             "<extra></extra>"), row=1, col=1)
     fig2.add_trace(go.Scatter(x=su.numpy(), y=sd.numpy(), mode="markers", name=f"random "
@@ -256,8 +257,10 @@ st.caption("tau_direction = sharpen-uncertain uses τ₀ (1 − u/2) instead. gr
 st.dataframe([
     {"piece": "overlapping batches, carried half re-fed", "source": "paper (DLB)"},
     {"piece": "KD loss α·τ²·KL(q_prev ‖ p) on the carried half", "source": "paper (DLB, DynSDPB)"},
-    {"piece": "fixed alpha, tau (dlb / static)", "source": "paper (DLB); defaults 0.5 / 3 are ours"},
-    {"piece": "alpha, tau adapt to uncertainty and discrimination", "source": "paper (DynSDPB): the idea"},
+    {"piece": "fixed alpha, tau (dlb / static)",
+     "source": "paper (DLB); defaults 0.5 / 3 are ours"},
+    {"piece": "alpha, tau adapt to uncertainty and discrimination",
+     "source": "paper (DynSDPB): the idea"},
     {"piece": "u, d, alpha_i, tau_i formulas (dynsdpb-v1)", "source": "ours"},
     {"piece": "warmup and linear schedules", "source": "ours (ablations; linear as in PS-KD)"},
     {"piece": "regression KD term α_i (ŷ − ŷ_prev)²", "source": "ours"},

@@ -131,7 +131,8 @@ def live_status() -> None:
         val = next((r.get(val_key) for r in reversed(a.records) if r.get(val_key) is not None),
                    None)
         rows.append({"run": a.id, "state": a.state,
-                     "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
+                     "step": f"{a.status.get('step', 0)}/"
+                             f"{a.status.get('steps', a.cfg.get('steps'))}",
                      "loss": last.get("loss"), "alpha": last.get("alpha"), "tau": last.get("tau"),
                      val_key: val, "samples/s": common.samples_per_s(a)})
     st.dataframe(rows, hide_index=True, width="stretch",

@@ -106,7 +106,8 @@ if b[1].button("Compare these", key="btn_runs_compare",
                 icon=":material/compare_arrows:", width="stretch"):
     ss["w_cmp_pick"] = [f"{exp_id}/{a.id}" for a in arms]
     st.switch_page(common.ROOT / "pages" / "compare.py")
-if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/replay:", width="stretch",
+if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/replay:",
+               width="stretch",
                help="Load this experiment's config, methods and seeds into the Setup page; "
                     "change what you like and Start a new experiment."):
     base = meta.get("base_config") or (arms[0].cfg if arms else {})
@@ -136,7 +137,8 @@ elif state in ("stopped", "interrupted", "failed"):
         else:
             ss["live_exp"] = exp_id
             st.switch_page(common.ROOT / "pages" / "live.py")
-if b[4].button("Delete…", key="btn_runs_delete", icon=":material/delete:", width="stretch", disabled=active,
+if b[4].button("Delete…", key="btn_runs_delete", icon=":material/delete:", width="stretch",
+               disabled=active,
                help="Stop it first." if active else "Asks for confirmation."):
     ss["confirm_delete"] = exp_id
 
@@ -178,7 +180,8 @@ with st.expander("Downloads"):
         model_dir = a.rd.model_path
         if (model_dir / "config.json").is_file():
             d2.download_button("fine-tuned model (zip)", lambda p=model_dir: common.zip_folder(p),
-                               icon=":material/download:", file_name=f"{exp_id}-{a.id}-model.zip", mime="application/zip",
+                               icon=":material/download:",
+                               file_name=f"{exp_id}-{a.id}-model.zip", mime="application/zip",
                                key=f"dl_model_{a.id}", on_click="ignore")
         else:
             d2.caption("no saved model" + (" (save_model is off)" if not a.cfg.get("save_model")
@@ -188,4 +191,5 @@ with st.expander("Downloads"):
         except ConfigError:
             y = ""
         d3.download_button("config (YAML)", y, file_name=f"{a.id}.yaml", mime="text/yaml",
-                           icon=":material/download:", key=f"dl_cfg_{a.id}", on_click="ignore", disabled=not y)
+                           icon=":material/download:", key=f"dl_cfg_{a.id}", on_click="ignore",
+                           disabled=not y)

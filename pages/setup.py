@@ -28,7 +28,8 @@ DEFAULTS = C.RunConfig()
 
 for _name in C.FIELDS:
     if _name not in common.SPECIAL_FIELDS:
-        ss.setdefault(FORM_PREFIX + _name, common.field_widget_value(_name, getattr(DEFAULTS, _name)))
+        ss.setdefault(FORM_PREFIX + _name,
+                      common.field_widget_value(_name, getattr(DEFAULTS, _name)))
 ss.setdefault("w_model_choice", DEFAULTS.model)
 ss.setdefault("w_model_other", "")
 ss.setdefault("w_data_source", DATA_BUILTIN)
