@@ -235,7 +235,7 @@ class Arm:
         # 4) loss parts: CE on all, alpha * tau^2 * KL on the carried half
         parts = dynsdpb_loss(logits, y, prev_logits, alpha, tau, kd_mask, task=self.task)
         if not torch.isfinite(parts.total):
-            raise TrainingFault(f"loss is {float(parts.total)} at step {t + 1}", NAN_HINT, t + 1)
+            raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}", NAN_HINT, t + 1)
 
         # 5) backward, clip, step
         self.opt.zero_grad(set_to_none=True)
