@@ -944,3 +944,25 @@ def test_every_arm_failing_still_ends_cleanly(tiny_csv, tmp_path, monkeypatch, c
         assert st["state"] == "failed" and st["failed_step"] == 1 and st["hint"] == NAN_HINT
         assert not RunDir(tmp_path / "exp" / arm).has_checkpoint()
     assert (tmp_path / "exp" / "summary.json").is_file()
+
+
+def test_killed_while_finishing_resumes_to_a_complete_run(tiny_csv, tmp_path):
+    """Killed after the last step, while writing the summary and the model: resume only
+    finishes (no step is repeated) and the saved model is safetensors, never a pickle."""
+    import shutil
+    cfg = tiny_config(tiny_csv, save_model=True)
+    exp = create_experiment(tmp_path / "runs", cfg, ["dynsdpb"], [0])
+    run_experiment(exp)
+    rd = RunDir(exp / "dynsdpb-s0")
+    before = rd.metrics()
+    rd.summary_path.unlink()
+    shutil.rmtree(rd.model_path)
+    st = rd.raw_status()
+    rd.status_path.write_text(json.dumps(dict(st, state="running", owner="dead",
+                                              pid=2 ** 22 + 777)))
+    assert rd.status()["state"] == "interrupted"
+    assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
+    assert rd.metrics() == before and rd.summary()["steps"] == 6
+    files = {p.name for p in rd.model_path.iterdir()}
+    assert "model.safetensors" in files
+    assert not any(f.endswith((".bin", ".pt", ".pkl", ".pth")) for f in files)
