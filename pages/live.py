@@ -1,7 +1,9 @@
 """Live: one experiment's arms, updated about once a second while anything is training.
 
-Everything inside `live_view` re-reads the run folders (status.json, metrics.jsonl) and
-redraws; the polling switches off when no experiment is queued or running.
+Two sibling fragments poll the run folders (status.json, metrics.jsonl; the training thread
+only writes files): `live_status` (state, progress, Stop, the queue) and `live_charts` (the
+four charts, which can be paused). Polling switches off when nothing is queued or running.
+The charts keep the user's zoom across updates (app/livechart.py).
 """
 from __future__ import annotations
 
