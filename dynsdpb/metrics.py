@@ -95,7 +95,8 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     a = np.asarray([x for x in xs if x is not None and math.isfinite(x)], float)
     if len(a) == 0:
         return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    # One value has no spread to report: nan (shown as n/a), not a misleading 0.
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
 
 
 def paired_diff(a: list[float], b: list[float]) -> dict[str, float]:
