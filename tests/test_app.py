@@ -190,16 +190,16 @@ def test_invalid_input_is_shown_and_starts_nothing(runs_dir, csv):
     at.run()
     assert any("whole numbers separated by commas" in e.value for e in at.error)
 
-    # a model folder that does not exist, and a dlb-only schedule with dynsdpb picked
+    # a model folder that does not exist, and dynsdpb-v1 picked as the dlb arm's schedule
     at.session_state["w_seeds"] = "0,1"
     at.session_state["w_model_choice"] = "other: local folder or hub id"
     at.session_state["w_model_other"] = "./no/such/model"
     at.session_state["w_methods"] = ["vanilla", "dlb", "dynsdpb"]
-    at.session_state["f_schedule"] = "warmup"
+    at.session_state["f_schedule"] = "dynsdpb-v1"
     at.run()
     errors = "\n".join(e.value for e in at.error)
     assert "no such folder" in errors
-    assert "method dynsdpb uses dynsdpb-v1" in errors
+    assert "use method=dynsdpb" in errors
     assert at.button(key="btn_start").disabled
     assert not any((p / "experiment.json").exists() for p in runs_dir.glob("*"))
 
