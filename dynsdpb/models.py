@@ -107,6 +107,7 @@ def build_model(cfg: RunConfig, num_labels: int, task: str, tokenizer):
     else:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected here
+        hf_logging.disable_progress_bar()  # per-arm "Loading weights" bars drown the CLI's
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 _source(cfg), num_labels=num_labels, problem_type=problem,
