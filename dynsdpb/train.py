@@ -235,7 +235,8 @@ class Arm:
         # 4) loss parts: CE on all, alpha * tau^2 * KL on the carried half
         parts = dynsdpb_loss(logits, y, prev_logits, alpha, tau, kd_mask, task=self.task)
         if not torch.isfinite(parts.total):
-            raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}", NAN_HINT, t + 1)
+            raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}",
+                                NAN_HINT, t + 1)
 
         # 5) backward, clip, step
         self.opt.zero_grad(set_to_none=True)
@@ -502,6 +503,12 @@ def _write_run(rd: RunDir, cfg: RunConfig, experiment: str | None) -> None:
 
 
 def experiment_configs(base: RunConfig, methods: list[str], seeds: list[int]) -> list[RunConfig]:
+    # Arms are named method-s<seed>: a repeated one would share (and clobber) a run folder.
+    for name, vals in (("methods", methods), ("seeds", seeds)):
+        if len(set(vals)) != len(vals):
+            eg = "0,1,2" if name == "seeds" else "vanilla,dynsdpb"
+            raise ConfigError.one(name, ",".join(map(str, vals)),
+                                  f"give each of the {name} once, e.g. {eg}")
     return [base.replace(method=m, seed=s) for s in seeds for m in methods]
 
 
