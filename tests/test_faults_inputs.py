@@ -192,6 +192,7 @@ def test_good_defaults_validate():
     (["compare", "--seeds", "0.5"], "seeds", "whole numbers"),
     (["compare", "--seeds", ","], "seeds", "at least one value"),
     (["compare", "--seeds", "0,-1"], "seed", ">= 0"),
+    (["compare", "--seeds", "1,2,1"], "seeds", "give each of the seeds once"),
     (["compare", "--methods", "vanilla,sgd"], "methods", "vanilla, dlb, dynsdpb"),
     (["compare", "--methods", ""], "methods", "vanilla, dlb, dynsdpb"),
     (["compare", "--methods", "dlb", "--batch-size", "7"], "batch_size", "even"),
@@ -583,7 +584,9 @@ def test_job_manager_refuses_bad_requests_before_writing(tmp_path):
     for methods, seeds, field, fix in [([], [0], "methods", "at least one method"),
                                        (["vanilla"], [], "seeds", "at least one seed"),
                                        (["vanilla"], [0, -2], "seed", ">= 0"),
-                                       (["vanilla", "dlb"], [0], "batch_size", "even")]:
+                                       (["vanilla", "dlb"], [0], "batch_size", "even"),
+                                       (["vanilla"], [3, 3], "seeds", "once"),
+                                       (["vanilla", "vanilla"], [0], "methods", "once")]:
         for upload in (None, ("d.csv", csv.read_bytes())):
             with pytest.raises(ConfigError) as ei:
                 jm.submit(cfg, methods, seeds, name="x", upload=upload)
