@@ -221,8 +221,10 @@ def test_cli_lists_and_syntax(args, field, fix, capsys, tmp_path, no_training):
     ("{\"lr\": }", ".json", "not valid YAML/JSON"),
     ("- 1\n- 2\n", ".yaml", "must be a mapping"),
     ("lr: 0\nsteps: 0\n", ".yaml", "> 0"),
+    ("lr: !!python/object/apply:os.system ['touch pwned']\n", ".yaml", "not valid YAML"),
 ])
-def test_bad_config_file(text, suffix, fix, capsys, tmp_path, no_training):
+def test_bad_config_file(text, suffix, fix, capsys, tmp_path, no_training, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     p = tmp_path / f"c{suffix}"
     p.write_text(text)
     with pytest.raises(ConfigError) as ei:
@@ -230,6 +232,7 @@ def test_bad_config_file(text, suffix, fix, capsys, tmp_path, no_training):
     assert fix in str(ei.value)
     rc, _, err = run_cli(["train", "--config", str(p), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and fix in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()  # YAML tags never run code (safe_load)
 
 
 def test_cli_errors_in_a_real_process_are_one_line(tmp_path):
