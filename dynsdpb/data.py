@@ -20,7 +20,25 @@ import numpy as np
 from .config import RunConfig
 from .errors import ConfigError
 
-MAX_FILE_MB = float(os.environ.get("DYNSDPB_MAX_FILE_MB", "200"))
+def _max_file_mb(default: float = 200.0) -> float:
+    """Upload/file size limit from DYNSDPB_MAX_FILE_MB; a value that is not a positive
+    number falls back to the default with a warning instead of breaking the import."""
+    raw = os.environ.get("DYNSDPB_MAX_FILE_MB", "")
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+        if v > 0 and math.isfinite(v):
+            return v
+    except ValueError:
+        pass
+    import warnings
+    warnings.warn(f"DYNSDPB_MAX_FILE_MB={raw!r} is not a positive number of MB; using "
+                  f"{default:g}", stacklevel=2)
+    return default
+
+
+MAX_FILE_MB = _max_file_mb()
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 

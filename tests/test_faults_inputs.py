@@ -604,3 +604,11 @@ def test_an_id_column_picked_as_label_gets_a_warning(tmp_path):
     assert any("'label' has 60 classes for 60 rows" in w for w in td.warnings), td.warnings
     assert not any("classes" in w for w in D.load_data(tiny_config(
         write_tiny_csv(tmp_path / "ok.csv"))).warnings)
+
+
+def test_invalid_size_limit_env_falls_back_with_a_warning():
+    r = subprocess.run([PY, "-W", "always", "-c", "import dynsdpb.data as d; print(d.MAX_FILE_MB)"],
+                       cwd=ROOT, env=dict(OFFLINE_ENV, DYNSDPB_MAX_FILE_MB="abc"),
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "200.0"
+    assert "DYNSDPB_MAX_FILE_MB='abc'" in r.stderr and "Traceback" not in r.stderr
