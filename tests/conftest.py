@@ -35,6 +35,23 @@ def write_tiny_csv(path: Path, n: int = 160, seed: int = 0, pair: bool = False,
     return path
 
 
+# Measurements worth seeing in every test run (screenshot paths, delays): tests append lines
+# through the `report` fixture and they are printed at the end, captured output or not.
+REPORT: list[str] = []
+
+
+@pytest.fixture
+def report():
+    return REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("workbench measurements")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture
 def tiny_csv(tmp_path) -> Path:
     return write_tiny_csv(tmp_path / "tiny.csv")

@@ -95,7 +95,7 @@ def _write_inputs(tmp: Path, steps: int) -> Path:
     return cfg
 
 
-def test_browser_live_run_and_compare(tmp_path):
+def test_browser_live_run_and_compare(tmp_path, report):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
@@ -188,7 +188,7 @@ def test_browser_live_run_and_compare(tmp_path):
             time.sleep(1.0)   # let plotly finish drawing before the picture
             shot = ARTIFACTS / "live.png"
             page.screenshot(path=str(shot))
-            print(f"\nscreenshot: {shot.resolve()}")
+            report(f"browser test screenshot: {shot.resolve()}")
 
             # Compare: both arms, charts with points, the summary table.
             page.get_by_role("link", name="Compare").click()
@@ -219,7 +219,7 @@ def test_browser_live_run_and_compare(tmp_path):
         rec = next(r for r in recs if r["step"] == step)
         delays.append(t_seen - rec["time"])
     assert delays and min(delays) >= -0.05, delays
-    print(f"metrics record -> visible in the page: n={len(delays)}, "
+    report(f"metrics record -> visible in the page: n={len(delays)}, "
           f"median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
           f"(page polls every 1.0 s); whole test {time.time() - t_start:.1f} s")
     assert statistics.median(delays) < 5.0
