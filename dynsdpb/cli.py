@@ -30,7 +30,8 @@ def _progress_bars(total_steps: int, arms: list[str]):
                 post["val"] = f"{v:.3f}"
             bar.set_postfix(post)
         elif rec.get("state") == "failed":
-            bar.write(f"{arm}: failed: {rec.get('error')} (hint: {rec.get('hint')})")
+            bar.write(f"{arm}: failed: {rec.get('error')} (hint: {rec.get('hint')})",
+                      file=sys.stderr)
         elif rec.get("state") == "warning":
             for w in rec.get("warnings", []):
                 bar.write(f"dynsdpb: warning: {w}", file=sys.stderr)

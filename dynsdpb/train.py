@@ -363,6 +363,9 @@ class Arm:
         torch.save(state, buf)
         # temp file + rename: a crash mid-save leaves the previous checkpoint intact
         atomic_write_bytes(self.rd.checkpoint_path, buf.getvalue())
+        # ...and leaves its partial temp file behind: sweep those once a save has succeeded
+        for tmp in self.rd.checkpoint_path.parent.glob(f".{self.rd.checkpoint_path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> int:
         p = self.rd.checkpoint_path

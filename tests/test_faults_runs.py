@@ -825,6 +825,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_csv, tmp_pat
     assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
     assert [r["step"] for r in rd.metrics()] == list(range(1, 7))
     assert torch.load(rd.checkpoint_path, weights_only=True)["step"] == 6
+    assert not partial.exists()  # swept by the next successful save
 
 
 def test_closing_the_job_manager_stops_and_saves_then_a_new_one_resumes(tiny_csv, tmp_path,
