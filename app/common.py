@@ -403,6 +403,27 @@ def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
     return _base_layout(fig, uirev, x)
 
 
+def _panel_traces(fig: go.Figure, arms: list[Arm], keys: tuple[str, ...], x: str,
+                  color_by: str, markers_always: tuple[str, ...] = ()) -> None:
+    """One trace per arm and key, key k in column k+1; one legend entry per arm."""
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        recs = _thin(a.records)
+        color, dash = _style(a, color_by, i)
+        name = _name(a, multi)
+        shown = False
+        for col, key in enumerate(keys, start=1):
+            xs, ys = _series(recs, key, x)
+            if not xs:
+                continue
+            mode = "lines+markers" if (key in markers_always or len(xs) < 40) else "lines"
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode=mode, marker=dict(size=5),
+                                     line=dict(color=color, dash=dash, width=2), name=name,
+                                     legendgroup=name, showlegend=not shown,
+                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
+            shown = True
+
+
 def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
               color_by: str = "method") -> go.Figure:
     """logit drift and agreement on the carried half; probe drift at evaluations, every arm."""
@@ -410,22 +431,8 @@ def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
                         subplot_titles=("logit drift, carried half (KL)",
                                         "agreement, carried half",
                                         "probe drift at evaluations (KL)"))
-    multi = _multi_exp(arms)
-    for i, a in enumerate(arms):
-        recs = _thin(a.records)
-        color, dash = _style(a, color_by, i)
-        name = _name(a, multi)
-        shown = False
-        for col, key in ((1, "logit_drift"), (2, "agreement"), (3, "probe_drift")):
-            xs, ys = _series(recs, key, x)
-            if not xs:
-                continue
-            mode = "lines+markers" if (key == "probe_drift" or len(xs) < 40) else "lines"
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode=mode, marker=dict(size=5),
-                                     line=dict(color=color, dash=dash, width=2), name=name,
-                                     legendgroup=name, showlegend=not shown,
-                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
-            shown = True
+    _panel_traces(fig, arms, ("logit_drift", "agreement", "probe_drift"), x, color_by,
+                  markers_always=("probe_drift",))
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
     have = {t.xaxis or "x" for t in fig.data}
     for col, axis, what in ((1, "x", "distilling arms log it from step 2"),
@@ -443,22 +450,7 @@ def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
                         subplot_titles=("CE (hard labels)", "KD term (alpha·tau²·KL)",
                                         "total loss"))
-    multi = _multi_exp(arms)
-    for i, a in enumerate(arms):
-        recs = _thin(a.records)
-        color, dash = _style(a, color_by, i)
-        name = _name(a, multi)
-        shown = False
-        for col, key in ((1, "ce"), (2, "kd"), (3, "loss")):
-            xs, ys = _series(recs, key, x)
-            if not xs:
-                continue
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines",
-                                     marker=dict(size=4),
-                                     line=dict(color=color, dash=dash, width=2),
-                                     name=name, legendgroup=name, showlegend=not shown,
-                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
-            shown = True
+    _panel_traces(fig, arms, ("ce", "kd", "loss"), x, color_by)
     return _base_layout(fig, uirev, x)
 
 
