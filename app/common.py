@@ -439,9 +439,13 @@ def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
                             (2, "x2", "distilling arms log it from step 2"),
                             (3, "x3", "first point at the first evaluation")):
         if axis not in have:
-            fig.add_annotation(text=f"no values yet: {what}", showarrow=False,
-                               xref=f"{axis} domain", yref=f"y{col if col > 1 else ''} domain",
-                               x=0.5, y=0.5, font=dict(color="#888"))
+            # plotly.js does not draw an axis without traces, and an annotation tied to a
+            # missing axis lands in the first panel's data coordinates (stretching its range):
+            # place it in paper coordinates, in the middle of the empty panel.
+            lo, hi = fig.layout[axis.replace("x", "xaxis")].domain
+            fig.add_annotation(text=f"no values yet:<br>{what}", showarrow=False,
+                               xref="paper", yref="paper", x=(lo + hi) / 2, y=0.5,
+                               font=dict(color="#888"))
     return _base_layout(fig, uirev, x)
 
 
