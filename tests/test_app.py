@@ -393,3 +393,14 @@ def test_cut_off_run_shows_interrupted_with_its_metrics_and_resumes(runs_dir, cs
         time.sleep(0.5)
         at.run()
     assert "finished]" in at.markdown[0].value, at.markdown[0].value
+
+
+def test_quick_demo_button_fills_cpu_friendly_settings(runs_dir):
+    at = new_app()
+    assert at.session_state["f_steps"] != "60" and at.session_state["f_steps"] != 60
+    at.button(key="btn_quick_demo").click().run()
+    assert not at.exception
+    steps = at.session_state["f_steps"]
+    assert str(steps) == "60" and str(at.session_state["f_max_len"]) == "48"
+    assert any("Quick demo settings loaded" in c.value for c in at.caption)
+    assert not at.error and not at.button(key="btn_start").disabled
