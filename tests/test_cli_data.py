@@ -134,3 +134,31 @@ def test_metrics_against_hand_computed_values():
     assert d["mean"] == pytest.approx(0.05 / 3) and d["ci_low"] < d["mean"] < d["ci_high"]
     half = 4.303 * np.std([0.02, 0.02, 0.01], ddof=1) / math.sqrt(3)
     assert d["ci_high"] - d["mean"] == pytest.approx(half)
+
+
+def test_hub_dataset_path_pools_labelled_splits_and_maps_label_names(monkeypatch):
+    """The hub code path without a network: `datasets.load_dataset` is replaced by a local
+    DatasetDict shaped like GLUE RTE (ClassLabel names, test labels -1)."""
+    import datasets
+    feats = datasets.Features({"sentence1": datasets.Value("string"),
+                               "sentence2": datasets.Value("string"),
+                               "label": datasets.ClassLabel(names=["entailment",
+                                                                   "not_entailment"])})
+
+    def split(n, label):
+        return datasets.Dataset.from_dict(
+            {"sentence1": [f"premise {i}" for i in range(n)],
+             "sentence2": [f"hypothesis {i}" for i in range(n)],
+             "label": [label(i) for i in range(n)]}, features=feats)
+    dd = datasets.DatasetDict({"train": split(60, lambda i: i % 2),
+                               "validation": split(20, lambda i: 0),
+                               "test": split(30, lambda i: -1)})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(a) or dd)
+    d = load_data(RunConfig(dataset="nyu-mll/glue:rte", text_column="sentence1",
+                            text_pair_column="sentence2", val_size=10, test_size=10,
+                            batch_size=4))
+    assert calls == [("nyu-mll/glue", "rte")]
+    assert d.label_names == ["entailment", "not_entailment"]
+    assert len(d.train) + len(d.val) + len(d.test) == 80   # test split (label -1) dropped
+    assert d.train.pairs is not None and d.train.pairs[0].startswith("hypothesis")
