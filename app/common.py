@@ -7,7 +7,6 @@ and the pages poll them (anchors.md §2, "Option 1").
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import threading
@@ -25,7 +24,8 @@ from plotly.subplots import make_subplots
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
 from dynsdpb.jobs import JobManager
-from dynsdpb.store import RunDir, atomic_write_json, find_experiments, read_json
+from dynsdpb.store import (RunDir, atomic_write_json, find_experiments, parse_records,
+                           read_json)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,15 +183,8 @@ def read_records(path: Path) -> list[dict]:
             with open(path, "rb") as f:
                 f.seek(offset)
                 chunk = f.read(st_.st_size - offset)
-            end = chunk.rfind(b"\n") + 1
-            recs = list(recs)
-            for raw in chunk[:end].splitlines():
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    recs.append(rec)
+            end = chunk.rfind(b"\n") + 1   # a torn last line waits for its newline
+            recs = list(recs) + parse_records(chunk[:end].splitlines())
             offset += end
         _RECORDS[key] = (st_.st_ino, offset, recs)
         return recs

@@ -93,23 +93,27 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
+def parse_records(lines: Iterable[bytes]) -> list[dict]:
+    """JSON objects of complete metrics lines; a garbled line is skipped."""
+    out: list[dict] = []
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def read_metrics(path: Path) -> list[dict]:
     """All complete records of a metrics.jsonl; a torn or garbled line is skipped."""
-    out: list[dict] = []
     try:
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn last line from a crash mid-write
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        pass
-    return out
+        return []
+    # a torn last line (crash mid-write) has no newline yet: leave it out
+    return parse_records(data[:data.rfind(b"\n") + 1].splitlines())
 
 
 class MetricsWriter:
