@@ -79,6 +79,16 @@ def inject(monkeypatch, when, fault):
 
 
 @contextmanager
+def forward_replaced(arm, fwd):
+    """The model's forward is `fwd` inside the block (an instance attribute shadowing the
+    class method, deleted afterwards)."""
+    arm.model.forward = fwd
+    try:
+        yield
+    finally:
+        del arm.model.forward
+
+
 def forward_returns(arm, make):
     """The model's forward pass returns `make(logits)` instead of its logits."""
     orig = arm.model.forward
@@ -87,22 +97,13 @@ def forward_returns(arm, make):
         out = orig(*a, **kw)
         out.logits = make(out.logits)
         return out
-    arm.model.forward = fwd
-    try:
-        yield
-    finally:
-        del arm.model.forward
+    return forward_replaced(arm, fwd)
 
 
-@contextmanager
 def forward_raises(arm, make_exc):
     def fwd(*a, **kw):
         raise make_exc()
-    arm.model.forward = fwd
-    try:
-        yield
-    finally:
-        del arm.model.forward
+    return forward_replaced(arm, fwd)
 
 
 @contextmanager
