@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
+from .config import BUILTIN_MAX_LEN, RunConfig
 from .data import _pkg_dir
 from .errors import ConfigError
 
@@ -81,7 +81,8 @@ def load_tokenizer(cfg: RunConfig):
 def tiny_bert_config(vocab_size: int, num_labels: int, task: str):
     from transformers import BertConfig
     return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                      num_attention_heads=2, intermediate_size=64,
+                      max_position_embeddings=BUILTIN_MAX_LEN["tiny-random-bert"],
                       num_labels=num_labels,
                       problem_type="regression" if task == "regression"
                       else "single_label_classification")
