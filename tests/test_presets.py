@@ -1,0 +1,81 @@
+"""Experiment YAML (dynsdpb/presets.py) and the presets shipped in assets/presets/."""
+import pytest
+
+from dynsdpb import config as C
+from dynsdpb.errors import ConfigError
+from dynsdpb.presets import (dump_experiment, list_presets, load_experiment, load_preset,
+                             presets_dir)
+
+
+def test_round_trip_keeps_every_field():
+    base = C.RunConfig(lr=1e-4, alpha_max=2.0, budget="compute", save_model=False,
+                       text_pair_column="b", name="mine")
+    text = dump_experiment(base, ["vanilla", "dlb"], [3, 4], description="a test")
+    e = load_experiment(text, "t.yaml")
+    assert (e.methods, e.seeds, e.name, e.description) == (["vanilla", "dlb"], [3, 4], "mine",
+                                                           "a test")
+    # the base carries the last distilling method and the first seed, everything else as given
+    assert e.base == base.replace(method="dlb", seed=3)
+    assert dump_experiment(e.base, e.methods, e.seeds, e.name, e.description) == text
+    # every field except the per-arm ones is written at top level
+    top = {line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()}
+    assert top == (set(C.FIELDS) - {"method", "seed"}) | {"methods", "seeds", "description"}
+
+
+def test_old_single_run_yaml_is_one_arm():
+    e = load_experiment(C.dumps(C.RunConfig(method="dlb", seed=7, steps=9)), "old.yaml")
+    assert e.methods == ["dlb"] and e.seeds == [7] and e.base.steps == 9
+
+
+@pytest.mark.parametrize("text,field,fix", [
+    ("methods: [vanilla, sgd]\n", "methods", "vanilla, dlb, dynsdpb"),
+    ("methods: [dlb, dlb]\n", "methods", "once"),
+    ("seeds: [0, 0]\n", "seeds", "once"),
+    ("seeds: [0, x]\n", "seeds", "whole numbers"),
+    ("seeds: {a: 1}\n", "seeds", "give a list"),
+    ("seeds: [-1]\n", "seed", ">= 0"),
+    ("lrr: 1\n", "lrr", "unknown field"),
+    ("methods: [vanilla]\nmethod: dlb\n", "method", "not in methods"),
+    ("seeds: [1, 2]\nseed: 0\n", "seed", "not in seeds"),
+    ("methods: [vanilla, dlb]\nbatch_size: 7\n", "batch_size", "even"),   # checked per arm
+    ("name: [1]\n", "name", "use text"),
+    ("- 1\n", "config.yaml", "must be a mapping"),
+    ("lr: [1, 2\n", "config", "not valid YAML"),
+    ("lr: !!python/object/apply:os.system ['touch pwned']\n", "config", "not valid YAML"),
+])
+def test_bad_experiment_names_the_field(text, field, fix, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as ei:
+        load_experiment(text, "config.yaml")
+    assert any(p.field == field and fix in p.fix for p in ei.value.problems), str(ei.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_presets_ship_and_load():
+    names = list_presets()
+    assert names[0] == "quick-demo"
+    assert set(names) == {"quick-demo", "paper-equal-epochs", "equal-compute", "warmup-ablation"}
+    for n in names:
+        e = load_preset(n)
+        assert e.description and "\n" not in e.description.strip()
+    q = load_preset("quick-demo")
+    assert (q.base.model, q.base.dataset, q.methods, q.seeds) == (
+        "minilm-l6", "tweets-sentiment", ["vanilla", "dynsdpb"], [0])
+    assert (q.base.steps, q.base.eval_every, q.base.max_len, q.base.max_train_samples,
+            q.base.val_size, q.base.test_size, q.base.checkpoint_every) == (60, 10, 48, 2000,
+                                                                             200, 400, 30)
+    assert load_preset("paper-equal-epochs").base.budget == "epochs"
+    assert len(load_preset("paper-equal-epochs").seeds) == 3
+    assert load_preset("equal-compute").base.budget == "compute"
+    w = load_preset("warmup-ablation")
+    assert w.base.schedule == "warmup" and set(w.methods) == {"vanilla", "dlb", "dynsdpb"}
+    with pytest.raises(ConfigError, match="quick-demo"):
+        load_preset("nope")
+
+
+def test_preset_files_are_complete():
+    """Every preset file states every field, so a later default change does not alter it."""
+    for p in presets_dir().glob("*.yaml"):
+        text = p.read_text()
+        for f in set(C.FIELDS) - {"method", "seed", "name"}:
+            assert f"\n{f}:" in text, f"{p.name} lacks {f}; run scripts/make_presets.py"
