@@ -43,7 +43,10 @@ def _release(jm: JobManager) -> None:
 
 @st.cache_resource(show_spinner=False, on_release=_release)
 def _manager(path: str) -> JobManager:
-    return JobManager(path)
+    # Training runs in a child process, never in a thread of this server: page reruns share
+    # the server's GIL, and watching Live must not slow training (issue #8).
+    # DYNSDPB_ISOLATION=thread trains in-process (quicker start; for debugging).
+    return JobManager(path, isolation=os.environ.get("DYNSDPB_ISOLATION") or "process")
 
 
 def manager() -> JobManager:
