@@ -21,6 +21,7 @@ YAML tags such as !!python/object are refused: only `yaml.safe_load` reads these
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,18 +29,12 @@ import yaml
 
 from . import config as C
 from .errors import ConfigError, Problem
+from .paths import ASSETS
 
 
 def presets_dir() -> Path:
-    """assets/presets/: top-level in the repo, shipped inside the package when installed
-    (pyproject maps assets/ to dynsdpb/_assets; see `assets_dir`)."""
-    return assets_dir() / "presets"
-
-
-def assets_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    installed = here / "_assets"          # non-editable install: pyproject's package-dir map
-    return installed if installed.is_dir() else here.parent / "assets"
+    """assets/presets/ (top level in a checkout, inside the package when installed)."""
+    return ASSETS / "presets"
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,9 @@ def _once(name: str, vals: list) -> None:
         raise ConfigError.one(name, vals, f"give each of the {name} once, e.g. {eg}")
 
 
-def experiment_from_dict(d, source: str = "experiment") -> Experiment:
+def experiment_from_dict(d, source: str = "experiment", check: bool = True) -> Experiment:
+    """An experiment from a parsed mapping. check=False skips `validate` (the CLI checks once,
+    after its flags are applied, so a flag can fix a value of the file)."""
     if not isinstance(d, dict):
         raise ConfigError.one(source, type(d).__name__, "the config must be a mapping of field "
                               "names to values (plus methods: and seeds: lists)")
@@ -132,6 +129,13 @@ def experiment_from_dict(d, source: str = "experiment") -> Experiment:
     # Setup page saves it) and the first seed; every arm is validated as it will run.
     base = cfg.replace(method=next((m for m in reversed(methods) if m != "vanilla"), methods[0]),
                        seed=seeds[0], name=name.strip())
+    exp = Experiment(base=base, methods=methods, seeds=seeds, name=name, description=description)
+    return check_experiment(exp) if check else exp
+
+
+def check_experiment(exp: Experiment) -> Experiment:
+    """Validate every arm as it will run; all problems at once, each named once."""
+    base, methods, seeds = exp.base, exp.methods, exp.seeds
     seen: set[tuple] = set()
     all_problems: list[Problem] = []
     for m in methods:
@@ -143,8 +147,7 @@ def experiment_from_dict(d, source: str = "experiment") -> Experiment:
                     all_problems.append(p)
     if all_problems:
         raise ConfigError(all_problems)
-    return Experiment(base=base, methods=methods, seeds=seeds, name=name,
-                      description=description)
+    return exp
 
 
 def load_experiment(text: str, source: str = "experiment") -> Experiment:
@@ -159,12 +162,24 @@ def load_experiment(text: str, source: str = "experiment") -> Experiment:
     return experiment_from_dict(d if d is not None else {}, source)
 
 
-def load_experiment_file(path: str | Path) -> Experiment:
+def read_mapping(path: str | Path):
+    """The parsed content of a .yaml/.json config file (JSON parsed as JSON, so a broken JSON
+    file is reported as such instead of read as some YAML)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError.one("config", str(path), "no such file; give the path of a .yaml or "
                               ".json config (save one with the app or `dynsdpb train --dump`)")
-    return load_experiment(p.read_text(encoding="utf-8", errors="replace"), str(path))
+    text = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError.one("config", str(path), f"not valid YAML/JSON ({str(e).splitlines()[0]})"
+                              ) from None
+    return d if d is not None else {}
+
+
+def load_experiment_file(path: str | Path, check: bool = True) -> Experiment:
+    return experiment_from_dict(read_mapping(path), str(path), check)
 
 
 def list_presets() -> list[str]:
