@@ -90,10 +90,78 @@ def _fresh_out(out: str) -> Path:
     return p
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fields_from_args(a) -> dict:
+    """Field values given on the command line: typed flags and --set, one value per field.
+
+    A field given both ways with different values is refused (exit 2) rather than one
+    silently winning; the same value twice is fine."""
+    flags = {n: v for n in C.FIELDS if (v := getattr(a, "f_" + n, None)) is not None}
+    sets = C.parse_overrides(a.set)
+    for k in flags.keys() & sets.keys():
+        if C._coerce(k, flags[k]) != C._coerce(k, sets[k]):
+            raise ConfigError.one(k, sets[k], f"given twice with different values "
+                                  f"({_flag(k)} {flags[k]} and --set {k}={sets[k]}); keep one")
+    return {**flags, **sets}
+
+
+def _experiment_file(a):
+    """The --config file or --preset as an Experiment (unchecked), or None; and whether it
+    states its own methods/seeds (an old single-run file does not)."""
+    from . import presets as PR
+    if a.config and a.preset:
+        raise ConfigError.one("--preset", a.preset, "give --config or --preset, not both")
+    if a.preset:
+        exp = PR.load_preset(a.preset)
+        return exp, True
+    if a.config:
+        d = PR.read_mapping(a.config)
+        return PR.experiment_from_dict(d, a.config, check=False), isinstance(d, dict) and (
+            "methods" in d or "seeds" in d)
+    return None, False
+
+
+def _resolve(a, compare: bool):
+    """(base config, methods, seeds, description) from file < flags and --set.
+
+    The file is a whole experiment (dynsdpb/presets.py) or an old single-run config."""
+    exp, file_lists = _experiment_file(a)
+    over = _fields_from_args(a)
+    base = C.from_dict(over, base=exp.base if exp else C.RunConfig(), check=False)
+
+    def pick(name: str, one: str, listed: str | None, parse, default):
+        # --methods / --method / --set method=..., then the file's list, then the default.
+        if listed is not None and one in over:
+            if parse(listed) != [getattr(base, one)]:
+                raise ConfigError.one(name, listed, f"given twice with different values "
+                                      f"(--{name} {listed} and {_flag(one)}/--set {one}="
+                                      f"{over[one]}); keep one")
+        if listed is not None:
+            return parse(listed)
+        if one in over:
+            return [getattr(base, one)]
+        if exp is not None and (file_lists or not compare):
+            return list(getattr(exp, name))
+        return default
+
+    methods = pick("methods", "method", getattr(a, "methods", None), C.parse_methods,
+                   ["vanilla", "dlb", "dynsdpb"] if compare else [base.method])
+    seeds = pick("seeds", "seed", getattr(a, "seeds", None),
+                 lambda t: C.parse_int_list("seeds", t), [0, 1, 2] if compare else [base.seed])
+    return base, methods, seeds, exp.description if exp else ""
+
+
 def cmd_train(a) -> int:
     from .train import create_experiment
-    cfg = C.load(a.config) if a.config else C.RunConfig()
-    cfg = C.from_dict(C.parse_overrides(a.set), base=cfg)
+    base, methods, seeds, _ = _resolve(a, compare=False)
+    for name, vals, flag in (("methods", methods, "--method"), ("seeds", seeds, "--seed")):
+        if len(vals) > 1:
+            raise ConfigError.one(name, vals, f"train runs one arm: pick one with {flag}, or run "
+                                  "them all with `dynsdpb compare` and the same file")
+    cfg = C.check_config(base.replace(method=methods[0], seed=seeds[0]))
     if a.dump:
         print(C.dumps(cfg), end="")
         return 0
@@ -104,16 +172,13 @@ def cmd_train(a) -> int:
 
 def cmd_compare(a) -> int:
     from .train import create_experiment
-    base = C.load(a.config) if a.config else C.RunConfig()
-    over = {"model": a.model, "dataset": a.dataset, "steps": a.steps, "batch_size": a.batch_size,
-            "max_len": a.max_len}
-    over = {k: v for k, v in over.items() if v is not None}
-    over.update(C.parse_overrides(a.set))
-    base = C.from_dict(over, base=base, check=False)
-    methods = C.parse_methods(a.methods)
-    seeds = C.parse_int_list("seeds", a.seeds)
+    from .presets import dump_experiment
+    base, methods, seeds, description = _resolve(a, compare=True)
     for m in methods:
         C.check_config(base.replace(method=m))
+    if a.dump:
+        print(dump_experiment(base, methods, seeds, description=description), end="")
+        return 0
     out = _fresh_out(a.out)
     exp = create_experiment(out.parent, base, methods, seeds, exp_dir=out)
     return _experiment(exp)
@@ -149,44 +214,109 @@ def cmd_list(a) -> int:
 
 def cmd_app(a, extra: list[str]) -> int:
     import subprocess
-    root = Path(__file__).resolve().parent.parent
-    entry = root / "app" / "main.py"
+    from .paths import APP_MAIN
     env = dict(os.environ)
     if a.runs_dir:
         env["DYNSDPB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
-    # An argument list, never a shell string.
-    cmd = [sys.executable, "-m", "streamlit", "run", str(entry), *extra]
-    return subprocess.call(cmd, cwd=root, env=env)
+    # Streamlit reads app/.streamlit/config.toml (next to the main script) whatever the
+    # current folder is, so the settings (127.0.0.1 only, postScriptGC off, static serving)
+    # hold in an installed package too; the user's folder stays the current one, so
+    # ./runs and relative data paths mean what they say. An argument list, never a shell.
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *extra]
+    return subprocess.call(cmd, cwd=Path.cwd(), env=env)
+
+
+def cmd_bench(a) -> int:
+    import json
+    if not a.app:
+        raise ConfigError.one("bench", "", "choose what to measure: --app (training step time "
+                              "with 0, 1 and 4 Live tabs open)")
+    try:
+        import playwright  # noqa: F401  (the browser driver of bench_app)
+    except ImportError:
+        raise ConfigError.one("bench", "--app", "needs the dev extras: pip install playwright "
+                              "(and Debian's chromium)") from None
+    from .bench_app import run
+    # --json: progress on stderr, so stdout holds only the JSON line.
+    out = sys.stderr if a.json else sys.stdout
+    result = run(log=lambda m: print(m, file=out, flush=True))
+    print(json.dumps(result))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"dynsdpb: error: {message} (see `{self.prog} --help`)\n")
+
+
+_METAVAR = {int: "N", float: "X", str: "TEXT", "int": "N", "float": "X", "str": "TEXT"}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, compare: bool) -> None:
+    """One typed flag per RunConfig field, with the field's help: --lr 3e-5 --alpha-max 2.
+
+    Values stay strings here and go through config.from_dict like --set and YAML values,
+    so a bad one gets the same one-line message naming the field and the fix."""
+    defaults = C.RunConfig()
+    for group in dict.fromkeys(f.metadata["group"] for f in C.FIELDS.values()):
+        g = p.add_argument_group(f"{group} fields (also --set NAME=VALUE)")
+        for name, f in C.FIELDS.items():
+            if f.metadata["group"] != group:
+                continue
+            help = f.metadata["help"].replace("%", "%%")
+            if compare and name in ("method", "seed"):
+                help = f"one {name} only: the same as --{name}s {name.upper()}."
+            help += f" (default: {getattr(defaults, name)!r})"
+            if f.type in (bool, "bool"):
+                g.add_argument(_flag(name), dest="f_" + name, nargs="?", const="true",
+                               metavar="true|false", help=help)
+                g.add_argument("--no-" + name.replace("_", "-"), dest="f_" + name,
+                               action="store_const", const="false", help=argparse.SUPPRESS)
+                continue
+            ch = f.metadata.get("choices")
+            g.add_argument(_flag(name), dest="f_" + name,
+                           metavar="{" + ",".join(ch) + "}" if ch else _METAVAR[f.type],
+                           help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dynsdpb", description="Fine-tune small language models "
-                                "with dynamic self-distillation from the previous mini-batch "
-                                "(DynSDPB), side by side with plain fine-tuning.")
+    p = _Parser(prog="dynsdpb", description="Fine-tune small language models "
+                "with dynamic self-distillation from the previous mini-batch "
+                "(DynSDPB), side by side with plain fine-tuning.", allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
-    fields_help = "\n".join(f"  {n}: {f.metadata['help']}" for n, f in C.FIELDS.items())
+    precedence = ("Precedence: the file (--config or --preset) < flags and --set. A field given "
+                  "both as a flag and with --set must have one value. Booleans: --save-model, "
+                  "--no-save-model or --save-model false.")
 
-    t = sub.add_parser("train", help="train one run", formatter_class=argparse.RawTextHelpFormatter,
-                       epilog="config fields (--set key=value):\n" + fields_help)
-    t.add_argument("--config", help="YAML or JSON config file")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    t = sub.add_parser("train", help="train one run", epilog=precedence, allow_abbrev=False)
+    t.add_argument("--config", help="YAML or JSON config: a single run or an experiment with "
+                   "one method and seed (else pick them with --method/--seed)")
+    t.add_argument("--preset", help="a shipped preset (see `dynsdpb compare --help`)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a field by name (for scripts), e.g. --set lr=3e-5")
     t.add_argument("--out", default="runs/train", help="experiment folder to create")
     t.add_argument("--dump", action="store_true", help="print the resolved config and exit")
+    _add_config_flags(t, compare=False)
     t.set_defaults(fn=cmd_train)
 
+    from .presets import list_presets
     c = sub.add_parser("compare", help="methods x seeds of one config, in lockstep",
-                       formatter_class=argparse.RawTextHelpFormatter,
-                       epilog="config fields (--set key=value):\n" + fields_help)
-    c.add_argument("--config", help="base YAML or JSON config")
-    c.add_argument("--model")
-    c.add_argument("--dataset")
-    c.add_argument("--methods", default="vanilla,dlb,dynsdpb")
-    c.add_argument("--seeds", default="0,1,2")
-    c.add_argument("--steps", type=int)
-    c.add_argument("--batch-size", type=int)
-    c.add_argument("--max-len", type=int)
-    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+                       epilog=precedence, allow_abbrev=False)
+    c.add_argument("--config", help="experiment YAML (methods, seeds and every field, as the "
+                   "app saves it) or an old single-run YAML/JSON as the base config")
+    c.add_argument("--preset", help="a shipped experiment: " + ", ".join(list_presets()))
+    c.add_argument("--methods", help="comma-separated, e.g. vanilla,dynsdpb (default: the "
+                   "file's, else vanilla,dlb,dynsdpb)")
+    c.add_argument("--seeds", help="comma-separated, e.g. 0,1,2 (default: the file's, else "
+                   "0,1,2)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a field by name (for scripts), e.g. --set lr=3e-5")
     c.add_argument("--out", default="runs/compare", help="experiment folder to create")
+    c.add_argument("--dump", action="store_true", help="print the resolved experiment as YAML "
+                   "(loadable with --config and by the app) and exit")
+    _add_config_flags(c, compare=True)
     c.set_defaults(fn=cmd_compare)
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted experiment")
@@ -201,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "Streamlit)")
     ap.add_argument("--runs-dir", help="runs directory (default ./runs)")
     ap.set_defaults(fn=None)
+
+    b = sub.add_parser("bench", help="measure the workbench itself", allow_abbrev=False)
+    b.add_argument("--app", action="store_true", help="step time of a training run with 0, 1 "
+                   "and 4 Live tabs open (starts the app and headless Chromium; minutes)")
+    b.add_argument("--json", action="store_true", help="progress on stderr; stdout holds only "
+                   "the result as one JSON line")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 
