@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import config as C
 from .errors import ConfigError, TrainingFault
+from .store import ExperimentDir
 
 
 def _progress_bars(total_steps: int, arms: list[str]):
@@ -40,9 +41,9 @@ def _progress_bars(total_steps: int, arms: list[str]):
 
 def _experiment(exp_dir: Path, resume: bool = False) -> int:
     from .compare import format_table
-    from .store import read_json
-    from .train import run_experiment
-    meta = read_json(exp_dir / "experiment.json", {})
+    from .experiment import run_experiment
+    exp = ExperimentDir(exp_dir)
+    meta = exp.check("dir")
     steps = C.from_dict(meta["base_config"]).steps
     bar, progress = _progress_bars(steps, meta["arms"])
     stop = threading.Event()
@@ -50,14 +51,13 @@ def _experiment(exp_dir: Path, resume: bool = False) -> int:
     try:
         out = run_experiment(exp_dir, stop=stop, progress=progress, resume=resume)
     except ConfigError:
-        from .store import RunDir
-        if not resume and not any(RunDir(exp_dir / a).metrics() for a in meta["arms"]):
+        if not resume and not any(rd.metrics() for rd in exp.arms(meta)):
             # Refused before any step ran (a missing column, an unknown model): leave no
             # half-made experiment, so the same command works once the input is fixed.
             import shutil
-            for a in meta["arms"]:
-                shutil.rmtree(exp_dir / a, ignore_errors=True)
-            (exp_dir / "experiment.json").unlink(missing_ok=True)
+            for rd in exp.arms(meta):
+                shutil.rmtree(rd.path, ignore_errors=True)
+            exp.meta_path.unlink(missing_ok=True)
         raise
     except KeyboardInterrupt:
         stop.set()
@@ -77,7 +77,7 @@ def _fresh_out(out: str) -> Path:
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise ConfigError.one("--out", out, "is a file; give a folder for the experiment")
-    if (p / "experiment.json").exists():
+    if ExperimentDir(p).exists():
         raise ConfigError.one("--out", out, "already holds an experiment; pick another folder or "
                               f"continue it with `dynsdpb resume {out}`")
     if p.exists() and any(p.iterdir()):
@@ -155,7 +155,7 @@ def _resolve(a, compare: bool):
 
 
 def cmd_train(a) -> int:
-    from .train import create_experiment
+    from .experiment import create_experiment
     base, methods, seeds, _ = _resolve(a, compare=False)
     for name, vals, flag in (("methods", methods, "--method"), ("seeds", seeds, "--seed")):
         if len(vals) > 1:
@@ -171,7 +171,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .train import create_experiment
+    from .experiment import create_experiment
     from .presets import dump_experiment
     base, methods, seeds, description = _resolve(a, compare=True)
     for m in methods:
@@ -186,14 +186,7 @@ def cmd_compare(a) -> int:
 
 def cmd_resume(a) -> int:
     p = Path(a.dir)
-    if not (p / "experiment.json").is_file():
-        raise ConfigError.one("dir", a.dir, "not an experiment folder (no experiment.json)")
-    from .store import read_json
-    meta = read_json(p / "experiment.json", None)
-    if not isinstance(meta, dict) or not isinstance(meta.get("arms"), list) \
-            or not isinstance(meta.get("base_config"), dict):
-        raise ConfigError.one("dir", a.dir, "its experiment.json is damaged (not what dynsdpb "
-                              "wrote); it cannot be resumed")
+    ExperimentDir(p).check("dir")  # refused with one line before anything is touched
     return _experiment(p, resume=True)
 
 

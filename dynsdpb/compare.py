@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from .metrics import mean_std, paired_diff
-from .store import RunDir, atomic_write_json, read_json
+from .store import ExperimentDir, RunDir, atomic_write_json
 
 TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc"),
                 "regression": ("test_pearson", "test_spearman", "test_mse")}
@@ -42,13 +42,13 @@ def summarize_runs(runs: list[RunDir]) -> dict:
 
 
 def write_summary(exp_dir: str | Path) -> dict:
-    exp_dir = Path(exp_dir)
-    meta = read_json(exp_dir / "experiment.json", {}) or {}
-    runs = [RunDir(exp_dir / a) for a in meta.get("arms", [])]
+    exp = ExperimentDir(exp_dir)
+    meta = exp.meta()
+    runs = exp.arms(meta)
     summary = summarize_runs(runs)
-    summary["experiment"] = meta.get("id", exp_dir.name)
+    summary["experiment"] = meta.get("id", exp.id)
     summary["states"] = {rd.id: rd.status().get("state") for rd in runs}
-    atomic_write_json(exp_dir / "summary.json", summary)
+    atomic_write_json(exp.summary_path, summary)
     return summary
 
 

@@ -25,9 +25,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig, check_config
+from .config import RunConfig
 from .errors import ConfigError, TrainingFault
-from .store import RunDir, atomic_write_bytes, find_experiments, read_json, safe_name
+from .store import ExperimentDir, RunDir, atomic_write_bytes, find_experiments, safe_name
 
 
 @dataclass
@@ -90,14 +90,8 @@ class JobManager:
     def submit(self, base: RunConfig, methods: list[str], seeds: list[int], name: str = "",
                upload: tuple[str, bytes] | None = None) -> Job:
         """Validate, write the experiment folder (all arms queued) and enqueue it."""
-        from .train import create_experiment, experiment_configs
-        check_config(base)
-        if not methods:
-            raise ConfigError.one("methods", methods, "pick at least one method")
-        if not seeds:
-            raise ConfigError.one("seeds", seeds, "give at least one seed")
-        for c in experiment_configs(base, methods, seeds):
-            check_config(c)  # every arm (e.g. an odd batch size for dlb) before writing
+        from .experiment import check_experiment, create_experiment
+        check_experiment(base, methods, seeds)  # every arm, once, before anything is written
         exp = None
         if upload is not None:
             # Uploaded data lives inside the experiment folder, so the run can be resumed or
@@ -118,7 +112,8 @@ class JobManager:
             atomic_write_bytes(dest, data)
             base = base.replace(dataset=str(dest))
         with self._lock:
-            exp = create_experiment(self.runs_dir, base, methods, seeds, name, exp_dir=exp)
+            exp = create_experiment(self.runs_dir, base, methods, seeds, name, exp_dir=exp,
+                                    check=False)
             job = Job(exp)
             self._jobs[job.id] = job
             self._queue.append(job)
@@ -134,8 +129,7 @@ class JobManager:
             # (a job that is stopping finishes its step first; this resume queues behind it)
             from .store import check_not_busy
             check_not_busy(self.arms(exp_id), exp_id)
-            for a in (read_json(exp / "experiment.json", {}) or {}).get("arms", []):
-                rd = RunDir(exp / a)
+            for rd in ExperimentDir(exp).arms():
                 if rd.status().get("state") != "finished":
                     rd.set_status("queued")
             job = Job(exp, resume=True)
@@ -161,15 +155,14 @@ class JobManager:
 
     # -- reading ------------------------------------------------------------------------
     def _exp_path(self, exp_id: str) -> Path:
-        p = self.runs_dir / safe_name(exp_id)
-        if not (p / "experiment.json").is_file():
+        exp = ExperimentDir(self.runs_dir / safe_name(exp_id))
+        if not exp.exists():
             raise ConfigError.one("experiment", exp_id, "no such experiment in the runs directory")
-        return p
+        exp.check()  # damaged: say so now, not in the worker
+        return exp.path
 
     def arms(self, exp_id: str) -> list[RunDir]:
-        exp = self.runs_dir / safe_name(exp_id)
-        meta = read_json(exp / "experiment.json", {}) or {}
-        return [RunDir(exp / a) for a in meta.get("arms", [])]
+        return ExperimentDir(self.runs_dir / safe_name(exp_id)).arms()
 
     def queue(self) -> list[str]:
         with self._lock:
@@ -200,7 +193,7 @@ class JobManager:
 
     # -- the worker ---------------------------------------------------------------------
     def _loop(self) -> None:
-        from .train import run_experiment
+        from .experiment import run_experiment
         while True:
             with self._lock:
                 while not self._queue and not self._closed:

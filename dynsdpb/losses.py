@@ -24,7 +24,7 @@ class LossParts:
     kd: torch.Tensor         # scalar distillation term (alpha and tau^2 included)
     alpha: torch.Tensor      # (M,) alpha used at each distilled position
     tau: torch.Tensor        # (M,) tau used at each distilled position
-    drift: torch.Tensor      # (M,) KL(q||p) at tau = 1, before the update (`logit_drift`)
+    logit_drift: torch.Tensor  # (M,) KL(q||p) at tau = 1, before the update
     agreement: torch.Tensor  # (M,) 1.0 where argmax did not change since the previous step
 
 

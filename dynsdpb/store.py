@@ -1,7 +1,7 @@
 """The run store: one folder per run, written so that a crash loses at most one step.
 
-    <runs_dir>/<experiment>/                 one experiment (arms of one config)
-        experiment.json                      arms, base config, state
+    <runs_dir>/<experiment>/                 one experiment (arms of one config):
+        experiment.json                      ExperimentDir: arms, base config, name
         summary.json                         per-method test metrics over seeds (when done)
         <method>-s<seed>/                    one run (an arm)
             config.json                      the RunConfig
@@ -94,7 +94,9 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def parse_records(lines: Iterable[bytes]) -> list[dict]:
-    """JSON objects of complete metrics lines; a garbled line is skipped."""
+    """JSON objects of complete metrics lines, with today's key names (records.upgrade: a
+    file written before a key was renamed still reads); a garbled line is skipped."""
+    from .records import upgrade
     out: list[dict] = []
     for raw in lines:
         try:
@@ -102,7 +104,7 @@ def parse_records(lines: Iterable[bytes]) -> list[dict]:
         except ValueError:
             continue
         if isinstance(rec, dict):
-            out.append(rec)
+            out.append(upgrade(rec))
     return out
 
 
@@ -265,6 +267,89 @@ def check_not_busy(rds: "Iterable[RunDir]", where: str) -> None:
                               f"process (pid {busy[0][1]}); stop it there, or wait for it")
 
 
+class ExperimentDir:
+    """The one owner of an experiment folder: experiment.json (its meta), its arms (RunDirs),
+    its state, display name, summary and deletion. Nothing else names experiment.json.
+
+    `meta()` is lenient, for readers that list what is there (a damaged file reads as {}).
+    `check()` is the one validity check, for whoever runs or resumes the experiment.
+    """
+
+    META = "experiment.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    meta_path = property(lambda s: s.path / ExperimentDir.META)
+    summary_path = property(lambda s: s.path / "summary.json")
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+    def meta(self) -> dict:
+        m = read_json(self.meta_path, {})
+        return m if isinstance(m, dict) else {}
+
+    def check(self, field: str = "experiment") -> dict:
+        """experiment.json as dynsdpb wrote it (arms and base config), or a ConfigError that
+        names `field` and the fix."""
+        from .errors import ConfigError
+        if not self.exists():
+            raise ConfigError.one(field, str(self.path), "not an experiment folder (no "
+                                  f"{self.META})")
+        m = read_json(self.meta_path, None)
+        if not isinstance(m, dict) or not isinstance(m.get("arms"), list) \
+                or not all(isinstance(a, str) for a in m["arms"]) \
+                or not isinstance(m.get("base_config"), dict):
+            raise ConfigError.one(field, str(self.path), f"its {self.META} is damaged (not "
+                                  "what dynsdpb wrote); it cannot be run or resumed")
+        return m
+
+    def write_meta(self, meta: dict) -> None:
+        atomic_write_json(self.meta_path, meta)
+
+    def arms(self, meta: dict | None = None) -> list[RunDir]:
+        """The arms' run folders, in the order they were created (safe names only: a
+        hand-edited file cannot point outside the folder)."""
+        meta = self.meta() if meta is None else meta
+        arms = meta.get("arms") if isinstance(meta.get("arms"), list) else []
+        return [RunDir(self.path / safe_name(a)) for a in arms if isinstance(a, str)]
+
+    def name(self, meta: dict | None = None) -> str:
+        """The display name (a rename changes only this; the folder keeps its name)."""
+        meta = self.meta() if meta is None else meta
+        return str(meta.get("name") or self.id)
+
+    def rename(self, new_name: str) -> str:
+        new_name = " ".join(str(new_name).split())[:80]
+        if not new_name:
+            raise ValueError("give a non-empty name")
+        meta = self.meta()
+        if not meta:
+            raise ValueError(f"{self.path} has no readable {self.META}")
+        meta["name"] = new_name
+        self.write_meta(meta)
+        return new_name
+
+    def state(self, meta: dict | None = None) -> str:
+        """One word from the arms' states: the most urgent one wins."""
+        states = {rd.status().get("state") for rd in self.arms(meta)}
+        for k in ("running", "queued", "failed", "interrupted", "stopped", "finished"):
+            if k in states:
+                return k
+        return "?"
+
+    def summary(self) -> dict:
+        return read_json(self.summary_path, {}) or {}
+
+    def delete(self, runs_dir: str | Path) -> None:
+        delete_run_or_experiment(runs_dir, self.path)
+
+
 def find_runs(runs_dir: str | Path) -> list[RunDir]:
     """Every run folder under runs_dir (depth 1 or 2), newest first."""
     root = Path(runs_dir)
@@ -280,13 +365,13 @@ def find_runs(runs_dir: str | Path) -> list[RunDir]:
 
 
 def find_experiments(runs_dir: str | Path) -> list[Path]:
+    """Every experiment folder under runs_dir, newest first."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    exps = [p.parent for p in root.glob("*/experiment.json")]
-    exps.sort(key=lambda p: (read_json(p / "experiment.json", {}) or {}).get("created", 0),
-              reverse=True)
-    return exps
+    exps = [ExperimentDir(p.parent) for p in root.glob(f"*/{ExperimentDir.META}")]
+    exps.sort(key=lambda e: e.meta().get("created") or 0, reverse=True)
+    return [e.path for e in exps]
 
 
 def unique_dir(root: Path, name: str) -> Path:
@@ -309,8 +394,3 @@ def delete_run_or_experiment(runs_dir: str | Path, path: str | Path) -> None:
         raise ValueError(f"refusing to delete {p}: not inside the runs directory {root}")
     shutil.rmtree(p)
 
-
-def iter_records(paths: Iterable[Path]) -> Iterable[tuple[Path, dict]]:
-    for p in paths:
-        for r in read_metrics(p):
-            yield p, r

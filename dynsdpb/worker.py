@@ -39,10 +39,8 @@ def _watch_parent(stop: threading.Event, parent: int) -> None:
 
 def mark_unfinished_failed(exp_dir: Path, error: str, hint: str) -> None:
     """Arms left queued or running by a process that ended abnormally read `failed`."""
-    from .store import RunDir, read_json
-    meta = read_json(Path(exp_dir) / "experiment.json", {}) or {}
-    for a in meta.get("arms", []):
-        rd = RunDir(Path(exp_dir) / a)
+    from .store import ExperimentDir
+    for rd in ExperimentDir(exp_dir).arms():
         if rd.raw_status().get("state") in ("queued", "running"):
             rd.set_status("failed", error=error, hint=hint)
 

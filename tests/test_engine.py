@@ -7,9 +7,11 @@ import threading
 import pytest
 import torch
 
+from dynsdpb.experiment import create_experiment, run_arms, run_experiment
+from dynsdpb.records import RECORD_KEYS
 from dynsdpb.store import RunDir, read_metrics
-from dynsdpb.train import (RECORD_KEYS, Arm, Prepared, create_experiment, get_lr, run_arms,
-                           run_experiment)
+from dynsdpb.tasks import prepare
+from dynsdpb.train import Arm, get_lr
 from tests.conftest import tiny_config
 
 # Volatile by nature: timing fields.
@@ -136,7 +138,7 @@ def test_arm_does_not_depend_on_its_neighbours(tiny_csv, tmp_path):
 def test_vanilla_and_dynsdpb_share_init_and_data_order(tiny_csv, tmp_path):
     cfg = tiny_config(tiny_csv, steps=3)
     exp = create_experiment(tmp_path, cfg, ["vanilla", "dynsdpb"], [0])
-    prep = Prepared(cfg)
+    prep = prepare(cfg)
     arms = [Arm(cfg.replace(method=m), prep, RunDir(exp / f"{m}-s0")) for m in ("vanilla", "dynsdpb")]
     sd = [a.model.state_dict() for a in arms]
     assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
@@ -174,7 +176,7 @@ def test_metrics_schema_and_store(tiny_csv, tmp_path):
         assert rd.status()["state"] == "finished"
     dyn = RunDir(exp / "dynsdpb-s0").metrics()
     assert dyn[0]["alpha"] is None and dyn[1]["alpha"] is not None
-    assert dyn[1]["alpha_min"] <= dyn[1]["alpha"] <= dyn[1]["alpha_max"]
+    assert dyn[1]["alpha_lo"] <= dyn[1]["alpha"] <= dyn[1]["alpha_hi"]
     assert 0 <= dyn[1]["agreement"] <= 1 and dyn[1]["logit_drift"] >= 0
     assert RunDir(exp / "vanilla-s0").metrics()[1]["alpha"] is None
     summ = json.loads((exp / "summary.json").read_text())
@@ -197,7 +199,7 @@ def test_sentence_pair_task(tmp_path):
     from tests.conftest import write_tiny_csv
     csv = write_tiny_csv(tmp_path / "pair.csv", pair=True)
     cfg = tiny_config(csv, steps=2, text_pair_column="text_pair")
-    prep = Prepared(cfg)
+    prep = prepare(cfg)
     assert prep.train.token_type_ids is not None and max(prep.train.token_type_ids[0]) == 1
     exp, out = _run(cfg, tmp_path / "p", ["dlb"], [0])
     assert out["states"] == {"dlb-s0": "finished"}

@@ -51,11 +51,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def no_training(monkeypatch):
     """For inputs that must be refused before anything trains: fail fast instead of training
     the default model if a check is missing."""
-    import dynsdpb.train as T
+    import dynsdpb.experiment as E
 
     def refuse(*a, **kw):
         raise AssertionError("this input should have been refused before training")
-    monkeypatch.setattr(T, "run_experiment", refuse)
+    monkeypatch.setattr(E, "run_experiment", refuse)
 
 
 def assert_one_line_error(rc: int, err: str, field: str, *fix: str) -> str:
@@ -544,10 +544,11 @@ def test_lookups_with_hostile_ids_stay_inside(tmp_path):
 
 
 def test_app_binds_to_localhost_unless_asked(monkeypatch):
-    """`dynsdpb app` starts Streamlit from the project root, where .streamlit/config.toml
-    binds it to 127.0.0.1; a --server.address the user gives is passed through."""
+    """`dynsdpb app` runs app/main.py, whose own app/.streamlit/config.toml (read by Streamlit
+    from any current folder) binds it to 127.0.0.1; a --server.address the user gives is
+    passed through. The current folder stays the user's (./runs, relative data paths)."""
     import tomllib
-    conf = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    conf = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())
     assert conf["server"]["address"] == "127.0.0.1"
     calls = []
     monkeypatch.setattr(subprocess, "call",
@@ -556,7 +557,8 @@ def test_app_binds_to_localhost_unless_asked(monkeypatch):
     assert cli.main(["app"]) == 0
     cmd, kw = calls[-1]
     assert isinstance(cmd, list)  # an argument list, never a shell string
-    assert Path(kw["cwd"]).resolve() == ROOT
+    assert Path(kw["cwd"]).resolve() == Path.cwd().resolve()
+    assert Path(cmd[cmd.index("run") + 1]) == ROOT / "app" / "main.py"
     assert not any("address" in c for c in cmd)
     assert "STREAMLIT_SERVER_ADDRESS" not in kw["env"]
     assert cli.main(["app", "--server.address", "0.0.0.0"]) == 0

@@ -27,8 +27,9 @@ from dynsdpb.errors import ConfigError
 from dynsdpb.jobs import JobManager
 from dynsdpb.store import (MetricsWriter, RunDir, atomic_write_bytes, find_runs, read_metrics,
                            unique_dir)
-from dynsdpb.train import (NAN_HINT, OOM_HINT, Arm, Prepared, create_experiment,
-                           run_experiment)
+from dynsdpb.experiment import create_experiment, run_experiment
+from dynsdpb.tasks import prepare
+from dynsdpb.train import NAN_HINT, OOM_HINT, Arm
 from tests.conftest import tiny_config, write_tiny_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -459,9 +460,10 @@ def test_checkpoint_writes_are_atomic(tiny_csv, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_csv, method="dynsdpb", steps=6, checkpoint_every=2)
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir()
-    arm = Arm(cfg, Prepared(cfg), rd)
+    arm = Arm(cfg, prepare(cfg), rd)
     arm.step()
-    arm.step()  # checkpoint at step 2
+    arm.step()
+    arm.save_checkpoint()  # at step 2, as the loop does (checkpoint_every=2)
     good = rd.checkpoint_path.read_bytes()
     for target in ("replace", "fsync"):
         with monkeypatch.context() as m:

@@ -3,7 +3,7 @@ import pytest
 
 from dynsdpb.config import RunConfig
 from dynsdpb.store import RunDir
-from dynsdpb.train import create_experiment, run_experiment
+from dynsdpb.experiment import create_experiment, run_experiment
 
 
 @pytest.mark.slow

@@ -1,0 +1,259 @@
+"""Experiments: create one (a folder of queued arms), run it, resume it.
+
+An experiment runs several arms (methods x seeds of one config) in lockstep, round-robin one
+step each, in one worker: curves align and arms share the device fairly. Each arm keeps its
+own RNG state, so its numbers do not depend on which other arms run beside it, and a resumed
+arm reproduces the uninterrupted one.
+
+The lockstep loop (`run_arms`) is where, as in nanoGPT's train.py, each step is followed by
+evaluation, the metrics record and the checkpoint, at one place (`_advance`), outside the
+optimizer step. Every fault of one arm (non-finite loss, out of memory, a full disk, a bug)
+ends that arm as `failed` with a hint; the other arms go on.
+
+Each arm's status.json says what it is doing: `phase` is loading | training | testing |
+saving, and `resumed_from` the step a resumed arm continued from (the Live page shows them).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig, check_config, from_dict
+from .errors import ConfigError, TrainingFault
+from .store import ExperimentDir, RunDir, atomic_write_json, check_not_busy, unique_dir
+from .tasks import prepare
+from .train import OOM_HINT, Arm, _is_oom
+
+ProgressFn = Callable[[str, dict], None]
+
+DISK_HINT = ("a file could not be written (is the disk full?); free space, then resume from "
+             "the last checkpoint")
+BUG_HINT = "this looks like a bug; the metrics so far are kept"
+
+
+def arm_name(cfg: RunConfig) -> str:
+    return f"{cfg.method}-s{cfg.seed}"
+
+
+# ----------------------------------------------------------------------------------------
+# The lockstep loop
+
+def _fault(e: BaseException, a: Arm) -> tuple[str, str, int | None]:
+    """(error, hint, failed step) of an exception that ended an arm."""
+    if isinstance(e, TrainingFault):
+        return str(e), e.hint, e.step
+    if _is_oom(e):
+        return f"out of memory after step {a.step_idx}", OOM_HINT, a.step_idx
+    if isinstance(e, OSError):
+        return f"{type(e).__name__}: {e}", DISK_HINT, None
+    return f"{type(e).__name__}: {e}", BUG_HINT, None
+
+
+def _fail(a: Arm, e: BaseException, progress: ProgressFn | None) -> str:
+    """End arm `a` as failed, with its error and hint, whatever else is failing."""
+    error, hint, step = _fault(e, a)
+    a.writer.close()
+    try:
+        a.rd.set_status("failed", step=a.step_idx, error=error, hint=hint, failed_step=step)
+    except OSError:
+        pass  # status.json itself cannot be written (disk full): readers see `interrupted`
+    if progress:
+        progress(a.rd.id, {"state": "failed", "error": error, "hint": hint})
+    return "failed"
+
+
+def _advance(a: Arm) -> dict:
+    """One step of one arm, then its evaluation, record and checkpoint: the one place where
+    they happen. The checkpoint saves the arm's RNG state after the step (a resume does not
+    replay its dropout masks); evaluation runs under the arm's RNG too."""
+    rec = a.step()
+    if a.eval_due:
+        with a.rng():
+            rec.update(a.evaluate())
+    a.log(rec)
+    if a.checkpoint_due:
+        a.save_checkpoint()
+    a.rd.set_status("running", step=a.step_idx, steps=a.cfg.steps)
+    return rec
+
+
+def run_arms(arms: list[Arm], stop: threading.Event | None = None,
+             progress: ProgressFn | None = None) -> dict[str, str]:
+    """Step every live arm round-robin until all are done, stopped or failed.
+
+    Returns arm id -> final state. A fault in one arm fails that arm only.
+    """
+    stop = stop or threading.Event()
+    final: dict[str, str] = {}
+    live = []
+    for a in arms:
+        try:
+            a.rd.set_status("running", step=a.step_idx, steps=a.cfg.steps, started=time.time(),
+                            phase="training", resumed_from=a.resumed_from)
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: this arm only
+            final[a.rd.id] = _fail(a, e, progress)
+            continue
+        if a.done:  # killed while finishing: only the end of the run is left
+            final[a.rd.id] = _finish(a, progress)
+        else:
+            live.append(a)
+    while live and not stop.is_set():
+        for a in list(live):
+            if stop.is_set():
+                break
+            try:
+                rec = _advance(a)
+            except Exception as e:  # noqa: BLE001 - one arm's fault must not stop the others
+                final[a.rd.id] = _fail(a, e, progress)
+                live.remove(a)
+                continue
+            if progress:
+                progress(a.rd.id, rec)
+            if a.done:
+                live.remove(a)
+                final[a.rd.id] = _finish(a, progress)
+    for a in live:
+        # Stop: the current step is complete; save it and mark it resumable.
+        try:
+            a.save_checkpoint()
+            a.writer.close()
+            a.rd.set_status("stopped", step=a.step_idx)
+            final[a.rd.id] = "stopped"
+        except Exception as e:  # noqa: BLE001 - a full disk fails this arm, not the others
+            final[a.rd.id] = _fail(a, e, progress)
+    return final
+
+
+def _finish(a: Arm, progress: ProgressFn | None) -> str:
+    """Test metrics, summary.json and the saved model of an arm that did all its steps."""
+    try:
+        a.rd.set_status("running", phase="testing")
+        summary = a.write_summary()
+        if a.cfg.save_model:
+            a.rd.set_status("running", phase="saving")
+            a.save_model()
+        a.writer.close()
+        a.rd.set_status("finished", step=a.step_idx, finished=time.time())
+    except Exception as e:  # noqa: BLE001
+        error, hint, _ = _fault(e, a)
+        a.writer.close()
+        try:
+            a.rd.set_status("failed", step=a.step_idx, error=f"finishing failed: {e}",
+                            hint=(OOM_HINT + "; " if _is_oom(e) else "")
+                            + ("free space, then resume; " if isinstance(e, OSError) else "")
+                            + "the metrics and checkpoint are kept")
+        except OSError:
+            pass
+        if progress:
+            progress(a.rd.id, {"state": "failed", "error": error, "hint": hint})
+        return "failed"
+    if progress:
+        progress(a.rd.id, {"state": "finished", "summary": summary})
+    return "finished"
+
+
+# ----------------------------------------------------------------------------------------
+# Experiment folders
+
+def experiment_configs(base: RunConfig, methods: list[str], seeds: list[int]) -> list[RunConfig]:
+    # Arms are named method-s<seed>: a repeated one would share (and clobber) a run folder.
+    for name, vals in (("methods", methods), ("seeds", seeds)):
+        if len(set(vals)) != len(vals):
+            eg = "0,1,2" if name == "seeds" else "vanilla,dynsdpb"
+            raise ConfigError.one(name, ",".join(map(str, vals)),
+                                  f"give each of the {name} once, e.g. {eg}")
+    return [base.replace(method=m, seed=s) for s in seeds for m in methods]
+
+
+def check_experiment(base: RunConfig, methods: list[str], seeds: list[int]) -> list[RunConfig]:
+    """The arms' configs, each validated (e.g. an odd batch size for dlb): the check at
+    submit. Loading an experiment checks each arm's config.json again (`run_experiment`)."""
+    if not methods:
+        raise ConfigError.one("methods", methods, "pick at least one method")
+    if not seeds:
+        raise ConfigError.one("seeds", seeds, "give at least one seed")
+    return [check_config(c) for c in experiment_configs(base, methods, seeds)]
+
+
+def create_experiment(runs_dir: str | Path, base: RunConfig, methods: list[str],
+                      seeds: list[int], name: str = "", exp_dir: Path | None = None, *,
+                      check: bool = True) -> Path:
+    """Write the experiment folder and one queued run folder per arm; returns its path.
+
+    check=False: the caller has run `check_experiment` on these arms already."""
+    cfgs = (check_experiment(base, methods, seeds) if check
+            else experiment_configs(base, methods, seeds))
+    if exp_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        exp_dir = unique_dir(Path(runs_dir), name or f"{stamp}-{base.dataset.split('/')[-1]}")
+    exp = ExperimentDir(exp_dir)
+    exp.path.mkdir(parents=True, exist_ok=True)
+    arms = []
+    for c in cfgs:
+        rd = RunDir(exp.path / arm_name(c))
+        rd.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(rd.config_path, c.to_dict())
+        rd.set_status("queued", created=time.time(), step=0, steps=c.steps, experiment=exp.id)
+        arms.append(rd.id)
+    exp.write_meta({"id": exp.id, "name": name or exp.id, "created": time.time(),
+                    "methods": methods, "seeds": seeds, "arms": arms,
+                    "base_config": base.to_dict()})
+    return exp.path
+
+
+def _load_configs(rds: list[RunDir]) -> list[RunConfig]:
+    cfgs = []
+    for rd in rds:
+        raw = rd.config()
+        if not isinstance(raw, dict) or not raw:
+            # never fall back to the default config: that would train something else
+            raise ConfigError.one("config", str(rd.config_path), "missing or damaged; this "
+                                  "run cannot be run or resumed from it")
+        cfgs.append(from_dict(raw))  # validated at load, as at submit
+    return cfgs
+
+
+def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
+                   progress: ProgressFn | None = None, resume: bool = False,
+                   upload: bytes | None = None) -> dict:
+    """Train every arm of an experiment folder in lockstep and write its summary.json."""
+    from .compare import write_summary
+    exp = ExperimentDir(exp_dir)
+    meta = exp.check()
+    rds = exp.arms(meta)
+    cfgs = _load_configs(rds)
+    if resume:
+        check_not_busy(rds, str(exp.path))
+        keep = [(rd, c) for rd, c in zip(rds, cfgs) if rd.status().get("state") != "finished"]
+        rds, cfgs = [k[0] for k in keep], [k[1] for k in keep]
+    try:
+        for rd in rds:
+            rd.set_status("running", phase="loading")
+        task = prepare(cfgs[0], upload=upload) if cfgs else None
+        arms = [Arm(c, task, rd, resume=resume and rd.has_checkpoint())
+                for rd, c in zip(rds, cfgs)]
+    except (ConfigError, TrainingFault) as e:
+        for rd in rds:
+            rd.set_status("failed", error=str(e), hint=getattr(e, "hint", "fix the input"))
+        raise
+    except Exception as e:
+        if _is_oom(e):
+            for rd in rds:
+                rd.set_status("failed", error="out of memory while loading", hint=OOM_HINT)
+            raise TrainingFault("out of memory while loading", OOM_HINT) from e
+        for rd in rds:
+            rd.set_status("failed", error=f"{type(e).__name__}: {e}",
+                          hint="could not set up the run")
+        raise
+    if task is not None and task.data.warnings:
+        # e.g. "not valid UTF-8, read as latin-1": kept in each arm's status for the app,
+        # shown by the CLI through `progress`.
+        for rd in rds:
+            rd.set_status(rd.raw_status().get("state", "queued"), warnings=task.data.warnings)
+        if progress:
+            progress("data", {"state": "warning", "warnings": list(task.data.warnings)})
+    final = run_arms(arms, stop, progress)
+    summary = write_summary(exp.path)
+    return {"states": final, "summary": summary}
