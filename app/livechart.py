@@ -60,19 +60,24 @@ _component = st.components.v2.component("dynsdpb.live_plot", js=_JS, isolate_sty
 
 
 def _plotly_js_url() -> str | None:
-    """URL of plotly.min.js under Streamlit's static serving, copying it there if needed."""
+    """URL of plotly.min.js under Streamlit's static serving, copying it there if needed.
+
+    In a checkout the file is copied from the plotly package (and again when plotly is
+    upgraded). An installed wheel carries it (setup.py) and may be read-only: a failed copy
+    then keeps the shipped file."""
+    if not st.get_option("server.enableStaticServing"):
+        return None
     try:
-        if not st.get_option("server.enableStaticServing"):
-            return None
         src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-        if not src.is_file():
-            return None
-        if not PLOTLY_JS.is_file() or PLOTLY_JS.stat().st_size != src.stat().st_size:
+        if src.is_file() and (not PLOTLY_JS.is_file()
+                              or PLOTLY_JS.stat().st_size != src.stat().st_size):
             STATIC.mkdir(exist_ok=True)
             tmp = PLOTLY_JS.with_suffix(".tmp")
             shutil.copyfile(src, tmp)
             tmp.replace(PLOTLY_JS)
     except OSError:
+        pass                # read-only install: the shipped copy below, if any
+    if not PLOTLY_JS.is_file():
         return None
     base = (st.get_option("server.baseUrlPath") or "").strip("/")
     return "/" + (base + "/" if base else "") + "app/static/plotly.min.js"
