@@ -24,8 +24,7 @@ from plotly.subplots import make_subplots
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
 from dynsdpb.jobs import JobManager
-from dynsdpb.store import (RunDir, atomic_write_json, find_experiments, parse_records,
-                           read_json)
+from dynsdpb.store import ExperimentDir, RunDir, find_experiments, parse_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,30 +135,15 @@ class Arm:
 
 
 def exp_meta(exp: Path) -> dict:
-    return read_json(exp / "experiment.json", {}) or {}
+    return ExperimentDir(exp).meta()
 
 
 def exp_name(exp: Path, meta: dict | None = None) -> str:
-    meta = exp_meta(exp) if meta is None else meta
-    return meta.get("name") or exp.name
-
-
-def rename_experiment(exp: Path, new_name: str) -> str:
-    """Store a display name in experiment.json; the folder keeps its name."""
-    new_name = " ".join(str(new_name).split())[:80]
-    if not new_name:
-        raise ValueError("give a non-empty name")
-    meta = exp_meta(exp)
-    if not meta:
-        raise ValueError(f"{exp} has no experiment.json")
-    meta["name"] = new_name
-    atomic_write_json(exp / "experiment.json", meta)
-    return new_name
+    return ExperimentDir(exp).name(meta)
 
 
 def arm_dirs(exp: Path, meta: dict | None = None) -> list[RunDir]:
-    meta = exp_meta(exp) if meta is None else meta
-    return [RunDir(exp / a) for a in meta.get("arms", [])]
+    return ExperimentDir(exp).arms(meta)
 
 
 # The pages re-read metrics.jsonl about once a second per open tab, in the same process as
@@ -194,10 +178,11 @@ def read_records(path: Path) -> list[dict]:
 
 
 def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
-    meta = exp_meta(exp)
-    name = exp_name(exp, meta)
+    ed = ExperimentDir(exp)
+    meta = ed.meta()
+    name = ed.name(meta)
     out = []
-    for rd in arm_dirs(exp, meta):
+    for rd in ed.arms(meta):
         if not rd.exists():
             continue
         out.append(Arm(rd, exp.name, name, rd.config(), rd.status(),
@@ -231,12 +216,12 @@ def find_arm(key: str) -> Arm | None:
 def all_arm_keys() -> list[tuple[str, str]]:
     """(key, label) of every run, newest experiment first."""
     out = []
-    for exp in experiments():
-        meta = exp_meta(exp)
-        name = exp_name(exp, meta)
-        for rd in arm_dirs(exp, meta):
+    for exp in map(ExperimentDir, experiments()):
+        meta = exp.meta()
+        name = exp.name(meta)
+        for rd in exp.arms(meta):
             if rd.exists():
-                out.append((f"{exp.name}/{rd.id}", f"{name} / {rd.id} "
+                out.append((f"{exp.id}/{rd.id}", f"{name} / {rd.id} "
                              f"({rd.status().get('state', '?')})"))
     return out
 
@@ -378,8 +363,8 @@ def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
             xs, ys = _series(recs, key, x)
             if not xs:
                 continue
-            xl, lo = _series(recs, f"{key}_min", x)
-            xh, hi = _series(recs, f"{key}_max", x)
+            xl, lo = _series(recs, f"{key}_lo", x)
+            xh, hi = _series(recs, f"{key}_hi", x)
             if xl and xh and len(xl) == len(xh):
                 fig.add_trace(go.Scatter(x=xh, y=hi, mode="lines", line=dict(width=0, color=color),
                                          legendgroup=name, showlegend=False, hoverinfo="skip",

@@ -15,7 +15,7 @@ import streamlit as st
 from app import common
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.store import delete_run_or_experiment, inside
+from dynsdpb.store import ExperimentDir, inside
 
 ss = st.session_state
 jm = common.manager()
@@ -152,7 +152,7 @@ if ss.get("confirm_delete") == exp_id:
             if jm.current() == exp_id or exp_id in jm.queue():
                 st.error("It is training; stop it first.")
             else:
-                delete_run_or_experiment(jm.runs_dir, exp)
+                ExperimentDir(exp).delete(jm.runs_dir)
                 ss.pop("w_runs_pick", None)
                 ss["flash"] = f"Deleted {names[exp_id]}."
                 st.rerun()
@@ -166,7 +166,7 @@ with st.expander("Rename"):
                              label_visibility="collapsed")
     if r2.button("Rename", key="btn_runs_rename"):
         try:
-            common.rename_experiment(exp, new_name)
+            ExperimentDir(exp).rename(new_name)
         except ValueError as e:
             st.error(str(e))
         else:
