@@ -19,7 +19,6 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
@@ -190,6 +189,45 @@ def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
     return out
 
 
+def exp_signature(exp: Path) -> tuple:
+    """What changed in an experiment folder, from stat calls only (no file is read): size and
+    mtime of experiment.json and of each arm's status.json and metrics.jsonl."""
+    out = []
+    for p in [exp / "experiment.json", *sorted(exp.glob("*/status.json")),
+              *sorted(exp.glob("*/metrics.jsonl"))]:
+        try:
+            s = os.stat(p)
+        except OSError:
+            continue
+        out.append((p.parent.name, p.name, s.st_size, s.st_mtime_ns))
+    return tuple(out)
+
+
+_LIVE_ARMS: OrderedDict = OrderedDict()
+_LIVE_ARMS_LOCK = threading.Lock()
+
+
+def load_arms_live(exp: Path) -> tuple[tuple, list[Arm]]:
+    """(signature, arms) of an experiment, re-read only when its files changed.
+
+    The Live page polls every second in every open tab; with nothing new this is a few stat
+    calls, shared by all tabs. Every 5 s the arms are read anyway: a run whose process died
+    shows as interrupted without writing anything.
+    """
+    sig = exp_signature(exp) + (int(time.time() // 5),)
+    key = str(exp)
+    with _LIVE_ARMS_LOCK:
+        hit = _LIVE_ARMS.get(key)
+        if hit is not None and hit[0] == sig:
+            return hit
+    arms = load_arms(exp)
+    with _LIVE_ARMS_LOCK:
+        _LIVE_ARMS[key] = (sig, arms)
+        _LIVE_ARMS.move_to_end(key)
+        while len(_LIVE_ARMS) > 16:
+            _LIVE_ARMS.popitem(last=False)
+    return sig, arms
+
 def exp_state(states: list[str]) -> str:
     """One word for an experiment from its arms' states (the most urgent one wins)."""
     s = set(states)
@@ -265,61 +303,257 @@ def samples_per_s(arm: Arm, window: int = 10) -> float | None:
     return arm.records[-1].get("samples_per_s") if arm.records else None
 
 
+def arm_steps(a: Arm) -> tuple[int, int]:
+    """(steps done, steps planned) of one arm."""
+    return int(a.status.get("step") or 0), int(a.status.get("steps") or a.cfg.get("steps") or 0)
+
+
+PHASES = ("loading", "training", "testing", "saving")
+
+
+def arm_phase(a: Arm) -> str:
+    """What an arm is doing: while running, its status.json `phase` (loading | training |
+    testing | saving); otherwise its state. Runs written before `phase` existed: guessed."""
+    if a.state != "running":
+        return a.state
+    phase = a.status.get("phase")
+    if phase in PHASES:
+        step, steps = arm_steps(a)
+        if phase == "training" and steps and step >= steps:
+            return "waiting to test"     # lockstep: the arms are tested one after another
+        return phase
+    step, steps = arm_steps(a)
+    if not a.records:
+        return "loading"
+    return "testing" if steps and step >= steps else "training"
+
+
+def _intervals(a: Arm) -> list[float]:
+    ts = [r["time"] for r in a.records[-31:] if r.get("time")]
+    return [b - t for t, b in zip(ts, ts[1:]) if b > t]
+
+
+def step_seconds(a: Arm) -> float | None:
+    """Seconds between an arm's step records lately: in lockstep one round of every arm,
+    evaluations included (they are part of the time left). A pause longer than 20 typical
+    steps (a stop and resume) is left out."""
+    gaps = sorted(_intervals(a))
+    if not gaps:
+        return None
+    med = gaps[len(gaps) // 2]
+    kept = [g for g in gaps if g <= 20 * med]
+    return sum(kept) / len(kept)
+
+
+def eval_seconds(a: Arm) -> float | None:
+    """Measured seconds of one validation evaluation: the extra time of the steps that
+    evaluated over a typical step (median over the evaluations seen)."""
+    recs = [r for r in a.records if r.get("time")]
+    gaps = sorted(_intervals(a))
+    if len(recs) < 3 or not gaps:
+        return None
+    med = gaps[len(gaps) // 2]
+    extra = sorted(b["time"] - p["time"] - med for p, b in zip(recs, recs[1:])
+                   if b.get("val_loss") is not None or b.get("val_accuracy") is not None
+                   or b.get("val_pearson") is not None)
+    extra = [e for e in extra if e > 0]
+    return extra[len(extra) // 2] if extra else None
+
+
+def test_seconds(a: Arm) -> float | None:
+    """Estimated seconds of the test evaluation after the last step: a validation
+    evaluation's measured time scaled by test_size / val_size (both from the config)."""
+    ev = eval_seconds(a)
+    val, test = a.cfg.get("val_size"), a.cfg.get("test_size")
+    if ev is None or not val or not test:
+        return None
+    return ev * float(test) / float(val)
+
+
+def waiting_words(n: int) -> str:
+    """How many experiments wait in the queue: the same words in the sidebar and on Live."""
+    return "none waiting" if n == 0 else f"{n} experiment{'s' if n > 1 else ''} waiting"
+
+def fmt_left(s: float) -> str:
+    """'about 2 min left': a duration to wait, never a clock-like 15:24."""
+    if s < 10:
+        return "a few seconds left"
+    if s < 90:
+        return f"about {int(round(s / 10.0)) * 10} s left"
+    if s < 90 * 60:
+        return f"about {int(round(s / 60.0))} min left"
+    h, m = divmod(int(round(s / 60.0)), 60)
+    return f"about {h} h {m} min left"
+
+
 def progress_info(arms: list[Arm], now: float | None = None) -> dict:
-    """Steps done/total, a rate from the records' write times, ETA and samples/s."""
+    """Steps per arm, each arm's phase, the time left (training, then the test evaluation of
+    each arm, one after another) as words, and where a resume started."""
     now = now or time.time()
-    total = sum(int(a.status.get("steps") or a.cfg.get("steps") or 0) for a in arms)
-    done = sum(int(a.status.get("step") or 0) for a in arms)
-    # Steps per second over all arms, from the write times of the recent records (recent
-    # only: a resumed run has a gap, and evaluations slow some steps down).
-    times = sorted(r["time"] for a in arms for r in a.records[-30:] if r.get("time"))
-    times = times[-30 * max(1, len(arms)):]
-    rate = None
-    if len(times) >= 2 and times[-1] > times[0]:
-        rate = (len(times) - 1) / (times[-1] - times[0])
+    steps = [(a.id, *arm_steps(a)) for a in arms]
+    phases = {a.id: arm_phase(a) for a in arms}
     active = any(a.state in ("running", "queued") for a in arms)
-    eta = (total - done) / rate if (rate and active) else None
-    sps = [v for v in (samples_per_s(a) for a in arms if a.state == "running") if v]
+    done = sum(s for _, s, _ in steps)
+    total = sum(n for _, _, n in steps)
+
+    train_left = 0.0
+    known = True
+    for a in arms:
+        step, n = arm_steps(a)
+        if phases[a.id] in ("training", "loading", "queued") and n > step:
+            sec = step_seconds(a)
+            if sec is None:
+                known = False
+            else:
+                train_left = max(train_left, (n - step) * sec)
+    test_each = [t for t in (test_seconds(a) for a in arms) if t is not None]
+    test_each_s = max(test_each) if test_each else None
+    test_left = 0.0
+    for a in arms:
+        ph = phases[a.id]
+        if ph in ("training", "loading", "queued", "waiting to test"):
+            test_left += test_each_s or 0.0
+        elif ph == "testing" and test_each_s:
+            test_left += max(test_each_s - (now - float(a.status.get("updated") or now)), 5.0)
+    left = (train_left + test_left) if (active and known) else None
+
+    resumed = sorted({int(a.status["resumed_from"]) for a in arms
+                      if a.status.get("resumed_from") and a.state in ("running", "queued")})
+    sps = [v for v in (samples_per_s(a) for a in arms if phases[a.id] == "training") if v]
     latest = None
     for a in arms:
         for r in a.records[-1:]:
             if r.get("time") and (latest is None or r["time"] > latest[1]["time"]):
                 latest = (a, r)
-    return {"total": total, "done": done, "rate": rate, "eta": eta,
-            "samples_per_s": (sum(sps) / len(sps)) if sps else None, "latest": latest,
-            "active": active}
+    return {"steps": steps, "done": done, "total": total, "phases": phases, "left": left,
+            "test_each": test_each_s, "resumed_from": resumed, "active": active,
+            "samples_per_s": (sum(sps) / len(sps)) if sps else None, "latest": latest}
 
 
-# ---------------------------------------------------------------------------------------
-# Charts. Every figure: x = step (or epoch / samples seen), one fixed colour per method,
-# one dash style per seed, layout.uirevision fixed so zoom survives live updates.
+def progress_words(info: dict) -> list[str]:
+    """The Live page's progress line: steps per arm (never the sum over arms), the phase,
+    the time left in words, a resume."""
+    parts = []
+    uniq = {(s, n) for _, s, n in info["steps"]}
+    if len(uniq) == 1:
+        s, n = next(iter(uniq))
+        parts.append(f"{s}/{n} steps" + (" per arm" if len(info["steps"]) > 1 else ""))
+    else:
+        parts.append(", ".join(f"{a} {s}/{n}" for a, s, n in info["steps"]) + " steps")
+    phases = info["phases"]
+    shown = {p for p in phases.values()}
+    if shown - {"training", "finished", "stopped", "failed", "interrupted", "queued"}:
+        if len(shown) == 1:
+            parts.append(next(iter(shown)) + "…")
+        else:
+            parts.append(", ".join(f"{a} {p}" for a, p in phases.items()))
+    if info["active"]:
+        if info["left"] is not None:
+            left = fmt_left(info["left"])
+            if info["test_each"] is None and any(
+                    p in ("training", "loading", "queued", "waiting to test")
+                    for p in phases.values()):
+                left += " of training, then testing each arm"
+            elif info["test_each"]:
+                left += f" (incl. ~{int(round(info['test_each']))} s of testing per arm)"
+            parts.append(left)
+        elif any(p == "testing" for p in phases.values()):
+            parts.append("testing…")
+    if info["resumed_from"]:
+        parts.append(" and ".join(f"resumed from the step-{s} checkpoint"
+                                  for s in info["resumed_from"]))
+    return parts
 
-X_LABELS = {"step": "step", "epoch": "epoch", "samples_seen": "samples seen (forward passes)"}
-MAX_POINTS = 1500
 
-
-def _thin(recs: list[dict]) -> list[dict]:
-    """Keep at most MAX_POINTS records (evenly spaced, always the last one)."""
-    if len(recs) <= MAX_POINTS:
-        return recs
-    k = math.ceil(len(recs) / MAX_POINTS)
-    out = recs[::k]
-    if out[-1] is not recs[-1]:
-        out.append(recs[-1])
+def summary_rows(summary: dict) -> list[dict]:
+    """The engine's summary table as the app shows it: the unit in the column name, "—" for
+    nothing to show, and every "n/a" says why (one seed has no spread and no interval)."""
+    from dynsdpb.compare import table_rows
+    pm = summary.get("primary_metric", "")
+    unit = " (%)" if pm in ("test_accuracy", "test_macro_f1") else ""
+    out = []
+    for row in table_rows(summary):
+        n_seeds = len(summary["methods"].get(row["method"], {}).get("seeds", []))
+        why = "n/a: one seed" if n_seeds < 2 else "n/a: a value is missing"
+        new = {}
+        for k, v in row.items():
+            if k == f"{pm} mean":
+                k = f"{pm} mean{unit}"
+            if isinstance(v, str):
+                if v.strip() in ("-", "", "None"):
+                    v = "—" if not (row["method"] != "vanilla" and k.startswith("diff")) \
+                        else "—: no vanilla arm to pair with"
+                elif "n/a" in v:
+                    v = v.replace("[n/a, n/a]", f"[{why}]").replace("n/a", why)
+            elif v is None:
+                v = "—"
+            new[k] = v
+        out.append(new)
     return out
 
 
+def cell(key: str, v) -> str:
+    """A value for a table cell: shares in %, 4 significant digits, "—" for none."""
+    from dynsdpb.records import display_value
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    v = display_value(key, v)
+    if isinstance(v, float):
+        return f"{v:.2f}" if key in _PERCENT_KEYS() else f"{v:.4g}"
+    return str(v)
+
+
+def _PERCENT_KEYS() -> set[str]:
+    from dynsdpb.records import KEYS
+    return {k for k, v in KEYS.items() if v.percent}
+
+# ---------------------------------------------------------------------------------------
+# Charts. Every figure: x = step (or epoch / samples seen), one fixed colour per method,
+# one dash style per seed, layout.uirevision fixed so zoom survives live updates, a y-axis
+# title with its unit (records.axis_title), shares in % (records.display_value).
+#
+# The figures are built as plain dicts and wrapped with go.Figure(..., _validate=False):
+# plotly's validation and its template deep copy cost ~60 ms per figure, every update, in
+# the server process (measured: 230 ms for the four Live charts of 2 arms x 300 steps).
+
+X_LABELS = {"step": "step", "epoch": "epoch", "samples_seen": "samples seen (forward passes)"}
+MAX_POINTS = 300   # per trace: a class cannot see more on a 1000-px chart, the browser can
+
+
+def decimate(xs: list, ys: list, max_points: int = MAX_POINTS) -> tuple[list, list]:
+    """At most ~max_points points that keep the curve's shape: the lowest and the highest
+    point of each bucket (spikes stay), the first and always the last point."""
+    n = len(xs)
+    if n <= max_points:
+        return xs, ys
+    buckets = max(1, (max_points - 2) // 2)
+    size = (n - 2) / buckets
+    keep = [0]
+    for b in range(buckets):
+        lo, hi = 1 + int(b * size), 1 + int((b + 1) * size)
+        if hi <= lo:
+            continue
+        seg = range(lo, min(hi, n - 1))
+        i_min = min(seg, key=ys.__getitem__)
+        i_max = max(seg, key=ys.__getitem__)
+        keep.extend(sorted({i_min, i_max}))
+    keep.append(n - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
 def _series(recs: list[dict], key: str, x: str) -> tuple[list, list]:
+    """(x, y) of one record key, finite values only, shares in %, decimated."""
+    from dynsdpb.records import display_value
     xs, ys = [], []
     for r in recs:
         v = r.get(key)
-        if v is None or r.get(x) is None:
+        if v is None or r.get(x) is None or isinstance(v, bool):
             continue
         if isinstance(v, float) and not math.isfinite(v):
             continue
         xs.append(r[x])
-        ys.append(v)
-    return xs, ys
+        ys.append(display_value(key, v))
+    return decimate(xs, ys)
 
 
 def _style(arm: Arm, color_by: str, idx: int) -> tuple[str, str]:
@@ -332,139 +566,209 @@ def _name(arm: Arm, multi_exp: bool) -> str:
     return f"{arm.exp_name}: {arm.id}" if multi_exp else arm.id
 
 
-UNIT_RANGE = ("val_accuracy", "val_macro_f1", "agreement")
-
-
-def _base_layout(fig: go.Figure, uirev: str, x: str, height: int = 340) -> go.Figure:
-    fig.update_layout(
-        uirevision=uirev, height=height, margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
-        hovermode="x unified", template="plotly_white", autosize=True,
-        font=dict(family='"Source Sans", "Source Sans Pro", sans-serif'))
-    fig.update_xaxes(title_text=X_LABELS.get(x, x), title_standoff=4)
-    return fig
-
-
 def _multi_exp(arms: list[Arm]) -> bool:
     return len({a.exp_id for a in arms}) > 1
 
 
+def _y_axis(key: str) -> dict:
+    """A y axis for one record key: title with unit, plain or scientific ticks (never SI
+    prefixes: '400µ' reads as micro-something to a class), 0-100 for shares."""
+    from dynsdpb.records import KEYS, axis_title
+    ax = {"title": {"text": axis_title(key), "standoff": 4}, "exponentformat": "e",
+          "zeroline": False}
+    if KEYS.get(key) is not None and KEYS[key].percent:
+        ax["range"] = [-2, 102]
+    return ax
+
+
+# plotly_white, once: assigning the template by name deep-copies it on every figure.
+_TEMPLATE: dict | None = None
+
+
+def _template() -> dict:
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        import plotly.io as pio
+        _TEMPLATE = pio.templates["plotly_white"].to_plotly_json()
+    return _TEMPLATE
+
+
+def _layout(uirev: str, x: str, keys: tuple[str, ...], titles: tuple[str, ...] = (),
+            height: int = 340) -> dict:
+    """Layout of 1..3 side-by-side panels (what make_subplots builds, without its cost)."""
+    n = len(keys)
+    gap = {1: 0.0, 2: 0.08, 3: 0.07}[n]
+    w = (1 - gap * (n - 1)) / n
+    lay: dict = {
+        "template": _template(), "uirevision": uirev, "height": height, "autosize": True,
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "hovermode": "x unified",
+        "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
+        "font": {"family": '"Source Sans", "Source Sans Pro", sans-serif'}, "annotations": [],
+    }
+    for i, key in enumerate(keys):
+        sfx = "" if i == 0 else str(i + 1)
+        lo = i * (w + gap)
+        lay["xaxis" + sfx] = {"domain": [lo, lo + w], "anchor": "y" + sfx,
+                              "title": {"text": X_LABELS.get(x, x), "standoff": 4}}
+        lay["yaxis" + sfx] = dict(_y_axis(key), anchor="x" + sfx)
+        if titles:
+            lay["annotations"].append({"text": titles[i], "showarrow": False, "xref": "paper",
+                                       "yref": "paper", "x": lo + w / 2, "y": 1.0,
+                                       "xanchor": "center", "yanchor": "bottom",
+                                       "font": {"size": 16}})
+    return lay
+
+
+def _trace(xs: list, ys: list, color: str, dash: str, name: str, key: str, col: int = 1,
+           markers: bool = False, **kw) -> dict:
+    sfx = "" if col == 1 else str(col)
+    t = {"type": "scatter", "x": xs, "y": ys, "xaxis": "x" + sfx, "yaxis": "y" + sfx,
+         "mode": "lines+markers" if (markers or len(xs) < 40) else "lines",
+         "marker": {"size": 5}, "line": {"color": color, "dash": dash, "width": 2},
+         "name": name, "legendgroup": name, "hovertemplate": f"{key} %{{y:.4g}}"}
+    t.update(kw)
+    return t
+
+
+def _mark_coinciding(spec: dict) -> None:
+    """Arms whose curves are identical would hide each other (e.g. dlb and dynsdpb with the
+    same alpha): draw the later ones dotted with markers over a wide pale first one, and say
+    so on the chart."""
+    groups: dict = {}
+    for t in spec["data"]:
+        if t.get("fill") or t.get("hoverinfo") == "skip" or len(t["y"]) < 2:
+            continue
+        sig = (t["xaxis"], tuple(t["x"]), tuple(round(float(v), 9) for v in t["y"]))
+        groups.setdefault(sig, []).append(t)
+    said: list[str] = []
+    for ts in groups.values():
+        names = list(dict.fromkeys(t["name"] for t in ts))
+        if len(names) < 2:
+            continue
+        first = ts[0]
+        first["line"] = dict(first["line"], width=6)
+        first["opacity"] = 0.45
+        for t in ts[1:]:
+            t["line"] = dict(t["line"], dash="dot", width=2)
+            t["mode"] = "lines+markers"
+        text = " and ".join(names) + " coincide"
+        if text not in said:
+            said.append(text)
+    if said:
+        spec["layout"]["annotations"].append({
+            "text": "; ".join(said) + " (drawn on top of each other)", "showarrow": False,
+            "xref": "paper", "yref": "paper", "x": 1.0, "y": 1.12, "xanchor": "right",
+            "font": {"size": 12, "color": "#555"}})
+
+
+def _note(spec: dict, text: str, col: int = 1, n: int = 1) -> None:
+    """A grey note in the middle of panel `col` (paper coordinates: plotly.js drops an axis
+    without traces, and a note tied to it would land in the first panel, stretching it)."""
+    sfx = "" if col == 1 else str(col)
+    lo, hi = spec["layout"]["xaxis" + sfx]["domain"]
+    spec["layout"]["annotations"].append({"text": text, "showarrow": False, "xref": "paper",
+                                          "yref": "paper", "x": (lo + hi) / 2, "y": 0.5,
+                                          "font": {"color": "#888"}})
+
+
+def _finish(spec: dict) -> go.Figure:
+    _mark_coinciding(spec)
+    return go.Figure(spec, _validate=False)
+
+
 def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
                   color_by: str = "method") -> go.Figure:
-    """alpha and tau per step: mean line with the min-max band over the carried samples."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("alpha (KD weight)", "tau (temperature)"),
-                        horizontal_spacing=0.08)
+    """alpha and tau per step: mean line with the lowest-highest band over the carried half."""
+    spec = {"data": [], "layout": _layout(uirev, x, ("alpha", "tau"),
+                                          ("alpha (KD weight)", "tau (temperature)"))}
     multi = _multi_exp(arms)
     for i, a in enumerate(arms):
-        recs = _thin(a.records)
         color, dash = _style(a, color_by, i)
         name = _name(a, multi)
         for col, key in ((1, "alpha"), (2, "tau")):
-            xs, ys = _series(recs, key, x)
+            xs, ys = _series(a.records, key, x)
             if not xs:
                 continue
-            xl, lo = _series(recs, f"{key}_lo", x)
-            xh, hi = _series(recs, f"{key}_hi", x)
-            if xl and xh and len(xl) == len(xh):
-                fig.add_trace(go.Scatter(x=xh, y=hi, mode="lines", line=dict(width=0, color=color),
-                                         legendgroup=name, showlegend=False, hoverinfo="skip",
-                                         name=f"{name} {key} max"), row=1, col=col)
-                fig.add_trace(go.Scatter(x=xl, y=lo, mode="lines", line=dict(width=0, color=color),
-                                         fill="tonexty", fillcolor=rgba(color, 0.18),
-                                         legendgroup=name, showlegend=False, hoverinfo="skip",
-                                         name=f"{name} {key} min"), row=1, col=col)
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines",
-                                     marker=dict(size=4),
-                                     line=dict(color=color, dash=dash, width=2),
-                                     name=name, legendgroup=name, showlegend=(col == 1),
-                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
-    if not fig.data:
-        fig.add_annotation(text="no distilling arm has logged alpha/tau yet (vanilla has none)",
-                           showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    return _base_layout(fig, uirev, x)
+            xl, lo = _series(a.records, f"{key}_lo", x)
+            xh, hi = _series(a.records, f"{key}_hi", x)
+            if xl and xh:
+                spec["data"].append(_trace(xh, hi, color, dash, f"{name} {key} highest", key, col,
+                                           line={"width": 0, "color": color},
+                                           showlegend=False, hoverinfo="skip",
+                                           mode="lines"))
+                spec["data"].append(_trace(xl, lo, color, dash, f"{name} {key} lowest", key, col,
+                                           line={"width": 0, "color": color}, fill="tonexty",
+                                           fillcolor=rgba(color, 0.18), showlegend=False,
+                                           hoverinfo="skip", mode="lines"))
+            spec["data"].append(_trace(xs, ys, color, dash, name, key, col, marker={"size": 4},
+                                       showlegend=(col == 1)))
+    if not spec["data"]:
+        _note(spec, "no distilling arm has logged alpha/tau yet (vanilla has none)")
+        spec["layout"]["annotations"][-1]["x"] = 0.5
+    return _finish(spec)
 
 
-def _panel_traces(fig: go.Figure, arms: list[Arm], keys: tuple[str, ...], x: str,
+def _panel_traces(spec: dict, arms: list[Arm], keys: tuple[str, ...], x: str,
                   color_by: str, markers_always: tuple[str, ...] = ()) -> None:
     """One trace per arm and key, key k in column k+1; one legend entry per arm."""
     multi = _multi_exp(arms)
     for i, a in enumerate(arms):
-        recs = _thin(a.records)
         color, dash = _style(a, color_by, i)
         name = _name(a, multi)
         shown = False
         for col, key in enumerate(keys, start=1):
-            xs, ys = _series(recs, key, x)
+            xs, ys = _series(a.records, key, x)
             if not xs:
                 continue
-            mode = "lines+markers" if (key in markers_always or len(xs) < 40) else "lines"
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode=mode, marker=dict(size=5),
-                                     line=dict(color=color, dash=dash, width=2), name=name,
-                                     legendgroup=name, showlegend=not shown,
-                                     hovertemplate=f"{key} %{{y:.4g}}"), row=1, col=col)
+            spec["data"].append(_trace(xs, ys, color, dash, name, key, col,
+                                       markers=key in markers_always, showlegend=not shown))
             shown = True
 
 
 def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
               color_by: str = "method") -> go.Figure:
     """logit drift and agreement on the carried half; probe drift at evaluations, every arm."""
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
-                        subplot_titles=("logit drift, carried half (KL)",
-                                        "agreement, carried half",
-                                        "probe drift at evaluations (KL)"))
-    _panel_traces(fig, arms, ("logit_drift", "agreement", "probe_drift"), x, color_by,
-                  markers_always=("probe_drift",))
-    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
-    have = {t.xaxis or "x" for t in fig.data}
+    keys = ("logit_drift", "agreement", "probe_drift")
+    spec = {"data": [], "layout": _layout(uirev, x, keys, (
+        "logit drift, carried half (KL)", "agreement, carried half", "probe drift at "
+        "evaluations (KL)"))}
+    _panel_traces(spec, arms, keys, x, color_by, markers_always=("probe_drift",))
+    have = {t["xaxis"] for t in spec["data"]}
     for col, axis, what in ((1, "x", "distilling arms log it from step 2"),
                             (2, "x2", "distilling arms log it from step 2"),
                             (3, "x3", "first point at the first evaluation")):
         if axis not in have:
-            # plotly.js does not draw an axis without traces, and an annotation tied to a
-            # missing axis lands in the first panel's data coordinates (stretching its range):
-            # place it in paper coordinates, in the middle of the empty panel.
-            lo, hi = fig.layout[axis.replace("x", "xaxis")].domain
-            fig.add_annotation(text=f"no values yet:<br>{what}", showarrow=False,
-                               xref="paper", yref="paper", x=(lo + hi) / 2, y=0.5,
-                               font=dict(color="#888"))
-    return _base_layout(fig, uirev, x)
+            _note(spec, f"no values yet:<br>{what}", col)
+    return _finish(spec)
 
 
 def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
              color_by: str = "method") -> go.Figure:
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
-                        subplot_titles=("CE (hard labels)", "KD term (alpha·tau²·KL)",
-                                        "total loss"))
-    _panel_traces(fig, arms, ("ce", "kd", "loss"), x, color_by)
-    return _base_layout(fig, uirev, x)
+    keys = ("ce", "kd", "loss")
+    spec = {"data": [], "layout": _layout(uirev, x, keys, (
+        "CE (hard labels)", "KD term (alpha·tau²·KL)", "total loss"))}
+    _panel_traces(spec, arms, keys, x, color_by)
+    return _finish(spec)
 
 
 def fig_metric(arms: list[Arm], key: str, x: str = "step", uirev: str = "metric",
                color_by: str = "method", title: str | None = None) -> go.Figure:
     """One metric against x for every arm (eval metrics have points at eval steps only)."""
-    fig = go.Figure()
+    spec = {"data": [], "layout": _layout(uirev, x, (key,))}
+    spec["layout"]["title"] = {"text": title or key, "x": 0, "font": {"size": 14}}
     multi = _multi_exp(arms)
+    eval_only = key.startswith("val_") or key == "probe_drift"
     for i, a in enumerate(arms):
-        recs = _thin(a.records)
-        xs, ys = _series(recs, key, x)
+        xs, ys = _series(a.records, key, x)
         if not xs:
             continue
         color, dash = _style(a, color_by, i)
-        eval_only = key.startswith("val_") or key == "probe_drift"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if (eval_only or len(xs) < 40)
-                                 else "lines", marker=dict(size=6),
-                                 line=dict(color=color, dash=dash, width=2),
-                                 name=_name(a, multi), hovertemplate=f"{key} %{{y:.4g}}"))
-    fig.update_layout(title=dict(text=title or key, x=0, font=dict(size=14)))
-    fig.update_yaxes(title_text=key)
-    if key in UNIT_RANGE:
-        fig.update_yaxes(range=[-0.02, 1.02])
-    if not fig.data:
-        when = (" (first point at the first evaluation)" if key.startswith("val_")
-                or key == "probe_drift" else "")
-        fig.add_annotation(text=f"no {key} values yet{when}", showarrow=False, xref="paper",
-                           yref="paper", x=0.5, y=0.5, font=dict(color="#888"))
-    return _base_layout(fig, uirev, x)
+        spec["data"].append(_trace(xs, ys, color, dash, _name(a, multi), key,
+                                   markers=eval_only, marker={"size": 6}))
+    if not spec["data"]:
+        when = " (first point at the first evaluation)" if eval_only else ""
+        _note(spec, f"no {key} values yet{when}")
+    return _finish(spec)
 
 
 _FIGS: OrderedDict = OrderedDict()
@@ -474,9 +778,8 @@ _FIGS_LOCK = threading.Lock()
 def figure(fn, arms: list[Arm], *args, **kw) -> go.Figure:
     """fn(arms, *args, **kw), reused while no arm has a new record.
 
-    Saves rebuilding four figures every second for every open tab, and while nothing new
-    arrives the chart's spec (and so Streamlit's element) stays the same, so a zoom survives.
-    Callers must not modify the returned figure.
+    Shared by every session: with N tabs open on one run, each new record costs one build,
+    not N. Callers must not modify the returned figure.
     """
     key = (fn.__name__, args, tuple(sorted(kw.items())),
            tuple((a.key, a.exp_name, a.method, a.seed, len(a.records),
@@ -494,6 +797,16 @@ def figure(fn, arms: list[Arm], *args, **kw) -> go.Figure:
     return fig
 
 
+def figure_json(fig: go.Figure) -> str:
+    """The figure as JSON, computed once per figure (figures from `figure` are reused)."""
+    cached = getattr(fig, "_dynsdpb_json", None)
+    if cached is None:
+        import plotly.io as pio
+        cached = pio.to_json(fig, validate=False)
+        fig._dynsdpb_json = cached
+    return cached
+
+
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},
                  "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 
@@ -506,7 +819,26 @@ def chart_config(filename: str) -> dict:
 
 def figure_html(fig: go.Figure) -> str:
     """A standalone HTML file (plotly.js embedded: works offline)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    return figures_html([(None, fig)])
+
+
+def figures_html(figs: list[tuple[str | None, go.Figure]], title: str = "DynSDPB") -> str:
+    """Several charts in one standalone HTML file: plotly.js (4.8 MB, most of the file) is
+    embedded once, not once per chart, and every trace is already decimated."""
+    import html
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             "</title><script>", get_plotlyjs(), "</script></head>"
+             "<body style='font-family:sans-serif'>"]
+    for i, (heading, fig) in enumerate(figs):
+        if heading:
+            parts.append(f"<h3>{html.escape(heading)}</h3>")
+        parts.append(pio.to_html(fig, include_plotlyjs=False, full_html=False,
+                                 div_id=f"chart{i}", validate=False,
+                                 config={"displaylogo": False}))
+    parts.append("</body></html>")
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------------------------------

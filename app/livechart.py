@@ -34,6 +34,9 @@ export default function (component) {
     parentElement.appendChild(host);
   }
   const draw = () => {
+    // A fragment rerun with nothing new sends the same figure again: nothing to redraw.
+    if (host.__dynsdpbFigure === data.figure && host.data) return;
+    host.__dynsdpbFigure = data.figure;
     const fig = JSON.parse(data.figure);
     // Plotly.react on the same div: layout.uirevision keeps zoom and legend clicks.
     window.Plotly.react(host, fig.data, fig.layout, data.config || {});
@@ -52,7 +55,10 @@ export default function (component) {
     }
     window.__dynsdpbPlotly.then(draw);
   }
-  return () => { if (window.Plotly) window.Plotly.purge(host); };
+  return () => {
+    host.__dynsdpbFigure = null;
+    if (window.Plotly) window.Plotly.purge(host);
+  };
 }
 """
 
@@ -84,13 +90,19 @@ def _plotly_js_url() -> str | None:
 
 
 def live_chart(fig: go.Figure, key: str, config: dict | None = None) -> None:
-    """Draw `fig` so that the user's zoom survives the next update of the same key."""
+    """Draw `fig` so that the user's zoom survives the next update of the same key.
+
+    The figure's JSON is computed once per figure (common.figure_json): a rerun with the same
+    figure sends the same bytes, which Streamlit's message cache turns into a short reference
+    to what the browser already holds, and the component skips Plotly.react for it.
+    """
+    from app.common import figure_json
     url = _plotly_js_url()
     if url is None:
         st.plotly_chart(fig, key=key, config=config)
         return
     cfg = dict(config or {}, responsive=True)
-    _component(key=key, data={"figure": fig.to_json(), "config": cfg, "src": url})
+    _component(key=key, data={"figure": figure_json(fig), "config": cfg, "src": url})
 
 
 def figure_of(element) -> dict | None:

@@ -45,7 +45,8 @@ with st.sidebar:
     else:
         st.markdown("**Training:** idle")
     if queued:
-        st.markdown(f"**Waiting:** {len(queued)} experiment(s)")
+        # the same count and words as the queue box on Live (both read jm.queue())
+        st.markdown(f"**Queue:** {common.waiting_words(len(queued))}")
     st.caption(f"Runs directory: `{jm.runs_dir}`")
 
 if "flash" in st.session_state:     # a message from an action that reran the app

@@ -1,8 +1,16 @@
-"""Live: one experiment's arms, updated about once a second while anything is training.
+"""Live: one experiment's arms, updated while anything is training.
 
-Two sibling fragments poll the run folders (status.json, metrics.jsonl; the training thread
-only writes files): `live_status` (state, progress, Stop, the queue) and `live_charts` (the
-four charts, which can be paused). Polling switches off when nothing is queued or running.
+Two sibling fragments poll the run folders (status.json, metrics.jsonl; the training process
+only writes files): `live_status` (state, progress, Stop, the queue) every second and
+`live_charts` (the four charts, which can be paused) every CHARTS_EVERY seconds. Polling
+switches off when nothing is queued or running.
+
+Watching must cost little whatever the number of tabs: each poll first compares a stat-only
+signature of the run files (common.load_arms_live) and re-reads nothing when it is the same;
+figures are built once per new record for all tabs (common.figure) with at most a few hundred
+points per trace, and a figure that did not change is sent as the same bytes, which
+Streamlit's message cache replaces by a short reference (app/livechart.py). A fragment must
+still draw its elements on every rerun: the browser removes those a fragment rerun skips.
 The charts keep the user's zoom across updates (app/livechart.py).
 """
 from __future__ import annotations
@@ -38,6 +46,8 @@ ss.setdefault("w_live_follow", True)
 
 def _picked() -> None:
     ss["live_exp"] = ss["w_live_pick"]
+    # A deliberate choice wins over following the running experiment (it snapped back).
+    ss["w_live_follow"] = False
 
 
 ss.setdefault("w_live_pause", False)
@@ -61,6 +71,7 @@ with c3:
 
 active_at_start = jm.is_active()
 run_every = 1.0 if active_at_start else None
+CHARTS_EVERY = 2.5   # seconds: charts need not move every second; status and progress do
 
 
 def _state_line(arms: list[common.Arm]) -> str:
@@ -72,7 +83,7 @@ def live_status() -> None:
     """Status, progress, Stop/Resume, the runs table and the queue: always live."""
     cur = jm.current()
     exp = jm.runs_dir / exp_id
-    arms = common.load_arms(exp)
+    _, arms = common.load_arms_live(exp)
     if not arms:
         st.warning("This experiment has no runs (it may have been deleted).")
         return
@@ -87,12 +98,10 @@ def live_status() -> None:
     top1, top2 = st.columns([4, 1])
     with top1:
         state = common.exp_state([a.state for a in arms])
-        parts = [_state_line(arms), f"{info['done']}/{info['total']} steps"]
-        if info["eta"] is not None:
-            parts.append(f"ETA {common.fmt_duration(info['eta'])}")
+        parts = [_state_line(arms), *common.progress_words(info)]
         if info["samples_per_s"]:
             parts.append(f"{info['samples_per_s']:.1f} samples/s per arm")
-        if state == "running" and not info["latest"]:
+        if state == "running" and not info["latest"] and "loading…" not in parts:
             parts.append("loading the model and data…")
         if exp_id in jm.queue():
             parts.append(f"waiting in the queue (position {jm.queue().index(exp_id) + 1})")
@@ -126,21 +135,23 @@ def live_status() -> None:
                 jm.resume(exp_id)
                 st.rerun()
 
+    from dynsdpb.records import axis_title
+    val_key = common.primary_val_metric(arms)
     rows = []
     for a in arms:
         last = a.records[-1] if a.records else {}
-        val_key = common.primary_val_metric(arms)
         val = next((r.get(val_key) for r in reversed(a.records) if r.get(val_key) is not None),
                    None)
-        rows.append({"run": a.id, "state": a.state,
-                     "step": f"{a.status.get('step', 0)}/"
-                             f"{a.status.get('steps', a.cfg.get('steps'))}",
-                     "loss": last.get("loss"), "alpha": last.get("alpha"), "tau": last.get("tau"),
-                     val_key: val, "samples/s": common.samples_per_s(a)})
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.4f")
-                                for k in ("loss", "alpha", "tau", val_key)}
-                 | {"samples/s": st.column_config.NumberColumn(format="%.1f")})
+        step, steps = common.arm_steps(a)
+        sps = common.samples_per_s(a)
+        # cells as text: "—" where a value does not apply (vanilla has no alpha), never None
+        rows.append({"run": a.id, "state": common.arm_phase(a), "step": f"{step}/{steps}",
+                     "loss": common.cell("loss", last.get("loss")),
+                     "alpha": common.cell("alpha", last.get("alpha")),
+                     "tau": common.cell("tau", last.get("tau")),
+                     axis_title(val_key): common.cell(val_key, val),
+                     "samples/s": "—" if sps is None else f"{sps:.1f}"})
+    st.dataframe(rows, hide_index=True, width="stretch")
     msgs = st.container()   # fixed slots keep the elements below in place between updates
     for a in arms:
         if a.state == "failed":
@@ -149,18 +160,21 @@ def live_status() -> None:
         elif a.state == "interrupted":
             msgs.warning(f"{a.id}: {a.status.get('message', 'interrupted')}")
 
-    q = [i for i in jm.queue() if i != exp_id]
+    # The same list and count as the sidebar's "Waiting: N" (app/main.py): jm.queue().
+    q = jm.queue()
     qbox = st.container()
     if q or (cur and cur != exp_id):
         with qbox.container(border=True):
-            st.markdown("**Queue** (one experiment trains at a time)")
+            st.markdown(f"**Queue**: {common.waiting_words(len(q))} (one experiment trains "
+                        "at a time)")
             if cur and cur != exp_id:
                 st.markdown(f":material/play_circle: training now: "
                             f"{common.exp_name(jm.runs_dir / cur)}")
             for i, qid in enumerate(q):
                 qc1, qc2 = st.columns([5, 1])
+                this = " (shown here)" if qid == exp_id else ""
                 qc1.markdown(f"{i + 1}. :material/hourglass_empty: "
-                             f"{common.exp_name(jm.runs_dir / qid)}")
+                             f"{common.exp_name(jm.runs_dir / qid)}{this}")
                 if qc2.button("remove", key=f"btn_dequeue_{qid}"):
                     jm.stop(qid)
                     st.rerun()
@@ -170,10 +184,10 @@ def live_status() -> None:
         st.rerun()
 
 
-@st.fragment(run_every=None if paused else run_every)
+@st.fragment(run_every=None if (paused or not run_every) else CHARTS_EVERY)
 def live_charts() -> None:
     """The four charts, the schedule formulas and (when done) the test results."""
-    arms = common.load_arms(jm.runs_dir / exp_id)
+    _, arms = common.load_arms_live(jm.runs_dir / exp_id)
     if not arms:
         return
     state = common.exp_state([a.state for a in arms])
@@ -219,9 +233,9 @@ def live_charts() -> None:
 
     finished = [a for a in arms if a.state == "finished"]
     if finished and state == "finished":
-        from dynsdpb.compare import summarize_runs, table_rows
+        from dynsdpb.compare import summarize_runs
         st.markdown("##### Test results")
-        st.dataframe(table_rows(summarize_runs([a.rd for a in arms])), hide_index=True,
+        st.dataframe(common.summary_rows(summarize_runs([a.rd for a in arms])), hide_index=True,
                      width="stretch")
 
 
