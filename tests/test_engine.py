@@ -203,3 +203,52 @@ def test_sentence_pair_task(tmp_path):
     assert prep.train.token_type_ids is not None and max(prep.train.token_type_ids[0]) == 1
     exp, out = _run(cfg, tmp_path / "p", ["dlb"], [0])
     assert out["states"] == {"dlb-s0": "finished"}
+
+
+def test_status_says_what_each_arm_is_doing(tiny_csv, tmp_path, monkeypatch):
+    """status.json carries `phase` (loading, training, testing, saving) for the Live page,
+    and `resumed_from` once an arm continues from a checkpoint."""
+    seen = []
+    orig = RunDir.set_status
+
+    def spy(self, state, **kw):
+        out = orig(self, state, **kw)
+        seen.append((self.id, state, out.get("phase"), out.get("resumed_from")))
+        return out
+    monkeypatch.setattr(RunDir, "set_status", spy)
+    cfg = tiny_config(tiny_csv, steps=5, save_model=True, checkpoint_every=0)
+    exp, out = _run(cfg, tmp_path, ["dynsdpb"], [0], stop_after=3)
+    assert out["states"] == {"dynsdpb-s0": "stopped"}
+    phases = [p for _, s, p, _ in seen if s == "running"]
+    # in order: loading, then training (every step), and no testing before the end
+    assert phases[0] == "loading" and set(phases[1:]) == {"training"}
+    assert all(r is None for *_, r in seen)
+    seen.clear()
+    run_experiment(exp, resume=True)
+    phases = [p for _, s, p, _ in seen if s == "running"]
+    first_training = phases.index("training")
+    assert phases[:first_training] == ["loading"]
+    assert phases[-2:] == ["testing", "saving"]
+    st = RunDir(exp / "dynsdpb-s0").status()
+    assert st["state"] == "finished" and st["resumed_from"] == 3
+
+
+def test_old_metrics_file_reads_with_todays_keys(tiny_csv, tmp_path):
+    """A metrics.jsonl written before the key renames (alpha_min/alpha_max/tau_min/tau_max
+    were per-step extremes) reads with today's keys, and a resume rewrites it in them."""
+    cfg = tiny_config(tiny_csv, method="dlb", steps=4, checkpoint_every=2, lr=1e-2)
+    exp, _ = _run(cfg, tmp_path / "a", ["dlb"], [0], stop_after=2)
+    rd = RunDir(exp / "dlb-s0")
+    new = rd.metrics()
+    back = {"alpha_lo": "alpha_min", "alpha_hi": "alpha_max", "tau_lo": "tau_min",
+            "tau_hi": "tau_max"}
+    old = [{back.get(k, k): v for k, v in r.items()} for r in new]
+    assert "alpha_max" in old[1] and "alpha_hi" not in old[1]
+    rd.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert rd.metrics() == new and all(tuple(r) == RECORD_KEYS for r in rd.metrics())
+    assert rd.metrics()[1]["alpha_hi"] == cfg.alpha == new[1]["alpha_hi"]
+    run_experiment(exp, resume=True)
+    recs = rd.metrics()
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert all(tuple(r) == RECORD_KEYS for r in recs)
+    assert "alpha_min" not in rd.metrics_path.read_text()

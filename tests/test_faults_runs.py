@@ -818,6 +818,63 @@ def test_disk_full_fails_one_arm_with_a_hint_and_it_resumes(tiny_csv, tmp_path, 
     assert_same_records(rd.metrics(), RunDir(ref / "dlb-s0").metrics())
 
 
+def _enospc(*a, **kw):
+    raise OSError(28, "No space left on device")
+
+
+def test_disk_too_full_for_status_json_fails_that_arm_without_escaping(tiny_csv, tmp_path,
+                                                                       monkeypatch):
+    """status.json of one arm cannot be written any more (not even `failed`): the loop ends
+    that arm as failed, says why through `progress`, and the other arm finishes."""
+    cfg = tiny_config(tiny_csv)
+    exp = create_experiment(tmp_path / "runs", cfg, ["vanilla", "dlb"], [0])
+    orig = RunDir.set_status
+
+    def set_status(self, state, **kw):
+        if self.id == "dlb-s0" and len(self.metrics()) >= 3:
+            _enospc()
+        return orig(self, state, **kw)
+    monkeypatch.setattr(RunDir, "set_status", set_status)
+    events = []
+    out = run_experiment(exp, progress=lambda arm, rec: events.append((arm, rec)))
+    assert out["states"] == {"vanilla-s0": "finished", "dlb-s0": "failed"}
+    fail = [r for a, r in events if a == "dlb-s0" and r.get("state") == "failed"]
+    assert len(fail) == 1 and "No space left on device" in fail[0]["error"]
+    assert "free space, then resume" in fail[0]["hint"]
+    assert [r["step"] for r in RunDir(exp / "dlb-s0").metrics()] == [1, 2, 3]
+    assert (exp / "summary.json").is_file()
+
+
+def test_disk_too_full_for_the_stop_checkpoint_fails_that_arm_and_it_resumes(
+        tiny_csv, tmp_path, monkeypatch):
+    """Stop after step 3: the stop checkpoint cannot be written for the dlb arm. It ends as
+    failed with the hint (the step-2 checkpoint is kept); vanilla is stopped as asked.
+    Once space is freed, the arm resumes and ends as an uninterrupted run ends."""
+    cfg = tiny_config(tiny_csv)  # checkpoints at steps 2, 4, 6
+    exp = create_experiment(tmp_path / "runs", cfg, ["vanilla", "dlb"], [0])
+    orig = Arm.save_checkpoint
+
+    def save(self):
+        if self.cfg.method == "dlb" and self.step_idx == 3:
+            _enospc()
+        return orig(self)
+    monkeypatch.setattr(Arm, "save_checkpoint", save)
+    stop = threading.Event()
+    out = run_experiment(exp, stop=stop, progress=lambda a, r: r.get("step") == 3
+                         and a == "dlb-s0" and stop.set())
+    assert out["states"] == {"vanilla-s0": "stopped", "dlb-s0": "failed"}
+    rd = RunDir(exp / "dlb-s0")
+    st = rd.status()
+    assert "No space left on device" in st["error"] and "free space, then resume" in st["hint"]
+    assert torch.load(rd.checkpoint_path, weights_only=True)["step"] == 2
+    monkeypatch.undo()  # space freed
+    assert run_experiment(exp, resume=True)["states"] == {"vanilla-s0": "finished",
+                                                          "dlb-s0": "finished"}
+    ref = create_experiment(tmp_path / "ref", cfg, ["dlb"], [0])
+    run_experiment(ref)
+    assert_same_records(rd.metrics(), RunDir(ref / "dlb-s0").metrics())
+
+
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_csv, tmp_path):
     """A kill between the temp file and the rename leaves a partial temp file beside the
     last complete checkpoint: resume uses the complete one."""
