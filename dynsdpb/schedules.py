@@ -103,12 +103,6 @@ def static_alpha(cfg: RunConfig, step: int) -> float:
     return cfg.alpha
 
 
-def alpha_tau_curve(cfg: RunConfig, u: float, d: float) -> tuple[float, float]:
-    """alpha and tau of dynsdpb-v1 for scalar signals (the Learn page's sliders)."""
-    a, t = dyn_alpha_tau(cfg, torch.tensor([float(u)]), torch.tensor([float(d)]))
-    return float(a[0]), float(t[0])
-
-
 FORMULAS = {
     "none": "Plain fine-tuning: loss = CE. No distillation term (the vanilla baseline).",
     "static": "DLB [paper]: loss = CE + alpha * tau^2 * KL(softmax(prev_logits/tau) || "

@@ -4,7 +4,7 @@ import math
 import torch
 
 from dynsdpb.config import RunConfig
-from dynsdpb.schedules import alpha_tau_curve, describe, signals, static_alpha, teacher_for
+from dynsdpb.schedules import describe, dyn_alpha_tau, signals, static_alpha, teacher_for
 
 DYN = RunConfig(method="dynsdpb")
 
@@ -56,6 +56,12 @@ def test_batch_granularity_gives_one_value():
     u, d = signals(z, y)
     a, tau = alpha_tau_curve(DYN, float(u.mean()), float(d.mean()))
     assert math.isclose(float(t.alpha[0]), a, rel_tol=1e-5)
+
+
+def alpha_tau_curve(cfg, u: float, d: float) -> tuple[float, float]:
+    """alpha and tau of dynsdpb-v1 for scalar signals."""
+    a, t = dyn_alpha_tau(cfg, torch.tensor([float(u)]), torch.tensor([float(d)]))
+    return float(a[0]), float(t[0])
 
 
 def test_tau_direction():
