@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from app import common
 from dynsdpb import config as C
 from dynsdpb.layout import BatchLayout
+from dynsdpb.paths import ASSETS
 from dynsdpb.schedules import describe, dyn_alpha_tau, signals, static_alpha
 
 ss = st.session_state
@@ -19,6 +20,9 @@ st.title("Learn")
 st.caption("Self-distillation from the previous mini-batch: the model's own predictions from "
            "one step earlier are the teacher. No second model, no extra forward pass for the "
            "teacher.")
+# Static figures from assets/figures/ (scripts/make_figures.py draws them with BatchLayout).
+FIGURES = ASSETS / "figures"
+st.image(str(FIGURES / "dynsdpb-step.svg"))
 
 # =============================================================================================
 st.header("1 · The batch layout (DLB)")
@@ -108,6 +112,11 @@ st.markdown(
     "*carried* (pulled toward those kept logits). Step 1 has nothing to carry and uses CE "
     "only. The chain runs on across the epoch boundary, as in DLB's code. Text has no data "
     "augmentation, so the two passes differ only by dropout and one optimizer step.")
+with st.expander("The same layout as a static picture (for slides)"):
+    svg = (FIGURES / "dlb-batch-layout.svg").read_bytes()
+    st.image(str(FIGURES / "dlb-batch-layout.svg"))
+    st.download_button("Download the SVG", svg, "dlb-batch-layout.svg", mime="image/svg+xml",
+                       key="btn_learn_layout_svg")
 
 # =============================================================================================
 st.header("2 · alpha and tau from uncertainty and margin")

@@ -18,6 +18,8 @@ from dynsdpb import config as C
 from dynsdpb.data import BUILTIN_DATASETS, FILE_SUFFIXES, dataset_kind, read_table, rows_to_taskdata
 from dynsdpb.errors import ConfigError, Problem
 from dynsdpb.models import BUILTIN_MODELS, model_kind
+from dynsdpb.paths import ASSETS
+from dynsdpb.presets import list_presets, load_preset
 from dynsdpb.schedules import describe
 
 ss = st.session_state
@@ -296,6 +298,10 @@ elif src == DATA_UPLOAD:
     st.file_uploader("CSV, TSV, JSONL, JSON or Parquet with a header row / named fields",
                      type=[s.lstrip(".") for s in FILE_SUFFIXES], key="upload_widget",
                      on_change=_on_upload)
+    # A small made-up file (assets/sample/, scripts/make_sample.py) to try the upload with.
+    st.download_button("Sample CSV to try (210 short reviews, 3 labels)",
+                       (ASSETS / "sample" / "reviews.csv").read_bytes(), "reviews.csv",
+                       mime="text/csv", key="btn_sample_csv", icon=":material/download:")
     if ss.get("upload"):
         c1, c2 = st.columns([3, 1])
         c1.caption(f"Using **{ss['upload']['name']}** ({len(ss['upload']['data']) / 1e3:.1f} kB). "
@@ -395,24 +401,41 @@ if "dlb" in methods or "dynsdpb" in methods:
 
 # -- optimisation and bookkeeping ----------------------------------------------------------
 st.subheader("4 · Training")
-# Settings that make MiniLM on a built-in dataset finish in a few minutes on a laptop CPU
-# (measured: 111 s for vanilla + dynsdpb, MiniLM on tweets, 2-core CPU), for a class to watch.
-QUICK_DEMO = {"steps": 60, "eval_every": 10, "max_len": 48, "max_train_samples": 2000,
-              "val_size": 200, "test_size": 400, "checkpoint_every": 30}
+# Presets: whole experiments shipped as YAML in assets/presets/ (dynsdpb/presets.py). The
+# quick demo makes MiniLM on tweets finish in a few minutes on a laptop CPU (measured: 111 s
+# for vanilla + dynsdpb, 2-core CPU), for a class to watch.
+PRESETS = {n: load_preset(n) for n in list_presets()}
 
 
-def _quick_demo() -> None:
-    common.prefill_setup(QUICK_DEMO)
-    ss["quick_demo_msg"] = ("Quick demo settings loaded: " + ", ".join(
-        f"{k}={v}" for k, v in QUICK_DEMO.items()) + ". Change any of them below.")
+def _preset_summary(exp) -> str:
+    """The preset's values that differ from the defaults, plus its methods and seeds."""
+    d = exp.base.to_dict()
+    changed = [f"{k}={v}" for k, v in d.items()
+               if k not in ("method", "seed", "name") and v != getattr(DEFAULTS, k)]
+    return ", ".join(changed + [f"methods={','.join(exp.methods)}",
+                                f"seeds={','.join(map(str, exp.seeds))}"])
 
 
-st.button("Quick demo settings", key="btn_quick_demo", on_click=_quick_demo,
-          icon=":material/bolt:", help="Fewer steps, shorter inputs and smaller splits, so a "
-          "pretrained model finishes in a few minutes on a CPU: "
-          + ", ".join(f"{k}={v}" for k, v in QUICK_DEMO.items()))
-if ss.get("quick_demo_msg"):
-    st.caption(ss.pop("quick_demo_msg"))
+def _load_preset(name: str, label: str) -> None:
+    exp = PRESETS[name]
+    notes = common.prefill_setup(exp.base.to_dict(), methods=exp.methods, seeds=exp.seeds)
+    ss["preset_msg"] = (f"{label} loaded: {_preset_summary(exp)}. Change any of them below."
+                        + "".join(" " + n for n in notes))
+
+
+c1, c2, c3 = st.columns([3, 1, 1.4], vertical_alignment="bottom")
+c1.selectbox("preset", list(PRESETS), key="w_preset",
+             format_func=lambda n: f"{n}: {PRESETS[n].description}",
+             help="A whole experiment (model, data, methods, seeds, every field) from "
+             "assets/presets/; `dynsdpb compare --preset NAME` runs the same.")
+c2.button("Load preset", key="btn_load_preset", width="stretch",
+          on_click=lambda: _load_preset(ss["w_preset"], f"Preset {ss['w_preset']}"))
+c3.button("Quick demo settings", key="btn_quick_demo", on_click=_load_preset,
+          args=("quick-demo", "Quick demo settings"), icon=":material/bolt:", width="stretch",
+          help="Fewer steps, shorter inputs and smaller splits, so a pretrained model finishes "
+          "in a few minutes on a CPU: " + _preset_summary(PRESETS["quick-demo"]))
+if ss.get("preset_msg"):
+    st.caption(ss.pop("preset_msg"))
 grid(["steps", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip"])
 with st.expander("Evaluation, checkpoints, device", expanded=any(problems.get(n) for n in (
         "eval_every", "probe_size", "checkpoint_every", "save_model", "device"))):

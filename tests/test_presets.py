@@ -79,3 +79,28 @@ def test_preset_files_are_complete():
         text = p.read_text()
         for f in set(C.FIELDS) - {"method", "seed", "name"}:
             assert f"\n{f}:" in text, f"{p.name} lacks {f}; run scripts/make_presets.py"
+
+
+def test_setup_page_preset_picker_fills_the_form(tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from dynsdpb.paths import APP_MAIN
+    monkeypatch.setenv("DYNSDPB_RUNS_DIR", str(tmp_path / "runs"))
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP_MAIN), default_timeout=60).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.selectbox(key="w_preset").options[0].startswith("quick-demo: ")
+        at.selectbox(key="w_preset").set_value("warmup-ablation").run()
+        at.button(key="btn_load_preset").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        ss = at.session_state
+        w = load_preset("warmup-ablation")
+        assert (ss["f_schedule"], str(ss["f_warmup_alpha_steps"]), str(ss["f_steps"])) == (
+            "warmup", str(w.base.warmup_alpha_steps), str(w.base.steps))
+        assert ss["w_methods"] == w.methods and ss["w_seeds"] == "0,1,2"
+        assert any("Preset warmup-ablation loaded" in c.value for c in at.caption)
+        assert not at.button(key="btn_start").disabled
+    finally:
+        st.cache_resource.clear()
