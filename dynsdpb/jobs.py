@@ -230,9 +230,10 @@ class JobManager:
 
     def _run_in_process(self, job: Job) -> None:
         """Run one experiment in `python -m dynsdpb.worker` and wait for it, relaying Stop."""
-        from .worker import EXIT_OK, EXIT_REFUSED, mark_unfinished_failed
+        from . import store
+        from .worker import EXIT_OK, EXIT_REFUSED, SUPERVISOR_TOKEN, mark_unfinished_failed
         pkg_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
+        env = dict(os.environ, **{SUPERVISOR_TOKEN: store.PROCESS_TOKEN})
         # the child imports the same dynsdpb as this process, installed or not
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "dynsdpb.worker", str(job.exp_dir),

@@ -17,6 +17,7 @@ are marked failed; the traceback is appended to <runs_dir>/worker.log).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ import traceback
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
+SUPERVISOR_TOKEN = "DYNSDPB_SUPERVISOR_TOKEN"   # env: the JobManager's store.PROCESS_TOKEN
 
 
 def _watch_parent(stop: threading.Event, parent: int) -> None:
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if a.parent:
         threading.Thread(target=_watch_parent, args=(stop, a.parent), daemon=True).start()
+
+    from . import store
+    # The supervisor marked these arms queued under its owner token: adopt it, or the arms
+    # would look busy in another live process (the supervisor) and refuse to resume.
+    store.PROCESS_TOKEN = os.environ.get(SUPERVISOR_TOKEN) or store.PROCESS_TOKEN
 
     from .errors import ConfigError, TrainingFault
     from .experiment import run_experiment
