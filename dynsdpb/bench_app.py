@@ -70,6 +70,25 @@ def _record_times(runs: Path, arm: str) -> list[float]:
     return []
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _training_pid(runs: Path, arm: str) -> int | None:
+    for exp in runs.iterdir():
+        try:
+            return int(json.loads((exp / arm / "status.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _window(runs: Path, arm: str, n: int, timeout: float) -> list[float]:
     """Wait for `n` more records of `arm`; return the intervals between them (seconds)."""
     start = len(_record_times(runs, arm))
@@ -149,10 +168,19 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                 while len(open_pages) > n:
                     open_pages.pop().close()
                 _window(runs, arm, 2, timeout=600)   # let the new tabs settle
+                # CPU use of the app's server and of the training process over the window:
+                # cores busy on average (2.0 = both cores of this machine).
+                pids = {"server": proc.pid, "training": _training_pid(runs, arm)}
+                c0 = {k: _cpu_seconds(v) for k, v in pids.items()}
+                t0 = time.time()
                 dts = _window(runs, arm, steps_per_phase, timeout=1200)
+                wall = time.time() - t0
+                cores = {f"{k}_cores": round((_cpu_seconds(pids[k]) - c0[k]) / wall, 2)
+                         for k in pids if c0[k] is not None and _cpu_seconds(pids[k])}
                 med = statistics.median(dts) if dts else float("nan")
-                result["phases"][str(n)] = {"median_step_s": med, "n": len(dts)}
-                log(f"{n} Live tab(s): median step {med:.3f} s over {len(dts)} steps")
+                result["phases"][str(n)] = {"median_step_s": med, "n": len(dts), **cores}
+                log(f"{n} Live tab(s): median step {med:.3f} s over {len(dts)} steps; "
+                    + ", ".join(f"{k} {v}" for k, v in cores.items()))
             for pg in open_pages:
                 pg.close()
             browser.close()
