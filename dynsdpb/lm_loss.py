@@ -45,7 +45,12 @@ def causal_shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     logits: (B, T, V); labels: (B, T) aligned with input_ids, -100 on prompt and padding.
     Returns (B, T-1, V) and (B, T-1). The only place in the package that shifts.
     """
-    return logits[:, :-1, :], labels[:, 1:]
+    return logits[:, :-1, :], shift_labels(labels)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The label side of causal_shift, (B, T) -> (B, T-1), for masks built without logits."""
+    return labels[:, 1:]
 
 
 @dataclass
