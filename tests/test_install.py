@@ -153,3 +153,18 @@ def test_every_page_runs_from_the_installed_files(installed):
     assert ran == ["compare.py", "learn.py", "live.py", "runs.py", "setup.py"]
     app_file = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("app "))
     assert Path(app_file).is_relative_to(site)
+
+
+def test_app_settings_apply_outside_the_repo(installed):
+    """Streamlit reads app/.streamlit/config.toml next to the main script from any folder:
+    postScriptGC off (its gc.collect(2) starves training), localhost only, no usage stats."""
+    site, elsewhere, env = installed
+    r = subprocess.run([PY, "-c", "from streamlit import config as c; import dynsdpb.paths as P; "
+                        "c._main_script_path = str(P.APP_MAIN); "
+                        "c.get_config_options(force_reparse=True); "
+                        "print([c.get_option(k) for k in ('runner.postScriptGC', "
+                        "'server.address', 'browser.gatherUsageStats', "
+                        "'server.enableStaticServing')])"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[False, '127.0.0.1', False, True]"
