@@ -25,7 +25,12 @@ at what a sample is. A task owns the rest (method.md §1-4, §7):
     task.test_metrics(model, device, use_amp) -> test_* metrics of the final model
 
 A new task (the decoder issue's causal LM) is one more class here and one more entry in
-TASKS; the loop does not change.
+TASKS; the loop does not change. The arm builds the model with
+`models.build_model(cfg, task.num_labels, task.name, task.tokenizer)` (dispatch on
+`task.name` there) and passes `task.name` to `losses.dynsdpb_loss`, which treats any name
+but "regression" as distributions over the last axis, with `ignore_index` labels skipped.
+The summary reads `task.data` (label_names, source), `task.primary_metric` and the split
+sizes `len(task.train/val/test)`.
 """
 from __future__ import annotations
 
