@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
-APP = Path(__file__).resolve().parent.parent / "app" / "main.py"
+from .paths import APP_MAIN as APP  # the checkout's app/ or the installed copy
 
 
 def _free_port() -> int:
@@ -119,7 +119,7 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP),
                              "--server.port", str(port), "--server.headless", "true",
                              "--server.address", "127.0.0.1"],
-                            cwd=APP.parent.parent, env=env, stdout=server_log,
+                            cwd=tmp, env=env, stdout=server_log,
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     arm = "dynsdpb-s0"
