@@ -434,10 +434,12 @@ def progress_words(info: dict) -> list[str]:
     """The Live page's progress line: steps per arm (never the sum over arms), the phase,
     the time left in words, a resume."""
     parts = []
-    uniq = {(s, n) for _, s, n in info["steps"]}
-    if len(uniq) == 1:
-        s, n = next(iter(uniq))
-        parts.append(f"{s}/{n} steps" + (" per arm" if len(info["steps"]) > 1 else ""))
+    done = [s for _, s, _ in info["steps"]]
+    totals = {n for _, _, n in info["steps"]}
+    if done and len(totals) == 1 and max(done) - min(done) <= 1:
+        # lockstep: mid-round one arm is a step ahead; the round in progress is the news
+        n = next(iter(totals))
+        parts.append(f"{max(done)}/{n} steps" + (" per arm" if len(done) > 1 else ""))
     else:
         parts.append(", ".join(f"{a} {s}/{n}" for a, s, n in info["steps"]) + " steps")
     phases = info["phases"]
@@ -483,8 +485,10 @@ def summary_rows(summary: dict) -> list[dict]:
                 if v.strip() in ("-", "", "None"):
                     v = "—" if not (row["method"] != "vanilla" and k.startswith("diff")) \
                         else "—: no vanilla arm to pair with"
+                elif "[n/a, n/a]" in v:
+                    v = v.replace("[n/a, n/a]", f"[{why}]")
                 elif "n/a" in v:
-                    v = v.replace("[n/a, n/a]", f"[{why}]").replace("n/a", why)
+                    v = v.replace("n/a", why)
             elif v is None:
                 v = "—"
             new[k] = v
@@ -502,6 +506,16 @@ def cell(key: str, v) -> str:
         return f"{v:.2f}" if key in _PERCENT_KEYS() else f"{v:.4g}"
     return str(v)
 
+
+
+def result_text(metric: str, v) -> str:
+    """'accuracy 64.50 %': a test result in the same unit as the charts and Compare."""
+    from dynsdpb.records import KEYS
+    if v is None:
+        return "—"
+    key = "val_" + metric.removeprefix("test_")
+    pct = KEYS.get(key) is not None and KEYS[key].percent
+    return f"{metric.removeprefix('test_')} {cell(key, v)}{' %' if pct else ''}"
 
 def _PERCENT_KEYS() -> set[str]:
     from dynsdpb.records import KEYS
@@ -942,6 +956,29 @@ def prefill_setup(cfg: dict, methods: list[str] | None = None, seeds: list[int] 
         ss["w_exp_name"] = name
     return notes
 
+
+
+def load_experiment_yaml(d: dict, source: str) -> tuple[str, str]:
+    """Put a loaded experiment file (parsed YAML) into the Setup form; (st kind, message).
+
+    A whole experiment (dynsdpb/presets.py): every field plus `methods` and `seeds`. An older
+    single-run file (`method: dlb`, `seed: 0`) adds its method to those picked (vanilla stays
+    the baseline). Fields the file leaves out keep the form's values.
+    """
+    from dynsdpb.presets import experiment_from_dict
+    try:
+        exp = experiment_from_dict(d, source, check=False)
+    except ConfigError as e:
+        # Values the form can still show (a wrong type, an unknown field): load what fits, so
+        # each field shows its problem and fix next to it, and say what was left out.
+        rest = {k: v for k, v in d.items() if k not in ("methods", "seeds", "description")}
+        notes = prefill_setup(rest) + [f"{p.field}: {p.fix}." for p in e.problems]
+    else:
+        base = {k: v for k, v in exp.base.to_dict().items() if k in d}
+        notes = prefill_setup(base, methods=exp.methods if "methods" in d else None,
+                              seeds=exp.seeds if "seeds" in d else None, name=exp.name)
+    msg = f"Loaded {source}." + (" " + " ".join(notes) if notes else "")
+    return ("warning" if notes else "success", msg)
 
 OTHER_MODEL = "other: local folder or hub id"
 DATA_BUILTIN = "built-in"

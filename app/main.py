@@ -19,16 +19,23 @@ from app import common  # noqa: E402
 
 st.set_page_config(page_title="DynSDPB Workbench", page_icon=":material/science:", layout="wide")
 
-# Widgets forget their values when their page is not shown; re-assigning the keys keeps the
-# Setup form as the user left it while they look at other pages.
-for _k in list(st.session_state.keys()):
-    if isinstance(_k, str) and (_k.startswith(common.FORM_PREFIX) or _k.startswith("w_")):
-        st.session_state[_k] = st.session_state[_k]
+# The Setup form keeps its values for the browser session through its widgets'
+# persist_state="session" (pages/setup.py), not by re-assigning keys here on every rerun.
 
 PAGES = ROOT / "pages"
+SETUP = st.Page(PAGES / "setup.py", title="Setup", icon=":material/tune:", url_path="setup")
+
+
+def _home() -> None:
+    """The app's root URL opens Setup. Setup itself must not be the default page: a default
+    page is served only at "/", so /setup opened in a new tab got a "Page not found" dialog
+    that left the page inert under it."""
+    st.switch_page(SETUP)
+
+
 nav = st.navigation([
-    st.Page(PAGES / "setup.py", title="Setup", icon=":material/tune:", url_path="setup",
-            default=True),
+    st.Page(_home, title="Home", url_path="home", default=True, visibility="hidden"),
+    SETUP,
     st.Page(PAGES / "live.py", title="Live", icon=":material/monitoring:", url_path="live"),
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:",
             url_path="compare"),

@@ -6,7 +6,8 @@ import streamlit as st
 from app import common
 from app.livechart import live_chart
 from dynsdpb import config as C
-from dynsdpb.compare import summarize_runs, table_rows
+from dynsdpb.compare import summarize_runs
+from dynsdpb.records import EVAL_KEYS, PLOTTABLE, axis_title
 
 ss = st.session_state
 jm = common.manager()
@@ -20,8 +21,12 @@ labels = dict(options)
 keys = [k for k, _ in options]
 
 if not [k for k in ss.get("w_cmp_pick") or [] if k in labels]:
-    # Default: every arm of the newest experiment (usually vanilla vs dynsdpb).
-    newest = keys[0].split("/")[0]
+    # Default: every arm of the newest experiment that has finished runs (usually vanilla vs
+    # dynsdpb); a queued experiment has nothing to compare yet.
+    def _state(k: str) -> str:
+        return common.RunDir(common.runs_dir() / k).status().get("state", "?")
+    done = [k for k in keys if _state(k) == "finished"]
+    newest = (done or keys)[0].split("/")[0]
     ss["w_cmp_pick"] = [k for k in keys if k.split("/")[0] == newest]
 else:
     ss["w_cmp_pick"] = [k for k in ss["w_cmp_pick"] if k in labels]
@@ -29,24 +34,28 @@ ss.setdefault("w_cmp_metrics", ["val_accuracy", "loss", "alpha", "logit_drift"])
 ss.setdefault("w_cmp_x", "step")
 ss.setdefault("w_cmp_color", "method")
 
-st.multiselect("runs", keys, key="w_cmp_pick", format_func=lambda k: labels[k],
+st.multiselect("runs", keys, key="w_cmp_pick", persist_state="session",
+               format_func=lambda k: labels[k],
                help="Any runs from any experiments, finished or still running.")
 picked = ss["w_cmp_pick"]
 if not picked:
     st.info("Pick at least one run.")
     st.stop()
 
-METRICS = ["val_accuracy", "val_macro_f1", "val_mcc", "val_loss", "val_pearson", "val_spearman",
-           "val_mse", "loss", "ce", "kd", "alpha", "tau", "logit_drift", "agreement",
-           "probe_drift", "u_mean", "d_mean", "lr", "grad_norm", "samples_per_s"]
+# Every number the engine records (dynsdpb/records.py), evaluation metrics first; the x axes
+# (step, epoch, samples seen) are chosen below.
+METRICS = [k for k in EVAL_KEYS if k in PLOTTABLE] + [
+    k for k in PLOTTABLE if k not in EVAL_KEYS and k not in common.X_LABELS]
+ss["w_cmp_metrics"] = [k for k in ss["w_cmp_metrics"] if k in METRICS]
 c1, c2, c3 = st.columns([3, 1, 1])
 with c1:
-    chosen = st.multiselect("metrics to overlay", METRICS, key="w_cmp_metrics")
+    chosen = st.multiselect("metrics to overlay", METRICS, key="w_cmp_metrics",
+                            persist_state="session", format_func=lambda k: f"{k}: {axis_title(k)}")
 with c2:
-    x = st.radio("x axis", list(common.X_LABELS), key="w_cmp_x",
+    x = st.radio("x axis", list(common.X_LABELS), key="w_cmp_x", persist_state="session",
                  format_func=lambda k: {"samples_seen": "samples seen"}.get(k, k))
 with c3:
-    color_by = st.radio("colour by", ["method", "run"], key="w_cmp_color",
+    color_by = st.radio("colour by", ["method", "run"], key="w_cmp_color", persist_state="session",
                         help="method: one colour per method (dash = seed), as on the Live "
                              "page. run: one colour per run, to tell apart runs of one method.")
 
@@ -54,9 +63,22 @@ any_active = any(common.RunDir(common.runs_dir() / k).status().get("state") in
                  ("running", "queued") for k in picked)
 
 
-@st.fragment(run_every=2.0 if any_active else None)
+def _picked_arms() -> list[common.Arm]:
+    """The picked runs, re-read only when their experiment's files changed (stat signature)."""
+    by_exp: dict[str, list[str]] = {}
+    for k in picked:
+        exp_id, _, arm = k.partition("/")
+        by_exp.setdefault(exp_id, []).append(arm)
+    found = {}
+    for exp_id, wanted in by_exp.items():
+        _, arms = common.load_arms_live(common.runs_dir() / exp_id)
+        found.update({a.key: a for a in arms if a.id in wanted})
+    return [found[k] for k in picked if k in found]
+
+
+@st.fragment(run_every=2.5 if any_active else None)
 def charts() -> None:
-    arms = [a for a in (common.find_arm(k) for k in picked) if a is not None]
+    arms = _picked_arms()
     if not arms:
         st.warning("The picked runs are gone.")
         return
@@ -66,22 +88,26 @@ def charts() -> None:
                     + " &nbsp; (dash style = seed)", unsafe_allow_html=True)
     cols = st.columns(2)
     uirev = "compare:" + ",".join(picked) + f":{x}:{color_by}"
+    figs = []
     for i, key in enumerate(chosen):
         fig = common.figure(common.fig_metric, arms, key, x, uirev=f"{uirev}:{key}",
                             color_by=color_by)
+        figs.append((axis_title(key), fig))
         with cols[i % 2]:
             live_chart(fig, key=f"cmp_chart_{key}", config=common.chart_config(f"compare-{key}"))
-            st.download_button(f"{key} chart (HTML)", lambda fig=fig: common.figure_html(fig),
-                               icon=":material/download:",
-                               file_name=f"compare-{key}.html", mime="text/html",
-                               key=f"cmp_html_{key}", on_click="ignore")
-    st.caption("PNG: use the camera icon in each chart's toolbar. HTML files open offline "
-               "(plotly.js is embedded) and stay interactive.")
+    if figs:
+        # One file with every chart: plotly.js (4.8 MB) once, not once per chart.
+        st.download_button("these charts (HTML, one file)",
+                           lambda figs=figs: common.figures_html(figs, "DynSDPB compare"),
+                           icon=":material/download:", file_name="dynsdpb-compare.html",
+                           mime="text/html", key="cmp_html", on_click="ignore")
+    st.caption("PNG: use the camera icon in each chart's toolbar. The HTML file opens "
+               "offline (plotly.js is embedded once) and stays interactive.")
 
     # -- summary table ----------------------------------------------------------------------
     st.subheader("Summary (test set)")
     summary = summarize_runs([a.rd for a in arms])
-    rows = table_rows(summary)
+    rows = common.summary_rows(summary)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch")
         st.caption(f"{summary['primary_metric']}: mean and sample std over seeds; the "
@@ -96,13 +122,14 @@ def charts() -> None:
 
     # -- config diff ------------------------------------------------------------------------
     st.subheader("Config diff")
-    show_all = st.toggle("show every field", key="w_cmp_all")
+    show_all = st.toggle("show every field", key="w_cmp_all", persist_state="session")
     names = [a.key for a in arms]
     diff = []
     for f in C.FIELDS:
         vals = [a.cfg.get(f) for a in arms]
         if show_all or len({repr(v) for v in vals}) > 1:
-            diff.append({"field": f, **{n: str(v) for n, v in zip(names, vals)}})
+            diff.append({"field": f, **{n: "—" if v is None else str(v)
+                                        for n, v in zip(names, vals)}})
     if diff:
         st.dataframe(diff, hide_index=True, width="stretch")
     else:

@@ -31,12 +31,13 @@ ss.setdefault("w_learn_b", 4)
 ss.setdefault("w_learn_budget", "epochs")
 ss.setdefault("w_learn_n", 10)
 with c1:
-    B = st.select_slider("batch_size", [2, 4, 6, 8], key="w_learn_b")
+    B = st.select_slider("batch_size", [2, 4, 6, 8], key="w_learn_b", persist_state="session")
 with c2:
-    budget = st.radio("budget", list(C.BUDGETS), key="w_learn_budget", horizontal=True,
+    budget = st.radio("budget", list(C.BUDGETS), key="w_learn_budget", persist_state="session",
+                      horizontal=True,
                       help=C.field_help("budget"))
 with c3:
-    n = st.slider("training samples", 6, 16, key="w_learn_n",
+    n = st.slider("training samples", 6, 16, key="w_learn_n", persist_state="session",
                   help="A tiny training set, so the epoch boundary shows.")
 
 chunk = B // 2 if budget == "compute" else B
@@ -138,20 +139,22 @@ ss.setdefault("w_learn_classes", 3)
 s1, s2, s3, s4 = st.columns(4)
 with s1:
     sched = st.selectbox("schedule", ["dynsdpb-v1", "static", "warmup", "linear"],
-                         key="w_learn_sched", help=C.field_help("schedule"))
+                         key="w_learn_sched", persist_state="session",
+                         help=C.field_help("schedule"))
 if sched == "dynsdpb-v1":
     with s2:
         st.slider("alpha_max", 0.0, 2.0, step=0.05, key="w_learn_alpha_max",
-                  help=C.field_help("alpha_max"))
-        st.slider("tau_0", 0.5, 6.0, step=0.25, key="w_learn_tau_0", help=C.field_help("tau_0"))
+                  persist_state="session", help=C.field_help("alpha_max"))
+        st.slider("tau_0", 0.5, 6.0, step=0.25, key="w_learn_tau_0", persist_state="session",
+                  help=C.field_help("tau_0"))
     with s3:
-        st.slider("tau_min", 0.5, 6.0, step=0.25, key="w_learn_tau_min",
+        st.slider("tau_min", 0.5, 6.0, step=0.25, key="w_learn_tau_min", persist_state="session",
                   help=C.field_help("tau_min"))
-        st.slider("tau_max", 1.0, 12.0, step=0.5, key="w_learn_tau_max",
+        st.slider("tau_max", 1.0, 12.0, step=0.5, key="w_learn_tau_max", persist_state="session",
                   help=C.field_help("tau_max"))
     with s4:
         st.radio("tau_direction", list(C.TAU_DIRECTIONS), key="w_learn_dir",
-                 help=C.field_help("tau_direction"))
+                 persist_state="session", help=C.field_help("tau_direction"))
     cfg = C.RunConfig(method="dynsdpb", schedule="dynsdpb-v1", alpha_max=ss["w_learn_alpha_max"],
                       tau_0=ss["w_learn_tau_0"], tau_min=ss["w_learn_tau_min"],
                       tau_max=max(ss["w_learn_tau_max"], ss["w_learn_tau_min"]),
@@ -162,11 +165,13 @@ if sched == "dynsdpb-v1":
 
     p1, p2, p3 = st.columns(3)
     with p1:
-        u0 = st.slider("uncertainty u", 0.0, 1.0, step=0.01, key="w_learn_u")
+        u0 = st.slider("uncertainty u", 0.0, 1.0, step=0.01, key="w_learn_u",
+                       persist_state="session")
     with p2:
-        d0 = st.slider("margin d", -1.0, 1.0, step=0.01, key="w_learn_d")
+        d0 = st.slider("margin d", -1.0, 1.0, step=0.01, key="w_learn_d", persist_state="session")
     with p3:
-        n_cls = st.slider("classes C (for the example dots)", 2, 10, key="w_learn_classes")
+        n_cls = st.slider("classes C (for the example dots)", 2, 10, key="w_learn_classes",
+                          persist_state="session")
     a0, t0 = dyn_alpha_tau(cfg, torch.tensor([u0]), torch.tensor([d0]))
     a0, t0 = float(a0[0]), float(t0[0])
     m1, m2 = st.columns(2)
@@ -216,15 +221,18 @@ if sched == "dynsdpb-v1":
                "from the labels; as it becomes sure and right, alpha grows toward alpha_max.")
 else:
     with s2:
-        st.slider("alpha", 0.0, 2.0, step=0.05, key="w_learn_alpha", help=C.field_help("alpha"))
+        st.slider("alpha", 0.0, 2.0, step=0.05, key="w_learn_alpha", persist_state="session",
+                  help=C.field_help("alpha"))
     with s3:
-        st.slider("tau", 0.5, 8.0, step=0.25, key="w_learn_tau", help=C.field_help("tau"))
+        st.slider("tau", 0.5, 8.0, step=0.25, key="w_learn_tau", persist_state="session",
+                  help=C.field_help("tau"))
     with s4:
         ss.setdefault("w_learn_warm", 50)
         ss.setdefault("w_learn_steps", 200)
-        st.number_input("steps", 2, 5000, key="w_learn_steps")
+        st.number_input("steps", 2, 5000, key="w_learn_steps", persist_state="session")
         if sched == "warmup":
-            st.number_input("warmup_alpha_steps", 0, 5000, key="w_learn_warm")
+            st.number_input("warmup_alpha_steps", 0, 5000, key="w_learn_warm",
+                            persist_state="session")
     cfg = C.RunConfig(method="dlb", schedule=sched, alpha=ss["w_learn_alpha"],
                       tau=ss["w_learn_tau"], alpha_max=ss["w_learn_alpha_max"],
                       steps=int(ss["w_learn_steps"]),

@@ -53,18 +53,21 @@ def _picked() -> None:
 ss.setdefault("w_live_pause", False)
 c1, c2, c3 = st.columns([3, 2, 2])
 with c1:
-    exp_id = st.selectbox("experiment", ids, key="w_live_pick", on_change=_picked,
+    exp_id = st.selectbox("experiment", ids, key="w_live_pick", persist_state="session",
+                          on_change=_picked,
                           format_func=lambda i: f"{names[i]}  ({i})" if names[i] != i else i)
 with c2:
     x = st.radio("x axis", list(common.X_LABELS), horizontal=True, key="w_live_x",
+                 persist_state="session",
                  format_func=lambda k: {"samples_seen": "samples seen"}.get(k, k),
                  help="samples seen counts forward passes: a distilling step forwards the "
                       "carried half again, so this axis compares at equal compute.")
 with c3:
     follow = st.toggle("follow the running experiment", key="w_live_follow",
+                       persist_state="session",
                        help="When the experiment shown is not training, switch to the one that "
                             "is (once per experiment).")
-    paused = st.toggle("pause the charts", key="w_live_pause",
+    paused = st.toggle("pause the charts", key="w_live_pause", persist_state="session",
                        help="Freeze the charts to look at them or explain them; status and "
                             "progress keep updating. Zoom and legend clicks are kept across "
                             "updates either way.")

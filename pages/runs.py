@@ -31,12 +31,13 @@ ss.setdefault("w_runs_filter", "")
 ss.setdefault("w_runs_states", [])
 c1, c2 = st.columns([2, 2])
 with c1:
-    text = st.text_input("filter", key="w_runs_filter", placeholder="name, dataset, model, method",
+    text = st.text_input("filter", key="w_runs_filter", persist_state="session",
+                         placeholder="name, dataset, model, method",
                          help="Shows experiments whose name, folder, dataset, model or methods "
                               "contain this text.")
 with c2:
     states = st.multiselect("state", ["running", "queued", "finished", "stopped", "failed",
-                                      "interrupted"], key="w_runs_states")
+                                      "interrupted"], key="w_runs_states", persist_state="session")
 
 rows, shown = [], []
 for exp in exps:
@@ -56,14 +57,17 @@ for exp in exps:
         pm = s.get("primary_metric")
         if pm and s.get(f"test_{pm}") is not None:
             best.setdefault(a.method, []).append(s[f"test_{pm}"])
-    res = "  ".join(f"{m} {sum(v) / len(v):.3f}" for m, v in best.items())
+    pm = next((a.rd.summary().get("primary_metric") for a in arms if a.rd.summary()), "")
+    res = "  ".join(f"{m}: {common.result_text(pm, sum(v) / len(v))}"
+                    for m, v in best.items()) or "—"
     shown.append(exp)
     rows.append({
         "name": common.exp_name(exp, meta), "state": st_,
         "created": datetime.fromtimestamp(meta.get("created", 0)).strftime("%Y-%m-%d %H:%M"),
         "model": base.get("model", ""), "dataset": str(base.get("dataset", "")).split("/")[-1],
         "runs": ", ".join(a.id for a in arms),
-        "steps": base.get("steps"), "test result (mean)": res, "folder": exp.name,
+        "steps": "—" if base.get("steps") is None else str(base.get("steps")),
+        "test result (mean)": res, "folder": exp.name,
     })
 st.dataframe(rows, hide_index=True, width="stretch")
 st.caption(f"{len(rows)} of {len(exps)} experiments · runs directory `{jm.runs_dir}`")
@@ -75,7 +79,7 @@ ids = [e.name for e in shown]
 if ss.get("w_runs_pick") not in ids:
     ss["w_runs_pick"] = ids[0]
 names = {e.name: common.exp_name(e) for e in shown}
-exp_id = st.selectbox("experiment", ids, key="w_runs_pick",
+exp_id = st.selectbox("experiment", ids, key="w_runs_pick", persist_state="session",
                       format_func=lambda i: f"{names[i]}  ({i})" if names[i] != i else i)
 exp = jm.runs_dir / exp_id
 meta = common.exp_meta(exp)
@@ -90,9 +94,8 @@ for a in arms:
     arm_rows.append({
         "run": a.id, "state": a.state,
         "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
-        "test": (f"{pm} {s.get(f'test_{pm}'):.4f}" if pm and s.get(f"test_{pm}") is not None
-                 else ""),
-        "wall time (s)": s.get("wall_time"),
+        "test": common.result_text(pm, s.get(f"test_{pm}")) if pm else "—",
+        "wall time (s)": "—" if s.get("wall_time") is None else f"{s['wall_time']:.0f}",
         "model saved": "yes" if (a.rd.model_path / "config.json").is_file() else "",
         "note": a.status.get("error") or a.status.get("message") or "",
     })
@@ -113,6 +116,10 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
     base = meta.get("base_config") or (arms[0].cfg if arms else {})
     common.prefill_setup(base, methods=meta.get("methods"), seeds=meta.get("seeds"))
     ss["w_exp_name"] = ""
+    seeds_ = ", ".join(map(str, meta.get("seeds") or []))
+    ss["setup_msg"] = (f"Loaded the config of **{names[exp_id]}** (`{exp_id}`): methods "
+                       f"{', '.join(meta.get('methods') or [])}, seeds {seeds_ or '—'}. Change "
+                       "what you like and Start a new experiment.")
     data = Path(str(base.get("dataset", "")))
     if data.is_file() and inside(jm.runs_dir, data):
         # An uploaded file kept in that experiment's folder: upload it again, so the new

@@ -19,7 +19,7 @@ from dynsdpb.data import BUILTIN_DATASETS, FILE_SUFFIXES, dataset_kind, read_tab
 from dynsdpb.errors import ConfigError, Problem
 from dynsdpb.models import BUILTIN_MODELS, model_kind
 from dynsdpb.paths import ASSETS
-from dynsdpb.presets import list_presets, load_preset
+from dynsdpb.presets import dump_experiment, list_presets, load_preset
 from dynsdpb.schedules import describe
 
 ss = st.session_state
@@ -67,9 +67,7 @@ def _on_yaml() -> None:
     if not isinstance(d, dict):
         ss["yaml_msg"] = ("error", f"{f.name} must hold a mapping of field names to values")
         return
-    notes = common.prefill_setup(d)
-    msg = f"Loaded {f.name}." + (" " + " ".join(notes) if notes else "")
-    ss["yaml_msg"] = ("warning" if notes else "success", msg)
+    ss["yaml_msg"] = common.load_experiment_yaml(d, f.name)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -220,6 +218,9 @@ st.caption("Choose a model and a dataset, the methods to train side by side, and
            "Every method gets the same seed, data order, optimizer and steps: only the loss "
            "differs.")
 
+if ss.get("setup_msg"):   # e.g. "Loaded the config of <experiment>" from Runs' Relaunch
+    st.success(ss.pop("setup_msg"), icon=":material/replay:")
+
 with st.expander("Load or save a config (YAML)"):
     st.file_uploader("Load a config file", type=["yaml", "yml", "json"], key="yaml_widget",
                      on_change=_on_yaml, help="A file saved here or by `dynsdpb train --dump`.")
@@ -248,11 +249,11 @@ def field(name: str, where=st) -> None:
     if choices:
         if ss.get(key) not in choices:
             ss[key] = getattr(DEFAULTS, name)
-        where.selectbox(name, list(choices), key=key, help=help_)
+        where.selectbox(name, list(choices), key=key, persist_state="session", help=help_)
     elif f.type in (bool, "bool"):
-        where.checkbox(name, key=key, help=help_)
+        where.checkbox(name, key=key, persist_state="session", help=help_)
     else:
-        where.text_input(name, key=key, help=help_)
+        where.text_input(name, key=key, persist_state="session", help=help_)
     show_problems(name, where)
 
 
@@ -268,10 +269,10 @@ st.subheader("1 · Model")
 c1, c2 = st.columns([1, 2])
 with c1:
     st.selectbox("model", list(BUILTIN_MODELS) + [OTHER_MODEL], key="w_model_choice",
-                 help=C.field_help("model"))
+                 persist_state="session", help=C.field_help("model"))
 with c2:
     if ss["w_model_choice"] == OTHER_MODEL:
-        st.text_input("local folder or hub id", key="w_model_other",
+        st.text_input("local folder or hub id", key="w_model_other", persist_state="session",
                       placeholder="./my-model or prajjwal1/bert-tiny",
                       help="A folder with config.json and safetensors weights, or a hub id "
                            "(needs network).")
@@ -282,14 +283,15 @@ show_problems("model")
 
 # -- data --------------------------------------------------------------------------------
 st.subheader("2 · Dataset")
-st.radio("source", [DATA_BUILTIN, DATA_UPLOAD, DATA_PATH], key="w_data_source", horizontal=True,
+st.radio("source", [DATA_BUILTIN, DATA_UPLOAD, DATA_PATH], key="w_data_source",
+         persist_state="session", horizontal=True,
          label_visibility="collapsed")
 src = ss["w_data_source"]
 if src == DATA_BUILTIN:
     c1, c2 = st.columns([1, 2])
     with c1:
         st.selectbox("dataset", list(BUILTIN_DATASETS), key="w_data_builtin",
-                     help=C.field_help("dataset"))
+                     persist_state="session", help=C.field_help("dataset"))
     with c2:
         st.caption(BUILTIN_DATASETS[ss["w_data_builtin"]].description)
         if ss["w_data_builtin"] == "tweets-sentiment":
@@ -310,7 +312,7 @@ elif src == DATA_UPLOAD:
             ss.pop("upload", None)
             st.rerun()
 else:
-    st.text_input("file path or hub id", key="w_data_path",
+    st.text_input("file path or hub id", key="w_data_path", persist_state="session",
                   placeholder="data/my.csv or nyu-mll/glue:rte", help=C.field_help("dataset"))
 show_problems("dataset")
 
@@ -327,15 +329,17 @@ if src != DATA_BUILTIN:
         st.markdown("**Column mapping**: which column holds what.")
         c1, c2, c3 = st.columns(3)
         with c1:
-            st.selectbox("text_column", cols, key="w_text_column", help=C.field_help("text_column"))
+            st.selectbox("text_column", cols, key="w_text_column", persist_state="session",
+                         help=C.field_help("text_column"))
             show_problems("text_column")
         with c2:
             st.selectbox("text_pair_column", [""] + cols, key="w_text_pair_column",
+                         persist_state="session",
                          format_func=lambda c: c or "(none: single sentences)",
                          help=C.field_help("text_pair_column"))
             show_problems("text_pair_column")
         with c3:
-            st.selectbox("label_column", cols, key="w_label_column",
+            st.selectbox("label_column", cols, key="w_label_column", persist_state="session",
                          help=C.field_help("label_column"))
             show_problems("label_column")
         st.dataframe(rows[:5], hide_index=True, width="stretch")
@@ -345,14 +349,16 @@ if src != DATA_BUILTIN:
     else:
         c1, c2, c3 = st.columns(3)
         with c1:
-            st.text_input("text_column", key="w_text_column", help=C.field_help("text_column"))
+            st.text_input("text_column", key="w_text_column", persist_state="session",
+                          help=C.field_help("text_column"))
             show_problems("text_column")
         with c2:
-            st.text_input("text_pair_column", key="w_text_pair_column",
+            st.text_input("text_pair_column", key="w_text_pair_column", persist_state="session",
                           help=C.field_help("text_pair_column"))
             show_problems("text_pair_column")
         with c3:
-            st.text_input("label_column", key="w_label_column", help=C.field_help("label_column"))
+            st.text_input("label_column", key="w_label_column", persist_state="session",
+                          help=C.field_help("label_column"))
             show_problems("label_column")
 with st.expander("Splits and length", expanded=any(problems.get(n) for n in (
         "task", "max_train_samples", "val_size", "test_size", "split_seed", "max_len"))):
@@ -363,10 +369,12 @@ st.subheader("3 · Methods")
 c1, c2, c3 = st.columns([2, 1, 1])
 with c1:
     st.multiselect("methods to run side by side", list(C.METHODS), key="w_methods",
+                   persist_state="session",
                    help=C.field_help("method") + " Keep vanilla as the baseline.")
     show_problems("methods")
 with c2:
-    st.text_input("seeds", key="w_seeds", help="Comma-separated, e.g. 0,1,2: every method runs "
+    st.text_input("seeds", key="w_seeds", persist_state="session",
+                  help="Comma-separated, e.g. 0,1,2: every method runs "
                   "once per seed, so the summary can report mean, std and a paired difference "
                   "to vanilla.")
     show_problems("seeds")
@@ -396,8 +404,6 @@ if "dlb" in methods or "dynsdpb" in methods:
             grid(["alpha_max", "tau_0", "tau_min", "tau_max", "granularity", "tau_direction"],
                  2 if both else 3)
             st.caption(describe(cfg.replace(method="dynsdpb", schedule="auto")))
-    with st.expander("Decoder models only"):
-        field("top_k")
 
 # -- optimisation and bookkeeping ----------------------------------------------------------
 st.subheader("4 · Training")
@@ -450,7 +456,7 @@ n_problems = sum(len(v) for v in problems.values())
 
 c1, c2, c3 = st.columns([2, 1, 3])
 with c1:
-    st.text_input("experiment name (optional)", key="w_exp_name",
+    st.text_input("experiment name (optional)", key="w_exp_name", persist_state="session",
                   help="A folder-safe name is derived from it; empty: date and dataset.")
 with c2:
     st.write("")
@@ -468,10 +474,12 @@ with c3:
                       else ""))
 
 if not n_problems:
-    yaml_cfg = cfg.replace(method=next((m for m in reversed(methods) if m != "vanilla"),
-                                       methods[0] if methods else "vanilla"))
-    save_slot.download_button("Save this config (YAML)", C.dumps(yaml_cfg), "dynsdpb-config.yaml",
-                              mime="text/yaml", key="btn_save_yaml")
+    # The whole experiment: every field, the methods and the seeds (load_experiment reads it).
+    exp_yaml = dump_experiment(cfg, methods, seeds, name=str(ss["w_exp_name"]).strip())
+    save_slot.download_button("Save this experiment (YAML)", exp_yaml, "dynsdpb-experiment.yaml",
+                              mime="text/yaml", key="btn_save_yaml",
+                              help="Every field plus methods and seeds; load it here again, or "
+                                   "run it with `dynsdpb compare --config FILE`.")
 else:
     save_slot.caption("Fix the marked problems to save the config.")
 

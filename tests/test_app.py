@@ -262,7 +262,17 @@ def test_compare_page_renders_two_runs(runs_dir, csv):
     assert set(summary["method"]) == {"vanilla", "dynsdpb"}
     diff = frames[1]
     assert list(diff["field"]) == ["method"]             # the arms differ only in method
-    assert len(at.get("download_button")) == 5          # 4 charts as HTML + the metrics CSV
+    # one HTML file for all charts (plotly.js once, tests/test_charts.py) + the metrics CSV
+    assert [b.label for b in at.get("download_button")] == [
+        "these charts (HTML, one file)", "metrics of the picked runs (CSV)"]
+    # one unit for accuracy everywhere (%), and no "None" in any table
+    assert "test_accuracy mean (%)" in summary.columns
+    assert "None" not in summary.to_string() and "None" not in diff.to_string()
+    # the metric list is the engine's record keys (dynsdpb/records.py), not a copy of them
+    from dynsdpb.records import PLOTTABLE
+    options = at.multiselect(key="w_cmp_metrics").options
+    assert {o.split(":")[0] for o in options} >= {"grad_norm", "alpha_lo", "tau_hi", "val_loss"}
+    assert all(o.split(":")[0] in PLOTTABLE for o in options)
 
 
 def test_runs_page_rename_relaunch_delete(runs_dir, csv):
@@ -280,9 +290,16 @@ def test_runs_page_rename_relaunch_delete(runs_dir, csv):
     assert meta["name"] == "teaching demo" and (runs_dir / exp).is_dir()
     assert list(at.dataframe[0].value["name"]) == ["teaching demo"]
 
+    # test results in % (as on Compare), no "None" in the tables
+    assert all(" %" in r for r in at.dataframe[0].value["test result (mean)"])
+    assert "None" not in at.dataframe[1].value.to_string()
+
     # relaunch: the Setup form gets the experiment's config, methods and seeds
     at.button(key="btn_runs_relaunch").click().run()
     assert at.title[0].value == "Setup"
+    # and says which experiment it loaded
+    assert any("Loaded the config of **teaching demo**" in m.value and exp in m.value
+               for m in at.success)
     assert at.session_state["w_model_choice"] == "tiny-random-bert"
     assert at.session_state["w_data_path"] == str(csv)
     assert at.session_state["f_steps"] == "3"
@@ -339,6 +356,10 @@ def test_stop_button_stops_a_running_experiment(runs_dir, csv):
     at.session_state["w_live_follow"] = False         # stay on this one once it stops
     at.run()
     assert "waiting in the queue (position 1)" in at.markdown[0].value
+    # the sidebar and the queue box on Live give the same count
+    page = texts(at)
+    assert "**Queue:** 1 experiment waiting" in page
+    assert "**Queue**: 1 experiment waiting" in page
     at.button(key="btn_stop").click().run()           # removes it from the queue
     assert "stopped]" in at.markdown[0].value
     first = sorted(p.name for p in runs_dir.iterdir() if p.name != "second")[0]
@@ -404,3 +425,152 @@ def test_quick_demo_button_fills_cpu_friendly_settings(runs_dir):
     assert str(steps) == "60" and str(at.session_state["f_max_len"]) == "48"
     assert any("Quick demo settings loaded" in c.value for c in at.caption)
     assert not at.error and not at.button(key="btn_start").disabled
+
+
+# ---------------------------------------------------------------------------------------
+# Issue #8: Setup remembers, the saved experiment file, honest progress, cheap polling.
+
+
+def downloaded(at: AppTest, key: str) -> bytes:
+    """The bytes a download button hands the user (AppTest keeps them in memory storage)."""
+    import gc
+    button = next(b for b in at.get("download_button") if b.key == key)
+    file_id = button.proto.url.rsplit("/", 1)[-1].split(".")[0]
+    store = next(o for o in gc.get_objects() if type(o).__name__ == "MemoryMediaFileStorage"
+                 and file_id in getattr(o, "_files_by_id", {}))
+    return store.get_file(file_id).content
+
+
+def test_setup_keeps_every_value_across_pages(runs_dir):
+    """Start -> Live -> Setup used to reset steps, batch_size and alpha_max to defaults."""
+    at = new_app()
+    at.text_input(key="f_steps").set_value("77").run()
+    at.text_input(key="f_batch_size").set_value("8").run()
+    at.text_input(key="f_alpha_max").set_value("0.7").run()
+    at.multiselect(key="w_methods").set_value(["vanilla", "dlb", "dynsdpb"]).run()
+    at.text_input(key="w_seeds").set_value("0,1").run()
+    for page in ("live.py", "compare.py", "runs.py", "learn.py", "live.py"):
+        at.switch_page(str(PAGES / page)).run()
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    at.switch_page(str(PAGES / "setup.py")).run()
+    assert at.text_input(key="f_steps").value == "77"
+    assert at.text_input(key="f_batch_size").value == "8"
+    assert at.text_input(key="f_alpha_max").value == "0.7"
+    assert at.multiselect(key="w_methods").value == ["vanilla", "dlb", "dynsdpb"]
+    assert at.text_input(key="w_seeds").value == "0,1"
+
+
+def test_saved_experiment_yaml_round_trips_methods_and_seeds(runs_dir, csv):
+    """The saved file is the whole experiment: 3 methods x 2 seeds come back as such."""
+    from dynsdpb.presets import load_experiment
+    at = new_app()
+    fill_setup(at, csv, methods=("vanilla", "dlb", "dynsdpb"), steps="7", alpha_max="0.8")
+    at.session_state["w_seeds"] = "0,1"
+    at.run()
+    text = downloaded(at, "btn_save_yaml").decode()
+    exp = load_experiment(text, "saved.yaml")
+    assert exp.methods == ["vanilla", "dlb", "dynsdpb"] and exp.seeds == [0, 1]
+    assert exp.base.steps == 7 and exp.base.alpha_max == 0.8
+
+    # loading it into a fresh form restores everything, methods and seeds included
+    at2 = new_app()
+    assert at2.session_state["w_methods"] == ["vanilla", "dynsdpb"]
+
+    def load(text: str) -> None:   # AppTest runs this function's source as a script
+        import streamlit as st
+        import yaml
+
+        from app import common
+        st.session_state["msg"] = common.load_experiment_yaml(yaml.safe_load(text), "saved.yaml")
+
+    probe = AppTest.from_function(load, args=(text,), default_timeout=30)
+    probe.run()
+    assert not probe.exception, [e.value for e in probe.exception]
+    ss = probe.session_state
+    assert ss["msg"] == ("success", "Loaded saved.yaml.")
+    assert ss["w_methods"] == ["vanilla", "dlb", "dynsdpb"] and ss["w_seeds"] == "0,1"
+    assert ss["f_steps"] == "7" and ss["f_alpha_max"] == "0.8"
+    assert ss["w_model_choice"] == "tiny-random-bert"
+
+
+def test_setup_hides_fields_no_code_reads(runs_dir):
+    at = new_app()
+    at.session_state["w_methods"] = ["vanilla", "dlb", "dynsdpb"]
+    at.run()
+    labels = {w.label for w in at.text_input} | {w.label for w in at.selectbox}
+    assert "alpha_max" in labels and "top_k" not in labels
+
+
+def test_the_app_root_opens_setup(runs_dir):
+    """Setup is not the default page any more (a default page lives only at "/", so /setup
+    showed "Page not found"); the root still opens Setup."""
+    at = new_app()
+    assert at.title[0].value == "Setup"
+
+
+def _arm(records, status, method="dynsdpb", **cfg):
+    from app import common
+    from dynsdpb.store import RunDir
+    return common.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp",
+                      {"method": method, "steps": 60, "val_size": 200, "test_size": 400, **cfg},
+                      status, records)
+
+
+def _steps(n, dt=1.0, eval_every=10, eval_s=5.0, t0=1000.0):
+    out, t = [], t0
+    for s in range(1, n + 1):
+        t += dt + (eval_s if s % eval_every == 0 else 0.0)
+        out.append({"step": s, "time": t, "val_accuracy": 0.5 if s % eval_every == 0 else None})
+    return out
+
+
+def test_progress_counts_steps_per_arm_and_says_time_left_in_words():
+    from app import common
+    recs = _steps(30)
+    arms = [_arm(recs, {"state": "running", "phase": "training", "step": 30, "steps": 60},
+                 "vanilla"),
+            _arm(recs, {"state": "running", "phase": "training", "step": 30, "steps": 60})]
+    info = common.progress_info(arms, now=recs[-1]["time"])
+    words = common.progress_words(info)
+    assert words[0] == "30/60 steps per arm"                      # not 60/120
+    # 30 steps at the mean recent interval (29 gaps, 3 of them with a 5 s evaluation), then
+    # the test evaluation of each arm in turn: 400/200 x the measured 5 s
+    assert info["test_each"] == 10.0
+    assert info["left"] == pytest.approx(30 * (26 + 3 * 6) / 29 + 2 * 10.0)
+    assert "about 70 s left (incl. ~10 s of testing per arm)" in words
+    assert not any(":" in w for w in words)                       # never a clock like 15:24
+    assert common.fmt_left(130) == "about 2 min left"
+
+
+def test_progress_shows_the_phase_and_a_resume():
+    from app import common
+    recs = _steps(60)
+    now = recs[-1]["time"] + 4
+    arms = [_arm(recs, {"state": "running", "phase": "testing", "step": 60, "steps": 60,
+                        "updated": now - 4, "resumed_from": 30}, "vanilla"),
+            _arm(recs, {"state": "running", "phase": "training", "step": 60, "steps": 60,
+                        "resumed_from": 30})]
+    info = common.progress_info(arms, now=now)
+    words = common.progress_words(info)
+    assert info["phases"] == {"vanilla-s0": "testing", "dynsdpb-s0": "waiting to test"}
+    assert "vanilla-s0 testing, dynsdpb-s0 waiting to test" in words
+    assert info["left"] == (10.0 - 4) + 10.0                      # the rest of one, then one
+    assert "resumed from the step-30 checkpoint" in words
+    # an older run without `phase` and without evaluations yet: say so honestly
+    old = [_arm(recs, {"state": "running", "step": 60, "steps": 60}, "vanilla", val_size=0)]
+    w = common.progress_words(common.progress_info(old, now=now))
+    assert "testing…" in w
+
+
+def test_live_polls_reread_nothing_when_the_run_files_did_not_change(runs_dir, csv):
+    from app import common
+    exp = runs_dir / train_experiment(runs_dir, csv)
+    sig1, arms1 = common.load_arms_live(exp)
+    sig2, arms2 = common.load_arms_live(exp)
+    assert arms2 is arms1                      # same objects: no file was read again
+    with open(exp / "dynsdpb-s0" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "time": time.time(), "loss": 0.5}) + "\n")
+    sig3, arms3 = common.load_arms_live(exp)
+    assert sig3 != sig1 and arms3 is not arms1
+    assert len(next(a for a in arms3 if a.id == "dynsdpb-s0").records) == 4
