@@ -225,3 +225,51 @@ def test_browser_live_run_and_compare(tmp_path, report):
           f"median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
           f"(page polls every 1.0 s); whole test {time.time() - t_start:.1f} s")
     assert statistics.median(delays) < 5.0
+
+
+def test_browser_direct_page_urls(tmp_path):
+    """Every page's URL opened in a fresh tab shows that page, usable. /setup used to show a
+    "Page not found" dialog (Setup was the default page, which lives only at "/") that left
+    the page under it inert: a click on "Load or save a config (YAML)" timed out."""
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(tmp_path / "runs"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_health(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            base = f"http://127.0.0.1:{port}"
+            for path, heading in (("/setup", "Setup"), ("/live", "Live"),
+                                  ("/compare", "Compare"), ("/runs", "Runs"),
+                                  ("/learn", "Learn"), ("/", "Setup")):
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                page.set_default_timeout(30_000)
+                page.goto(base + path)
+                page.get_by_role("heading", name=heading, exact=True).first.wait_for()
+                time.sleep(0.5)
+                body = page.evaluate("() => document.body.innerText")
+                assert "Page not found" not in body, path
+                if heading == "Setup":
+                    page.get_by_text("Load or save a config (YAML)").click(timeout=10_000)
+                    page.get_by_text("Load a config file").wait_for()
+                page.close()
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
