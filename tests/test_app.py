@@ -413,7 +413,9 @@ def test_cut_off_run_shows_interrupted_with_its_metrics_and_resumes(runs_dir, cs
     while time.time() < deadline and "finished]" not in at.markdown[0].value:
         time.sleep(0.5)
         at.run()
-    assert "finished]" in at.markdown[0].value, at.markdown[0].value
+    statuses = {a: json.loads((runs_dir / exp / a / "status.json").read_text())
+                for a in ("vanilla-s0", "dynsdpb-s0")}
+    assert "finished]" in at.markdown[0].value, (at.markdown[0].value, statuses)
 
 
 def test_quick_demo_button_fills_cpu_friendly_settings(runs_dir):
