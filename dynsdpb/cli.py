@@ -39,7 +39,7 @@ def _progress_bars(total_steps: int, arms: list[str]):
     return bar, progress
 
 
-def _experiment(exp_dir: Path, resume: bool = False) -> int:
+def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None) -> int:
     from .compare import format_table
     from .experiment import run_experiment
     exp = ExperimentDir(exp_dir)
@@ -58,6 +58,11 @@ def _experiment(exp_dir: Path, resume: bool = False) -> int:
             for rd in exp.arms(meta):
                 shutil.rmtree(rd.path, ignore_errors=True)
             exp.meta_path.unlink(missing_ok=True)
+            if made is not None:  # the --out folder this command created, if now empty
+                try:
+                    made.rmdir()
+                except OSError:
+                    pass
         raise
     except KeyboardInterrupt:
         stop.set()
@@ -165,13 +170,14 @@ def cmd_train(a) -> int:
     if a.dump:
         print(C.dumps(cfg), end="")
         return 0
+    made = not Path(a.out).exists()
     out = _fresh_out(a.out)
     exp = create_experiment(out.parent, cfg, [cfg.method], [cfg.seed], exp_dir=out)
-    return _experiment(exp)
+    return _experiment(exp, made=out if made else None)
 
 
 def cmd_compare(a) -> int:
-    from .experiment import create_experiment
+    from .experiment import check_experiment, create_experiment
     from .presets import dump_experiment
     base, methods, seeds, description = _resolve(a, compare=True)
     for m in methods:
@@ -179,9 +185,12 @@ def cmd_compare(a) -> int:
     if a.dump:
         print(dump_experiment(base, methods, seeds, description=description), end="")
         return 0
+    # Every check that needs no data (e.g. a seed given twice) before --out is created.
+    check_experiment(base, methods, seeds)
+    made = not Path(a.out).exists()
     out = _fresh_out(a.out)
-    exp = create_experiment(out.parent, base, methods, seeds, exp_dir=out)
-    return _experiment(exp)
+    exp = create_experiment(out.parent, base, methods, seeds, exp_dir=out, check=False)
+    return _experiment(exp, made=out if made else None)
 
 
 def cmd_resume(a) -> int:

@@ -31,6 +31,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # Token limits of the built-in models (models.max_positions), so that `validate` can check
 # max_len without loading them; other models are checked when they are loaded.
 BUILTIN_MAX_LEN = {"minilm-l6": 512, "tiny-random-bert": 128}
+# val_size/test_size 0 (the default) = auto: this share of the usable rows (after the dedup),
+# at most these many. A 300-row upload then trains on 240 without touching a field, and a
+# large dataset gets the fixed 400/800 of earlier versions. A number given is used as is.
+AUTO_SHARE, AUTO_VAL_MAX, AUTO_TEST_MAX = 0.1, 400, 800
 
 
 def _f(default, help: str, group: str, choices: tuple | None = None, **kw):
@@ -62,10 +66,12 @@ class RunConfig:
     min_confidence: float = _f(0.0, "tweets-sentiment only: keep tweets whose annotator "
                                "confidence is at least this (0 keeps all).", "data")
     max_train_samples: int = _f(4000, "Use at most this many training examples (0 = all).", "data")
-    val_size: int = _f(400, "Examples held out for validation (model selection, live curves).",
+    val_size: int = _f(0, "Examples held out for validation (model selection, live curves). "
+                       f"0 = auto: {AUTO_SHARE:.0%} of the usable rows, at most {AUTO_VAL_MAX}.",
                        "data")
-    test_size: int = _f(800, "Examples held out for the final test; never used for selection.",
-                        "data")
+    test_size: int = _f(0, "Examples held out for the final test; never used for selection. "
+                        f"0 = auto: {AUTO_SHARE:.0%} of the usable rows, at most "
+                        f"{AUTO_TEST_MAX}.", "data")
     split_seed: int = _f(0, "Seed of the train/validation/test split. Kept apart from `seed` so "
                          "every arm and seed of an experiment sees the same three sets.", "data")
     max_len: int = _f(64, "Truncate inputs to this many tokens.", "data")
@@ -140,6 +146,13 @@ class RunConfig:
         if self.method == "dynsdpb":
             return "dynsdpb-v1"
         return "static" if self.schedule == "auto" else self.schedule
+
+    def split_sizes(self, n: int) -> tuple[int, int]:
+        """(validation, test) sizes for n usable rows: the configured counts, or for 0 (auto)
+        AUTO_SHARE of the rows, at least 1, at most AUTO_VAL_MAX / AUTO_TEST_MAX."""
+        auto = max(1, int(n * AUTO_SHARE))
+        return (self.val_size or min(auto, AUTO_VAL_MAX),
+                self.test_size or min(auto, AUTO_TEST_MAX))
 
     @property
     def distills(self) -> bool:
@@ -327,10 +340,12 @@ def validate(cfg: RunConfig) -> list[Problem]:
         bad("top_k", "keep at least 1 teacher token")
     if cfg.max_train_samples < 0:
         bad("max_train_samples", "use 0 (all) or a positive count")
-    if cfg.val_size < 1:
-        bad("val_size", "hold out at least 1 validation example (e.g. 200)")
-    if cfg.test_size < 1:
-        bad("test_size", "hold out at least 1 test example (e.g. 400)")
+    if cfg.val_size < 0:
+        bad("val_size", "use 0 (auto: 10% of the rows) or hold out at least 1 validation "
+            "example (e.g. 200)")
+    if cfg.test_size < 0:
+        bad("test_size", "use 0 (auto: 10% of the rows) or hold out at least 1 test example "
+            "(e.g. 400)")
     if not (0 <= cfg.min_confidence <= 1):
         bad("min_confidence", "use a value in [0, 1]")
     if cfg.eval_every < 1:

@@ -7,8 +7,11 @@ of a run, never for model selection.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import importlib.util
 import io
+import json
 import math
 import os
 import random
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig
+from .config import AUTO_SHARE, RunConfig
 from .errors import ConfigError
 
 def _max_file_mb(default: float = 200.0) -> float:
@@ -149,6 +152,27 @@ def _decode(raw: bytes, path: str) -> tuple[str, list[str]]:
             "look wrong, save the file as UTF-8."]
 
 
+def _check_quotes(text: str, delim: str, start: int, name: str) -> None:
+    """Refuse a quote that opens a field and never closes. Python's csv (non-strict) reads
+    the rest of the file into that one field without a word, which then surfaces as an
+    'empty label'. An unclosed quote swallows everything to the end, so it can only sit in
+    the last record (it starts after line `start`): re-read that record strictly (strict
+    everywhere would refuse files that read fine today, e.g. `"a"b`)."""
+    lines = io.StringIO(text, newline="").readlines()  # the lines csv counts (not \u2028)
+    try:
+        for _ in csv.reader(io.StringIO("".join(lines[start:]), newline=""), delimiter=delim,
+                            strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):
+            return
+        at = next((start + k + 1 for k, ln in enumerate(lines[start:]) if '"' in ln), start + 1)
+        raise ConfigError.one("dataset", name, f"quoting error: the quote on line {at} opens a "
+                              "field that is never closed, so the rest of the file would be "
+                              "read as one field; close the quote (a quote inside a quoted "
+                              'field is written "") or remove it') from None
+
+
 def read_table(path: str | Path, data: bytes | None = None) -> tuple[list[dict], list[str]]:
     """Rows of a CSV/TSV/JSONL/JSON/Parquet file as dicts, plus warnings.
 
@@ -185,7 +209,6 @@ def read_table(path: str | Path, data: bytes | None = None) -> tuple[list[dict],
     if not text.strip():
         raise ConfigError.one("dataset", name, "the file holds no data")
     if suffix in (".jsonl", ".json"):
-        import json
         stripped = text.lstrip()
         try:
             if suffix == ".json" and stripped.startswith("["):
@@ -209,7 +232,11 @@ def read_table(path: str | Path, data: bytes | None = None) -> tuple[list[dict],
         except csv.Error:
             delim = ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-    rows = [dict(r) for r in reader]
+    rows, last_start, end = [], 0, 0
+    for r in reader:
+        rows.append(dict(r))
+        last_start, end = end, reader.line_num  # lines before the last record, after it
+    _check_quotes(text, delim, last_start, name)
     if not reader.fieldnames or len(reader.fieldnames) < 2:
         raise ConfigError.one("dataset", name, "found fewer than 2 columns; is the delimiter "
                               "right? Use commas (or tabs in a .tsv) and a header row such as "
@@ -282,6 +309,8 @@ class TaskData:
     test: Split
     source: str
     warnings: list[str] = field(default_factory=list)
+    # What the dedup before splitting dropped (`dedup_rows`); the status and summary show it.
+    dedup: dict = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -290,6 +319,19 @@ class TaskData:
     @property
     def target_std(self) -> float:
         return float(np.std(self.train.labels)) if self.task == "regression" else 1.0
+
+    @functools.cached_property
+    def train_fingerprint(self) -> dict:
+        """Size and sha256 of the training set's texts, pairs and labels (with the class
+        names, which give the ids their meaning). A checkpoint keeps it: resuming on other
+        data (an edited file, another split) is refused instead of silently mixing."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.task, self.label_names]).encode())
+        for i, t in enumerate(self.train.texts):
+            pair = self.train.pairs[i] if self.train.pairs is not None else None
+            h.update(json.dumps([t, pair]).encode())
+        h.update(np.ascontiguousarray(self.train.labels).tobytes())
+        return {"train_size": len(self.train), "train_sha256": h.hexdigest()}
 
 
 def _is_number(v) -> bool:
@@ -301,6 +343,48 @@ def _is_number(v) -> bool:
         return math.isfinite(float(str(v).strip()))
     except ValueError:
         return False
+
+
+def _norm(s: str) -> str:
+    """What counts as the same text: case and runs of whitespace do not."""
+    return " ".join(s.split()).casefold()
+
+
+def _label_key(v):
+    return float(v) if _is_number(v) else str(v).strip()
+
+
+def dedup_rows(kept: list[tuple]) -> tuple[list[tuple], dict]:
+    """Drop repeated (text, pair) rows, compared after `_norm`, before any split: a repeat
+    would otherwise land in train and test alike. The first copy is kept, in file order.
+    A text that carries different labels is dropped with all its copies (not a majority
+    vote: two copies are a tie, and regression targets have no majority)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (t, pr, _) in enumerate(kept):
+        groups.setdefault((_norm(t), None if pr is None else _norm(pr)), []).append(i)
+    keep, repeats, conflicts, conflict_rows = [], 0, 0, 0
+    for idx in groups.values():  # in order of first appearance
+        if len({_label_key(kept[i][2]) for i in idx}) > 1:
+            conflicts += 1
+            conflict_rows += len(idx)
+            continue
+        keep.append(kept[idx[0]])
+        repeats += len(idx) - 1
+    return keep, {"rows": len(kept), "repeats_dropped": repeats,
+                  "conflicting_texts": conflicts, "conflicting_rows_dropped": conflict_rows,
+                  "kept": len(keep)}
+
+
+def dedup_words(d: dict) -> str:
+    parts = []
+    if d.get("repeats_dropped"):
+        parts.append(f"{d['repeats_dropped']} repeated rows (same text after ignoring case and "
+                     "spacing)")
+    if d.get("conflicting_rows_dropped"):
+        parts.append(f"{d['conflicting_rows_dropped']} rows of {d['conflicting_texts']} texts "
+                     "with conflicting labels")
+    return (f"dropped {' and '.join(parts)} before splitting; {d['kept']} of {d['rows']} "
+            "rows kept")
 
 
 def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
@@ -337,6 +421,12 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
                               "pick the column that holds the text")
     if empty:
         warnings.append(f"dropped {empty} rows with an empty text or label")
+    kept, dedup = dedup_rows(kept)
+    if dedup["repeats_dropped"] or dedup["conflicting_rows_dropped"]:
+        warnings.append(dedup_words(dedup))
+    if not kept:
+        raise ConfigError.one("label_column", label_col, "every text appears with more than one "
+                              "label; pick the column that holds the label")
 
     labels_raw = [lab for _, _, lab in kept]
     numeric = [_is_number(v) for v in labels_raw]
@@ -379,16 +469,26 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
         idx = {n: i for i, n in enumerate(names)}
         y = np.array([idx[k] for k in keys], dtype=np.int64)
 
-    # Deterministic split from split_seed: test first, then validation, then train.
-    order = np.random.default_rng([cfg.split_seed, 0xDA7A]).permutation(len(kept))
-    need = cfg.test_size + cfg.val_size + cfg.batch_size
-    if len(kept) < need:
-        raise ConfigError.one("test_size", cfg.test_size, f"the data has {len(kept)} usable rows "
-                              f"but test_size + val_size + one batch need {need}; lower test_size "
-                              "and val_size or use more data")
-    te = order[:cfg.test_size]
-    va = order[cfg.test_size:cfg.test_size + cfg.val_size]
-    tr = order[cfg.test_size + cfg.val_size:]
+    # Deterministic split from split_seed: test first, then validation, then train. After
+    # the dedup, so that no text (or pair) is in two splits.
+    n = len(kept)
+    n_val, n_test = cfg.split_sizes(n)
+    order = np.random.default_rng([cfg.split_seed, 0xDA7A]).permutation(n)
+    need = n_test + n_val + cfg.batch_size
+    if n < need and (cfg.val_size or cfg.test_size):
+        raise ConfigError.one("test_size", cfg.test_size, f"the data has {n} usable rows but "
+                              f"test_size + val_size + one batch need {need} ({n_test} + "
+                              f"{n_val} + {cfg.batch_size}); set test_size=0 and val_size=0 "
+                              f"(auto: {AUTO_SHARE:.0%} each), or lower test_size and val_size, "
+                              "or use more data")
+    if n < need:
+        raise ConfigError.one("batch_size", cfg.batch_size, f"the data has only {n} usable rows: "
+                              f"after holding out {n_val} for validation and {n_test} for test "
+                              f"(auto, {AUTO_SHARE:.0%} each), {max(n - n_val - n_test, 0)} are "
+                              "left, fewer than one batch; lower batch_size or use more data")
+    te = order[:n_test]
+    va = order[n_test:n_test + n_val]
+    tr = order[n_test + n_val:]
     if cfg.max_train_samples:
         tr = tr[:cfg.max_train_samples]
     if len(tr) < cfg.batch_size:
@@ -399,7 +499,7 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
         return Split([kept[i][0] for i in ix],
                      [kept[i][1] for i in ix] if pair_col else None, y[ix])
 
-    return TaskData(task, names, mk(tr), mk(va), mk(te), source, warnings)
+    return TaskData(task, names, mk(tr), mk(va), mk(te), source, warnings, dedup)
 
 
 def load_data(cfg: RunConfig, upload: bytes | None = None) -> TaskData:

@@ -79,6 +79,14 @@ def _advance(a: Arm) -> dict:
     return rec
 
 
+def _data_info(a: Arm) -> dict:
+    """The split sizes actually used (val_size/test_size 0 = auto) and what the dedup
+    dropped: in each arm's status for the app, before any summary exists."""
+    t = a.task
+    return {"train": len(t.train), "val": len(t.val), "test": len(t.test),
+            "dedup": getattr(t.data, "dedup", None) or None}
+
+
 def run_arms(arms: list[Arm], stop: threading.Event | None = None,
              progress: ProgressFn | None = None) -> dict[str, str]:
     """Step every live arm round-robin until all are done, stopped or failed.
@@ -91,7 +99,7 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
     for a in arms:
         try:
             a.rd.set_status("running", step=a.step_idx, steps=a.cfg.steps, started=time.time(),
-                            phase="training", resumed_from=a.resumed_from)
+                            phase="training", resumed_from=a.resumed_from, data=_data_info(a))
         except Exception as e:  # noqa: BLE001 - e.g. a full disk: this arm only
             final[a.rd.id] = _fail(a, e, progress)
             continue

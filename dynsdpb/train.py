@@ -1,7 +1,7 @@
 """The per-step loop: one run (an "arm") advances one optimizer step at a time.
 
 An arm knows the DLB bookkeeping (which ids are new, which are carried, the teacher cache
-keyed by sample id), the optimizer, its own RNG streams and its checkpoint. It knows nothing
+in chunk order), the optimizer, its own RNG streams and its checkpoint. It knows nothing
 about the data or the model head: its task (tasks.py) tokenizes, runs the forward pass,
 packs the teacher cache and computes metrics. experiment.py runs several arms in lockstep
 and decides, at one place, when an arm evaluates and saves a checkpoint (as nanoGPT's loop
@@ -92,9 +92,14 @@ class Arm:
         self.step_idx = 0           # completed steps
         self.samples_seen = 0
         self.wall_time = 0.0
-        # The teacher cache, keyed by sample id: what the task packed when the sample was
-        # new (its logits, with alpha/tau fixed at that moment) for the step that uses it.
-        self.cache: dict[int, dict[str, torch.Tensor]] = {}
+        # The teacher cache: what the task packed for this step's new chunk (logits, with
+        # alpha/tau fixed at that moment), in chunk order, which is the order of the next
+        # step's carried half. Not a dict by sample id: a chunk that straddles an epoch can
+        # hold one id twice, and each copy must teach with its own logits.
+        self.cache: list = []
+        # Which training set this arm trains on (tasks without one, e.g. causal LM: None);
+        # a checkpoint keeps it and a resume on other data is refused.
+        self.data_fp = getattr(task.data, "train_fingerprint", None)
         self.probe_prev: torch.Tensor | None = None
         self.last_eval: dict = {}
         # The step a resumed arm continued from (None: it started at step 0).
@@ -170,7 +175,9 @@ class Arm:
         n_car = len(b.carried)
 
         # 2) teacher: what these carried samples got one step ago, with alpha/tau fixed then
-        entries = [self.cache[i] for i in b.carried]
+        #    (position j of the carried half is position j of last step's new chunk)
+        entries = self.cache
+        assert len(entries) == n_car, (len(entries), n_car)
         teacher = task.unpack(entries, batch, self.device) if n_car else None
 
         # 3) forward, all samples in one pass (DLB concatenates the two halves too)
@@ -202,10 +209,9 @@ class Arm:
 
         # 6) this step's logits for the new chunk teach at step t+1. They come from this same
         #    forward pass, before the update (DLB: pre_out = out); the task detaches them.
-        self.cache = {}
+        self.cache = []
         if cfg.distills and t + 1 < cfg.steps:
-            new = task.pack(cfg, logits[n_car:], batch.labels[n_car:], t + 1)
-            self.cache = dict(zip(b.new, new))
+            self.cache = list(task.pack(cfg, logits[n_car:], batch.labels[n_car:], t + 1))
 
         # 7) the record of what was actually used
         self.step_idx += 1
@@ -252,8 +258,8 @@ class Arm:
             # the state after the last step: a resume does not replay its dropout masks
             "rng": self.rng_state,
             "cuda_rng": self.cuda_rng_state.cpu() if self.cuda_rng_state is not None else None,
-            "cache": {int(i): {k: v.detach().cpu() for k, v in e.items()}
-                      for i, e in self.cache.items()},
+            "cache": [{k: v.detach().cpu() for k, v in e.items()} for e in self.cache],
+            "data": self.data_fp,
             "probe_prev": self.probe_prev, "last_eval": self.last_eval,
             "config": self.cfg.to_dict(),
         }
@@ -280,6 +286,7 @@ class Arm:
                    f"it is damaged or not a dynsdpb checkpoint ({type(e).__name__})")
             raise ConfigError.one("checkpoint", str(p), f"cannot resume: {why}; start the run "
                                   "again (delete its folder)") from None
+        self._check_data(st.get("data"))
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.step_idx, self.samples_seen = int(st["step"]), int(st["samples_seen"])
@@ -287,11 +294,28 @@ class Arm:
         self.rng_state = st["rng"]
         if self.cuda_rng_state is not None and st.get("cuda_rng") is not None:
             self.cuda_rng_state = st["cuda_rng"]
-        self.cache = {int(i): {k: v.to(self.device) for k, v in e.items()}
-                      for i, e in st["cache"].items()}
+        cache = st["cache"]
+        if isinstance(cache, dict):
+            # Older checkpoints keyed the cache by sample id: lay it out in the order of the
+            # next step's carried half (what those versions looked up).
+            cache = [cache[i] for i in self.layout.batch(self.step_idx).carried] if cache else []
+        self.cache = [{k: v.to(self.device) for k, v in e.items()} for e in cache]
         self.probe_prev = st["probe_prev"]
         self.last_eval = st.get("last_eval") or {}
         return self.step_idx
+
+    def _check_data(self, saved: dict | None) -> None:
+        """Refuse to resume on another training set than the checkpoint's. Checkpoints from
+        before this check carry none and resume as they did."""
+        now = self.data_fp
+        if not saved or not now or saved == now:
+            return
+        was = f"{saved.get('train_size')} rows, hash {str(saved.get('train_sha256'))[:12]}"
+        got = f"{now['train_size']} rows, hash {now['train_sha256'][:12]}"
+        raise ConfigError.one("dataset", self.cfg.dataset, f"the training set differs from the "
+                              f"one this checkpoint was trained on ({was} then, {got} now): the "
+                              "data file or its split changed. Put the original data back to "
+                              "resume, or start a new experiment on the new data")
 
     # -- end of run ---------------------------------------------------------------------
     def write_summary(self) -> dict:
@@ -306,6 +330,7 @@ class Arm:
             "samples_seen": self.samples_seen, "wall_time": round(self.wall_time, 2),
             "train_size": len(task.train), "val_size": len(task.val),
             "test_size": len(task.test), "data_source": task.data.source,
+            "dedup": getattr(task.data, "dedup", None) or None,
             "device": str(self.device),
             **{k: v for k, v in self.last_eval.items() if k.startswith("val_")}, **test,
         }

@@ -102,8 +102,11 @@ def test_tweets_confidence_filter():
     full = load_data(RunConfig(max_train_samples=0))
     kept = load_data(RunConfig(max_train_samples=0, min_confidence=0.7))
     assert len(kept.train) < len(full.train)
-    # assets.md: 10,680 + 7,658 + 2,472 rows at >= 0.7
-    assert len(kept.train) + len(kept.val) + len(kept.test) == 20810
+    # assets.md: 10,680 + 7,658 + 2,472 rows at >= 0.7; the dedup before splitting then
+    # drops 238 repeats and the 208 rows of 12 texts with conflicting labels
+    assert kept.dedup == {"rows": 20810, "repeats_dropped": 238, "conflicting_texts": 12,
+                          "conflicting_rows_dropped": 208, "kept": 20364}
+    assert len(kept.train) + len(kept.val) + len(kept.test) == 20364
 
 
 def test_unknown_model_offline_lists_builtins(tmp_path):
@@ -145,13 +148,14 @@ def test_hub_dataset_path_pools_labelled_splits_and_maps_label_names(monkeypatch
                                "label": datasets.ClassLabel(names=["entailment",
                                                                    "not_entailment"])})
 
-    def split(n, label):
+    def split(n, label, start=0):
+        # distinct pairs across splits (`start`): repeats would be dropped by the dedup
         return datasets.Dataset.from_dict(
-            {"sentence1": [f"premise {i}" for i in range(n)],
-             "sentence2": [f"hypothesis {i}" for i in range(n)],
+            {"sentence1": [f"premise {i}" for i in range(start, start + n)],
+             "sentence2": [f"hypothesis {i}" for i in range(start, start + n)],
              "label": [label(i) for i in range(n)]}, features=feats)
     dd = datasets.DatasetDict({"train": split(60, lambda i: i % 2),
-                               "validation": split(20, lambda i: 0),
+                               "validation": split(20, lambda i: 0, start=60),
                                "test": split(30, lambda i: -1)})
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(a) or dd)
@@ -162,3 +166,91 @@ def test_hub_dataset_path_pools_labelled_splits_and_maps_label_names(monkeypatch
     assert d.label_names == ["entailment", "not_entailment"]
     assert len(d.train) + len(d.val) + len(d.test) == 80   # test split (label -1) dropped
     assert d.train.pairs is not None and d.train.pairs[0].startswith("hypothesis")
+
+
+# ----------------------------------------------------------------------------------------
+# Dedup before splitting; split sizes that scale with the data (issue 7)
+
+def _norm(s):
+    return " ".join(s.split()).casefold()
+
+
+def _split_keys(d):
+    pairs = lambda s: s.pairs if s.pairs is not None else [None] * len(s)  # noqa: E731
+    return [{(_norm(t), p and _norm(p)) for t, p in zip(s.texts, pairs(s))}
+            for s in (d.train, d.val, d.test)]
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_DATASETS))
+def test_builtin_datasets_share_no_text_across_splits(name):
+    """tweets-sentiment had 11 of 600 test tweets in train (after normalising case and
+    spacing) and 46 tweets with conflicting labels; the BBC corpus repeats articles."""
+    d = load_data(RunConfig(dataset=name, max_train_samples=0))
+    tr, va, te = _split_keys(d)
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    dd = d.dedup
+    assert dd["repeats_dropped"] > 0 and dd["kept"] == len(d.train) + len(d.val) + len(d.test)
+    assert dd["rows"] == dd["kept"] + dd["repeats_dropped"] + dd["conflicting_rows_dropped"]
+    assert any(w.startswith(f"dropped {dd['repeats_dropped']} repeated rows") for w in d.warnings)
+    if name == "tweets-sentiment":
+        assert dd["conflicting_texts"] == 49 and dd["conflicting_rows_dropped"] == 623
+
+
+def test_dedup_of_a_file_counts_what_it_dropped(tmp_path):
+    rows = [f"text {i},{'pos' if i % 2 else 'neg'}" for i in range(60)]
+    rows += ["text 1,pos", "  TEXT   1 ,pos", "Text 3,pos"]       # 3 repeats of kept rows
+    rows += ["same words,pos", "Same  words,neg", "same words,pos"]  # conflicting: all dropped
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\n" + "\n".join(rows) + "\n")
+    d = load_data(tiny_config(p))
+    assert d.dedup == {"rows": 66, "repeats_dropped": 3, "conflicting_texts": 1,
+                       "conflicting_rows_dropped": 3, "kept": 60}
+    assert "dropped 3 repeated rows" in d.warnings[0] and "3 rows of 1 texts" in d.warnings[0]
+    assert "same words" not in {_norm(t) for s in (d.train, d.val, d.test) for t in s.texts}
+    tr, va, te = _split_keys(d)
+    assert len(tr | va | te) == 60 and not (tr & va) and not (tr & te) and not (va & te)
+    # pairs: the same first sentence with another second one is another example
+    p2 = tmp_path / "p.csv"
+    p2.write_text("text,text_pair,label\n" + "\n".join(
+        [f"premise {i // 2},hyp {i},{'a' if i % 3 else 'b'}" for i in range(60)]
+        + ["Premise 0, hyp 0 ,b"]) + "\n")
+    d2 = load_data(tiny_config(p2, text_pair_column="text_pair"))
+    assert d2.dedup["kept"] == 60 and d2.dedup["repeats_dropped"] == 1
+
+
+def test_default_split_sizes_scale_with_the_data(tmp_path):
+    """A 300-row upload with the default config trains: 10% validation, 10% test."""
+    p = tmp_path / "small.csv"
+    p.write_text("text,label\n" + "\n".join(f"review number {i},{'ab'[i % 2]}"
+                                            for i in range(300)) + "\n")
+    assert RunConfig().val_size == 0 and RunConfig().test_size == 0      # 0 = auto
+    d = load_data(RunConfig(dataset=str(p)))
+    assert (len(d.train), len(d.val), len(d.test)) == (240, 30, 30)
+    # large data: the caps (the fixed sizes of earlier versions)
+    assert RunConfig().split_sizes(37154) == (400, 800)
+    assert RunConfig(val_size=7, test_size=0).split_sizes(300) == (7, 30)
+    # still too small with auto sizes: the message names the fix
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("text,label\n" + "\n".join(f"t {i},{'ab'[i % 2]}" for i in range(15)) + "\n")
+    with pytest.raises(ConfigError) as ei:
+        load_data(RunConfig(dataset=str(tiny)))                     # 1 + 1 held out, 13 < 16
+    p0 = ei.value.problems[0]
+    assert p0.field == "batch_size" and "15 usable rows" in p0.fix
+    assert "lower batch_size" in p0.fix
+    assert len(load_data(RunConfig(dataset=str(tiny), batch_size=8)).train) == 13
+    # sizes given that do not fit: say how to get the automatic ones back
+    with pytest.raises(ConfigError) as ei:
+        load_data(RunConfig(dataset=str(p), val_size=400, test_size=800))
+    assert "set test_size=0 and val_size=0" in str(ei.value)
+
+
+def test_failed_compare_leaves_no_out_folder(tiny_csv, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    base = ["compare", "--set", "model=tiny-random-bert", "--set", f"dataset={tiny_csv}",
+            "--set", "val_size=10", "--set", "test_size=10", "--set", "max_len=16",
+            "--set", "steps=2", "--set", "batch_size=4", "--out", str(out)]
+    for bad in (["--seeds", "0,0"],                                  # refused at submit
+                ["--methods", "vanilla", "--set", "label_column=nope"]):  # refused at load
+        assert main(base + bad) == 2
+        assert "dynsdpb: error:" in capsys.readouterr().err
+        assert not out.exists()

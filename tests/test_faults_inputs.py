@@ -128,7 +128,7 @@ CONFIG_CASES = [
     ({"label_column": "text"}, "label_column", "a column of its own"),
     ({"text_pair_column": "s2", "label_column": "s2"}, "label_column", "a column of its own"),
     ({"text_pair_column": "text"}, "text_pair_column", "another column than text_column"),
-    ({"val_size": "0"}, "val_size", "at least 1"),
+    ({"val_size": "-1"}, "val_size", "at least 1"),
     ({"test_size": "-1"}, "test_size", "at least 1"),
     ({"eval_every": "0"}, "eval_every", ">= 1"),
     ({"checkpoint_every": "-1"}, "checkpoint_every", "0 (only at the end)"),
@@ -285,6 +285,10 @@ FILE_CASES = {
                      "lower test_size and val_size"),
     "split-needs-more": (_csv(GOOD_ROWS), ".csv", {"val_size": 30, "test_size": 30},
                          "test_size", "usable rows", "lower test_size"),
+    # a quote opened on line 12 (header = line 1) and never closed: once read as an "empty
+    # label" (the rest of the file became that row's text)
+    "unclosed-quote": (_csv(GOOD_ROWS[:10] + ['"bad sad day 99,neg'] + GOOD_ROWS[10:]), ".csv",
+                       {}, "dataset", "quoting error", "line 12", "close the quote"),
     "fewer-than-a-batch": (_csv(GOOD_ROWS), ".csv", {"max_train_samples": 2}, "max_train_samples",
                            "fewer than one batch"),
     "empty-text-column": (_csv([f",{'pos' if i % 2 else 'neg'}" for i in range(60)]), ".csv",
@@ -326,7 +330,7 @@ def test_bad_file_through_load_data(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty", "tsv-with-commas", "missing-label-column",
-                                  "mixed-labels", "one-class", "too-few-rows",
+                                  "mixed-labels", "one-class", "too-few-rows", "unclosed-quote",
                                   "empty-text-column", "unsupported-type"])
 def test_bad_file_on_the_cli(case, capsys, tmp_path):
     raw, suffix, over, field, *fix = FILE_CASES[case]
