@@ -1,7 +1,7 @@
 """Tasks: everything the training loop needs to know about one kind of data and model head.
 
 The loop (`train.Arm`) does the DLB bookkeeping (which ids are new and which are carried, the
-teacher cache keyed by sample id, RNG, checkpoints) and the optimizer step. It never looks
+teacher cache in chunk order, RNG, checkpoints) and the optimizer step. It never looks
 at what a sample is. A task owns the rest (method.md §1-4, §7):
 
     task.name                       "classification" | "regression" (the loss's and the
