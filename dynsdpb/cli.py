@@ -230,18 +230,28 @@ def cmd_app(a, extra: list[str]) -> int:
 
 def cmd_bench(a) -> int:
     import json
-    if not a.app:
-        raise ConfigError.one("bench", "", "choose what to measure: --app (training step time "
-                              "with 0, 1 and 4 Live tabs open)")
-    try:
-        import playwright  # noqa: F401  (the browser driver of bench_app)
-    except ImportError:
-        raise ConfigError.one("bench", "--app", "needs the dev extras: pip install playwright "
-                              "(and Debian's chromium)") from None
-    from .bench_app import run
     # --json: progress on stderr, so stdout holds only the JSON line.
     out = sys.stderr if a.json else sys.stdout
-    result = run(log=lambda m: print(m, file=out, flush=True))
+    log = lambda m: print(m, file=out, flush=True)  # noqa: E731
+    if a.app:
+        try:
+            import playwright  # noqa: F401  (the browser driver of bench_app)
+        except ImportError:
+            raise ConfigError.one("bench", "--app", "needs the dev extras: pip install "
+                                  "playwright (and Debian's chromium)") from None
+        from .bench_app import run as run_app
+        result = run_app(log=log)
+    else:
+        from .bench import run
+        result = run(model=a.model, dataset=a.dataset, steps=a.steps, log=log)
+        for k in ("dynsdpb_vs_vanilla_step_time", "vanilla_vs_hf_trainer_throughput",
+                  "mfu", "experiment_overhead", "peak_rss_ratio"):
+            v = result.get(k)
+            goal = result["goals"].get(k, "")
+            met = result["goals_met"].get(k)
+            log(f"{k:34s} {v:8.3f}  {('goal ' + goal) if goal else ''}"
+                f"{'' if met is None else ('  met' if met else '  MISSED')}"
+                if v is not None else f"{k:34s}      n/a")
     print(json.dumps(result))
     return 0
 
@@ -339,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and 4 Live tabs open (starts the app and headless Chromium; minutes)")
     b.add_argument("--json", action="store_true", help="progress on stderr; stdout holds only "
                    "the result as one JSON line")
+    b.add_argument("--model", default="minilm-l6", help="model of the speed/memory figures")
+    b.add_argument("--dataset", default="tweets-sentiment", help="dataset of those figures")
+    b.add_argument("--steps", type=int, default=30, help="steps per measured run")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -153,5 +153,3 @@ def test_bench_app_prints_one_json_line(monkeypatch, capsys):
     assert len(out.strip().splitlines()) == 1 and "phase 0" in err     # progress on stderr
     rc, out, err = run(["bench", "--app"], capsys)
     assert rc == 0 and out.strip().splitlines()[0] == "phase 0"
-    rc, _, err = run(["bench"], capsys)
-    one_line(rc, err, "bench=", "--app")
