@@ -212,6 +212,8 @@ def test_uploaded_file_gets_a_column_mapping(runs_dir, tmp_path):
     data = "sentence;sentiment\n" + "\n".join(f"word{i} text;{'a' if i % 2 else 'b'}"
                                               for i in range(60))
     at.session_state["upload"] = {"name": "mine.csv", "data": data.encode()}
+    # split sizes given (the default, 0 = auto, would fit 60 rows: 6 + 6 + 48)
+    at.session_state["f_val_size"], at.session_state["f_test_size"] = "400", "800"
     at.run()
     assert not at.exception
     boxes = {s.label: s for s in at.selectbox}
