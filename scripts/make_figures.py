@@ -107,9 +107,80 @@ def one_step() -> str:
     return svg(W, H, b, "One DynSDPB step")
 
 
+def token_alignment() -> str:
+    """Decoders (method.md §5): the causal shift, prompt masking, and KD on the longest common
+    prefix of the cached and the current target ids (output-mismatch alignment)."""
+    W, H = 900, 345
+    cell, x0 = 56, 190        # token width; where the first input token starts
+    prompt = ["<user>", "what", "is", "7", "plus", "5", "<bot>"]
+    cached = ["the", "answer", "is", "12", "</s>"]
+    current = ["the", "answer", "was", "12", "</s>"]    # diverges at the 3rd target token
+    n_common = next((i for i, (a, b) in enumerate(zip(cached, current)) if a != b),
+                    min(len(cached), len(current)))
+    b = [text(20, 28, "Token-level KD for decoders: target tokens only, on the longest common "
+              "prefix of cached and current targets", 15, weight="bold")]
+
+    def tok(x, y, s, fill, op, stroke, dash=False, ink=INK):
+        d = " stroke-dasharray='4 3'" if dash else ""
+        return [f"<rect x='{x + 2}' y='{y}' width='{cell - 4}' height='28' rx='4' "
+                f"fill='{fill}' fill-opacity='{op}' stroke='{stroke}'{d}/>",
+                text(x + cell / 2, y + 19, s.replace("<", "&lt;").replace(">", "&gt;"), 12,
+                     "middle", ink)]
+
+    # row 1: the sequence the model reads (prompt + current target)
+    y1 = 62
+    b.append(text(20, y1 + 19, "input ids (step t)", 13))
+    for j, s in enumerate(prompt + current):
+        is_prompt = j < len(prompt)
+        b += tok(x0 + j * cell, y1, s,
+                 GREY if is_prompt else NEW, 0.15 if is_prompt else 0.25,
+                 GREY if is_prompt else NEW)
+    # row 2: the causal shift: the logits at position j are scored against token j + 1, so
+    # the labels move one to the left; prompt positions carry -100 (no CE, no KD)
+    y2 = y1 + 62
+    b.append(text(20, y2 + 19, "labels after the shift", 13))
+    n_in = len(prompt) + len(current)
+    for j in range(n_in - 1):
+        lab = (prompt + current)[j + 1]
+        masked = j + 1 < len(prompt)
+        b += tok(x0 + j * cell, y2, "-100" if masked else lab, GREY if masked else NEW,
+                 0.1 if masked else 0.25, GREY if masked else NEW, dash=masked,
+                 ink=GREY if masked else INK)
+        if not masked:
+            b.append(f"<line x1='{x0 + (j + 1) * cell + cell / 2}' y1='{y1 + 30}' "
+                     f"x2='{x0 + j * cell + cell / 2 + 6}' y2='{y2 - 2}' stroke='{GREY}' "
+                     "stroke-width='1.2' marker-end='url(#arrow)'/>")
+    # rows 3-4: cached vs current target ids, under the positions that predict them
+    xt = x0 + (len(prompt) - 1) * cell
+    y3, y4 = y2 + 74, y2 + 120
+    b.append(text(20, y3 + 19, "cached targets (t-1)", 13))
+    b.append(text(20, y4 + 19, "current targets (t)", 13))
+    for i, s in enumerate(cached):
+        ok = i < n_common
+        b += tok(xt + i * cell, y3, s, CARRIED if ok else GREY, 0.35 if ok else 0.1,
+                 CARRIED if ok else GREY, dash=not ok, ink=INK if ok else GREY)
+    for i, s in enumerate(current):
+        ok = i < n_common
+        b += tok(xt + i * cell, y4, s, NEW if ok else GREY, 0.8 if ok else 0.1,
+                 NEW if ok else GREY, dash=not ok, ink="white" if ok else GREY)
+    xe = xt + n_common * cell
+    b.append(f"<line x1='{xe}' y1='{y3 - 10}' x2='{xe}' y2='{y4 + 36}' stroke='{INK}' "
+             "stroke-width='2' stroke-dasharray='5 4'/>")
+    b.append(text(xe + 6, y3 - 14, "first difference: KD stops here", 12))
+    b.append(text(x0, y3 + 19, "the teacher's cache keeps the ids it was computed on", 12,
+                  color=GREY))
+    b.append(text(20, y4 + 62, f"KD on the common prefix ({n_common} tokens here): alpha * "
+                  "tau^2 * KL(cached || current) at each of its tokens; CE on every current "
+                  "target token.", 12))
+    b.append(text(20, y4 + 80, "Plain fine-tuning never changes the targets, so every target "
+                  "token is distilled; the rule matters when targets are regenerated.", 12))
+    return svg(W, H, b, "Token-level KD and output alignment")
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     for name, content in (("dlb-batch-layout.svg", batch_layout()),
-                          ("dynsdpb-step.svg", one_step())):
+                          ("dynsdpb-step.svg", one_step()),
+                          ("token-kd-alignment.svg", token_alignment())):
         (OUT / name).write_text(content, encoding="utf-8")
         print(OUT / name)
