@@ -13,7 +13,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -106,6 +106,10 @@ class Arm:
     cfg: dict
     status: dict
     records: list[dict]
+    # Decoders only (empty for encoders): samples.jsonl (sample generations per evaluation)
+    # and tokens.jsonl (one carried sample's tokens with the alpha and KD each got).
+    samples: list[dict] = field(default_factory=list)
+    tokens: list[dict] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -131,6 +135,23 @@ class Arm:
     def key(self) -> str:
         """A stable id across pages: experiment folder / arm folder."""
         return f"{self.exp_id}/{self.id}"
+
+    @property
+    def decoder(self) -> bool:
+        """A decoder (causal LM) run: its config, or what it logged (older configs)."""
+        if self.cfg.get("task") == "causal-lm" or self.samples or self.tokens:
+            return True
+        try:
+            return C.is_causal_lm(C.from_dict(self.cfg, check=False))
+        except ConfigError:
+            return False
+
+    def latest_samples(self) -> list[dict]:
+        """The sample generations of the latest evaluation that stored some."""
+        if not self.samples:
+            return []
+        step = self.samples[-1].get("step")
+        return [r for r in self.samples if r.get("step") == step]
 
 
 def exp_meta(exp: Path) -> dict:
@@ -185,16 +206,25 @@ def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
         if not rd.exists():
             continue
         out.append(Arm(rd, exp.name, name, rd.config(), rd.status(),
-                       read_records(rd.metrics_path) if with_records else []))
+                       read_records(rd.metrics_path) if with_records else [],
+                       *(_decoder_logs(rd) if with_records else ([], []))))
     return out
+
+
+def _decoder_logs(rd: RunDir) -> tuple[list[dict], list[dict]]:
+    """samples.jsonl and tokens.jsonl of a run, read incrementally like metrics.jsonl (both
+    only grow, a few lines per evaluation); encoders have neither."""
+    return (read_records(rd.path / "samples.jsonl"), read_records(rd.path / "tokens.jsonl"))
 
 
 def exp_signature(exp: Path) -> tuple:
     """What changed in an experiment folder, from stat calls only (no file is read): size and
-    mtime of experiment.json and of each arm's status.json and metrics.jsonl."""
+    mtime of experiment.json and of each arm's status.json, metrics.jsonl and (decoders)
+    samples.jsonl and tokens.jsonl."""
     out = []
     for p in [exp / "experiment.json", *sorted(exp.glob("*/status.json")),
-              *sorted(exp.glob("*/metrics.jsonl"))]:
+              *sorted(exp.glob("*/metrics.jsonl")), *sorted(exp.glob("*/samples.jsonl")),
+              *sorted(exp.glob("*/tokens.jsonl"))]:
         try:
             s = os.stat(p)
         except OSError:
@@ -248,7 +278,7 @@ def find_arm(key: str) -> Arm | None:
     if not rd.exists():
         return None
     return Arm(rd, exp_id, exp_name(exp), rd.config(), rd.status(),
-               read_records(rd.metrics_path))
+               read_records(rd.metrics_path), *_decoder_logs(rd))
 
 
 def all_arm_keys() -> list[tuple[str, str]]:
@@ -279,13 +309,19 @@ def fmt_duration(s: float | None) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
+PRIMARY_VAL = ("val_accuracy", "val_pearson", "val_exact_match")
+
+
 def primary_val_metric(arms: list[Arm]) -> str:
+    """The validation metric the charts lead with: accuracy (classification), Pearson
+    (regression), exact match (decoders)."""
     for a in arms:
         for r in a.records:
-            if r.get("val_accuracy") is not None:
-                return "val_accuracy"
-            if r.get("val_pearson") is not None:
-                return "val_pearson"
+            for k in PRIMARY_VAL:
+                if r.get(k) is not None:
+                    return k
+    if any(a.decoder for a in arms):
+        return "val_exact_match"
     task = next((a.cfg.get("task") for a in arms), "auto")
     return "val_pearson" if task == "regression" else "val_accuracy"
 
@@ -354,8 +390,8 @@ def eval_seconds(a: Arm) -> float | None:
         return None
     med = gaps[len(gaps) // 2]
     extra = sorted(b["time"] - p["time"] - med for p, b in zip(recs, recs[1:])
-                   if b.get("val_loss") is not None or b.get("val_accuracy") is not None
-                   or b.get("val_pearson") is not None)
+                   if b.get("val_loss") is not None
+                   or any(b.get(k) is not None for k in PRIMARY_VAL))
     extra = [e for e in extra if e > 0]
     return extra[len(extra) // 2] if extra else None
 
@@ -472,7 +508,7 @@ def summary_rows(summary: dict) -> list[dict]:
     nothing to show, and every "n/a" says why (one seed has no spread and no interval)."""
     from dynsdpb.compare import table_rows
     pm = summary.get("primary_metric", "")
-    unit = " (%)" if pm in ("test_accuracy", "test_macro_f1") else ""
+    unit = " (%)" if is_percent(pm) else ""
     out = []
     for row in table_rows(summary):
         n_seeds = len(summary["methods"].get(row["method"], {}).get("seeds", []))
@@ -496,6 +532,27 @@ def summary_rows(summary: dict) -> list[dict]:
     return out
 
 
+def decoder_summary_rows(summary: dict) -> list[dict]:
+    """Decoders' test results next to each other: exact match (%) and perplexity, mean ± std
+    over seeds (the engine's summary; its main table shows the primary metric alone)."""
+    def fmt(key: str, r: dict) -> str:
+        if not r or r.get("mean") is None:
+            return "—"
+        pct = is_percent(key)
+        m = r["mean"] * (100 if pct else 1)
+        sd = r.get("std")
+        ok = isinstance(sd, (int, float)) and math.isfinite(sd)
+        return (f"{m:.2f}" if pct else f"{m:.4g}") + (
+            f" ± {sd * (100 if pct else 1):.2f}" if ok and pct else f" ± {sd:.3g}" if ok else "")
+    rows = []
+    for method, r in summary.get("methods", {}).items():
+        rows.append({"method": method, "seeds": len(r.get("seeds", [])),
+                     "exact match (%)": fmt("test_exact_match", r.get("test_exact_match", {})),
+                     "perplexity": fmt("test_perplexity", r.get("test_perplexity", {})),
+                     "test loss (nats/token)": fmt("test_loss", r.get("test_loss", {}))})
+    return rows
+
+
 def cell(key: str, v) -> str:
     """A value for a table cell: shares in %, 4 significant digits, "—" for none."""
     from dynsdpb.records import display_value
@@ -516,6 +573,13 @@ def result_text(metric: str, v) -> str:
     key = "val_" + metric.removeprefix("test_")
     pct = KEYS.get(key) is not None and KEYS[key].percent
     return f"{metric.removeprefix('test_')} {cell(key, v)}{' %' if pct else ''}"
+
+def is_percent(metric: str) -> bool:
+    """Is a test_/val_ metric a share shown in % (records.KEYS of its val_ twin)?"""
+    from dynsdpb.records import KEYS
+    k = KEYS.get("val_" + metric.removeprefix("test_").removeprefix("val_"))
+    return bool(k and k.percent)
+
 
 def _PERCENT_KEYS() -> set[str]:
     from dynsdpb.records import KEYS
@@ -859,6 +923,16 @@ def figures_html(figs: list[tuple[str | None, go.Figure]], title: str = "DynSDPB
 # Files for download
 
 
+def saved_model_kind(model_dir: Path) -> str | None:
+    """What a run saved in model/: "model" (a whole transformers model), "LoRA adapter"
+    (PEFT, decoders' save_format adapter), or None."""
+    if (model_dir / "adapter_config.json").is_file():
+        return "LoRA adapter"
+    if (model_dir / "config.json").is_file():
+        return "model"
+    return None
+
+
 def zip_folder(folder: Path) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -921,7 +995,6 @@ def prefill_setup(cfg: dict, methods: list[str] | None = None, seeds: list[int] 
                 notes.append(f"{k}: {v!r} is not true/false; kept the default.")
                 continue
         ss[FORM_PREFIX + k] = field_widget_value(k, v)
-    from dynsdpb.data import BUILTIN_DATASETS
     from dynsdpb.models import BUILTIN_MODELS
     if "model" in cfg:
         model = str(cfg.get("model") or "")
@@ -932,7 +1005,7 @@ def prefill_setup(cfg: dict, methods: list[str] | None = None, seeds: list[int] 
             ss["w_model_other"] = model
     if "dataset" in cfg:
         ds = str(cfg.get("dataset") or "")
-        if ds in BUILTIN_DATASETS:
+        if ds in builtin_datasets():
             ss["w_data_source"] = DATA_BUILTIN
             ss["w_data_builtin"] = ds
         else:
@@ -984,3 +1057,193 @@ OTHER_MODEL = "other: local folder or hub id"
 DATA_BUILTIN = "built-in"
 DATA_UPLOAD = "upload a file"
 DATA_PATH = "local file path or hub id"
+
+
+# ---------------------------------------------------------------------------------------
+# Encoders and decoders on one Setup form. RunConfig fields in the group "decoder" (their
+# metadata) are read by decoder models only; ENCODER_ONLY_FIELDS by encoders only (a decoder
+# reads prompt/target columns, and min_confidence belongs to tweets-sentiment). FIELD_NEEDS:
+# fields that matter only under another field's value. The form draws a field only where
+# `field_applies` says so; everything else about a field comes from RunConfig.
+
+ENCODER_ONLY_FIELDS = ("text_column", "text_pair_column", "label_column", "min_confidence")
+FIELD_NEEDS = {"lora_r": ("finetune", "lora"), "lora_alpha": ("finetune", "lora"),
+               "lora_dropout": ("finetune", "lora"), "lora_target_modules": ("finetune", "lora"),
+               "save_format": ("finetune", "lora"), "top_k": ("kd_cache", "topk")}
+GENERATION = "generation"
+CLASSIFICATION = "classification"
+
+
+def field_family(name: str) -> str | None:
+    """"decoder" or "encoder" for a field only that kind of model reads, None for both."""
+    if C.FIELDS[name].metadata.get("group") == "decoder":
+        return "decoder"
+    return "encoder" if name in ENCODER_ONLY_FIELDS else None
+
+
+def field_applies(name: str, decoder: bool, values: dict | None = None) -> bool:
+    """Does the Setup form show this field for a decoder (or an encoder) model, given the
+    other fields' `values` (e.g. the LoRA settings only with finetune=lora)?"""
+    fam = field_family(name)
+    if fam is not None and (fam == "decoder") != decoder:
+        return False
+    need = FIELD_NEEDS.get(name)
+    return not (need and values is not None and values.get(need[0]) != need[1])
+
+
+def builtin_datasets() -> dict[str, tuple[str, str]]:
+    """Every built-in dataset the engine lists: name -> (kind, description); kind is
+    "classification" (encoders) or "generation" (prompt -> target text, decoders)."""
+    from dynsdpb.data import BUILTIN_DATASETS
+    from dynsdpb.lm_data import BUILTIN_LM_DATASETS
+    out = {n: (CLASSIFICATION, d.description) for n, d in BUILTIN_DATASETS.items()}
+    out.update({n: (GENERATION, desc) for n, desc in BUILTIN_LM_DATASETS.items()})
+    return out
+
+
+def model_family(model: str) -> str | None:
+    """"decoder", "encoder", or None when it cannot be told offline (a hub id)."""
+    from dynsdpb.models import BUILTIN_MODELS
+    if model in BUILTIN_MODELS:
+        return getattr(BUILTIN_MODELS[model], "kind", "encoder")
+    return C.model_family(model.strip()) if model.strip() else None
+
+
+def datasets_for(family: str | None) -> list[str]:
+    """The built-in datasets a model of this family trains on (all when it is unknown)."""
+    want = {"decoder": GENERATION, "encoder": CLASSIFICATION}.get(family or "")
+    return [n for n, (kind, _) in builtin_datasets().items() if want in (None, kind)]
+
+
+# A decoder's file: which columns hold the prompt, the target text and (optionally) the
+# final answer for exact match. The engine reads columns named prompt/target/answer, so the
+# app hands it the file with its columns renamed (mapped_jsonl).
+LM_COLUMNS = ("prompt", "target", "answer")
+
+
+def guess_lm_columns(cols: list[str]) -> dict[str, str]:
+    lower = {c.lower(): c for c in cols}
+
+    def pick(names, default):
+        return next((lower[n] for n in names if n in lower), default)
+    prompt = pick(("prompt", "question", "input", "instruction", "query", "text"), cols[0])
+    target = pick(("target", "completion", "output", "response", "answer_cot", "solution",
+                   "label"), cols[min(1, len(cols) - 1)])
+    answer = pick(("answer", "final_answer", "final", "gold", "solution_number"), "")
+    return {"prompt": prompt, "target": target, "answer": "" if answer == target else answer}
+
+
+def map_lm_rows(rows: list[dict], mapping: dict[str, str]) -> list[dict]:
+    """Rows with the columns the engine reads: prompt, target and (when mapped) answer."""
+    out = []
+    for r in rows:
+        m = {"prompt": r.get(mapping["prompt"]), "target": r.get(mapping["target"])}
+        if mapping.get("answer"):
+            m["answer"] = r.get(mapping["answer"])
+        out.append(m)
+    return out
+
+
+def mapped_jsonl(rows: list[dict], mapping: dict[str, str]) -> bytes:
+    import json
+    return b"".join((json.dumps(r, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+                    for r in map_lm_rows(rows, mapping))
+
+
+# ---------------------------------------------------------------------------------------
+# A carried sample's target tokens coloured by the alpha (or KD) each got (Live, Runs).
+
+TOKEN_SHOW = {"alpha": "alpha (KD weight)", "kd": "KD term (nats)"}
+_NO_TEACHER = "#e6e6e6"
+
+
+def _esc_token(t: str) -> str:
+    """A token as HTML text that nothing re-interprets: every character but letters and
+    digits as a numeric entity (so <, &, Markdown's * _ ` $ and :emoji: stay literal);
+    spaces visible as ·, newlines as ↵."""
+    out = []
+    for c in t:
+        if c == " ":
+            out.append("&middot;")
+        elif c == "\n":
+            out.append("&#8629;")
+        elif c.isalnum() and c.isascii():
+            out.append(c)
+        else:
+            out.append(f"&#{ord(c)};")
+    return "".join(out)
+
+
+def _shade(v: float, vmax: float, color: str) -> str:
+    a = 0.0 if vmax <= 0 else max(0.0, min(1.0, v / vmax))
+    return rgba(color, 0.08 + 0.82 * a)
+
+
+def tokens_html(view: dict, show: str = "alpha", vmax: float | None = None,
+                color: str = "#d62728", legend: bool = True) -> str:
+    """One tokens.jsonl record as coloured spans (white = 0 -> `color` = vmax) with a legend.
+    Tokens without a teacher (not in the aligned prefix) are grey. Token text is escaped."""
+    toks = view.get("tokens") or []
+    vals = view.get(show) or []
+    alphas, kds = view.get("alpha") or [], view.get("kd") or []
+    finite = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    if vmax is None:
+        vmax = max(finite) if finite else 0.0
+    spans = []
+    for i, t in enumerate(toks):
+        v = vals[i] if i < len(vals) else None
+        a = alphas[i] if i < len(alphas) else None
+        k = kds[i] if i < len(kds) else None
+        tip = "".join(c if c.isalnum() and c.isascii() else f"&#{ord(c)};" for c in (
+            f"{t!r}: alpha {'—' if a is None else f'{a:.4g}'}, "
+            f"KD {'—' if k is None else f'{k:.4g}'} nats"))
+        bg = _NO_TEACHER if v is None else _shade(float(v), vmax, color)
+        spans.append(f"<span class='dyn-tok' title='{tip}' style='background:{bg};"
+                     "padding:2px 3px;margin:1px;border-radius:3px;display:inline-block;"
+                     f"font-family:monospace'>{_esc_token(str(t))}</span>")
+    body = "<div style='line-height:2'>" + "".join(spans) + "</div>"
+    return body + (token_legend(show, vmax, color) if legend else "")
+
+
+def token_legend(show: str, vmax: float, color: str = "#d62728") -> str:
+    import html as _html
+    label = _html.escape(TOKEN_SHOW.get(show, show))
+    return (f"<div style='font-size:0.8em;color:#555;margin-top:4px'>{label}: "
+              f"<span style='background:{_shade(0, 1, color)};padding:0 6px'>0</span>"
+              f"<span style='display:inline-block;width:120px;height:0.9em;vertical-align:middle;"
+              f"background:linear-gradient(to right,{_shade(0, 1, color)},{_shade(1, 1, color)})'>"
+              f"</span><span style='background:{_shade(1, 1, color)};padding:0 6px'>"
+              f"{vmax:.3g}</span> &nbsp; <span style='background:{_NO_TEACHER};padding:0 6px'>"
+              "no teacher</span> (not in the aligned prefix) &nbsp; · = space, &#8629; = "
+              "newline</div>")
+
+
+def token_scale(views: list[dict], show: str, arms: list[Arm] | None = None) -> float:
+    """One colour scale for several arms' tokens: alpha up to the largest alpha any of the
+    arms can give (alpha_max, or dlb's alpha), KD up to the largest value shown."""
+    vals = [v for view in views for v in (view.get(show) or [])
+            if isinstance(v, (int, float)) and math.isfinite(v)]
+    top = max(vals) if vals else 0.0
+    if show == "alpha":
+        caps = [float(a.cfg.get("alpha_max" if a.method == "dynsdpb" else "alpha") or 0)
+                for a in arms or []]
+        top = max([top, *caps]) or 1.0
+    return top
+
+
+def sample_rows(arms: list[Arm]) -> list[dict]:
+    """The latest sample generations of each arm, one table: the same prompts of every arm
+    next to each other, correct as ✓/✗."""
+    rows = []
+    for a in arms:
+        for r in a.latest_samples():
+            rows.append({"prompt": str(r.get("prompt", "")), "run": a.id,
+                         "step": r.get("step"),
+                         "generation": str(r.get("generation", "")),
+                         "answer": "—" if r.get("extracted") is None else str(r["extracted"]),
+                         "gold": "—" if r.get("gold") is None else str(r["gold"]),
+                         "correct": "✓" if r.get("correct") else "✗"})
+    order = list(dict.fromkeys(r["prompt"] for r in rows))
+    rows.sort(key=lambda r: order.index(r["prompt"]))
+    return rows
+

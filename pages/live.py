@@ -187,6 +187,53 @@ def live_status() -> None:
         st.rerun()
 
 
+ss.setdefault("w_live_tok_show", "alpha")
+
+
+def decoder_views(arms: list[common.Arm]) -> None:
+    """Decoders: the latest evaluation's sample generations of every arm, and one carried
+    sample's target tokens coloured by the alpha (or KD) each got. Both come from
+    samples.jsonl / tokens.jsonl, read with the metrics (common.load_arms_live)."""
+    st.markdown("##### Sample generations (latest evaluation)")
+    rows = common.sample_rows(arms)
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch",
+                     column_config={"prompt": st.column_config.TextColumn(width="medium"),
+                                    "generation": st.column_config.TextColumn(width="large")})
+        st.caption("Greedy generations on the first validation prompts; answer = the last "
+                   "number of the generation, compared with the gold answer (exact match).")
+    else:
+        st.caption("No generations yet: each evaluation stores a few (eval_generations), the "
+                   "first at step " f"{arms[0].cfg.get('eval_every')}.")
+
+    st.markdown("##### One carried sample's target tokens")
+    distilling = [a for a in arms if a.method != "vanilla"]
+    views = [(a, a.tokens[-1]) for a in distilling if a.tokens]
+    if not views:
+        st.caption("No token view yet: distilling arms store one carried sample's tokens at "
+                   "each evaluation (vanilla has no KD)." if distilling else
+                   "Only distilling arms (dlb, dynsdpb) have per-token alpha and KD.")
+        return
+    show = st.segmented_control("colour by", list(common.TOKEN_SHOW), key="w_live_tok_show",
+                                format_func=common.TOKEN_SHOW.get, persist_state="session",
+                                required=True,
+                                help="alpha: the KD weight each target token got (one per "
+                                "sequence unless granularity is token). KD: alpha * tau^2 * "
+                                "KL at that token, in nats.") or "alpha"
+    vmax = common.token_scale([v for _, v in views], show, [a for a, _ in views])
+    for a, v in views:
+        st.html(f"<div style='font-size:0.85em;color:#555'>{common.method_chip(a.method)} "
+                f"{a.id}: step {v.get('step')}, training sample {v.get('sample')}</div>"
+                + common.tokens_html(v, show, vmax, common.method_color(a.method),
+                                     legend=False))
+    ms = {a.method for a, _ in views}   # the legend in the arms' colour when they share one
+    st.html(common.token_legend(show, vmax, common.method_color(ms.pop()) if len(ms) == 1
+                                else common.METHOD_COLORS["vanilla"]))
+    st.caption("The carried sample is the first of the step before the evaluation. KD is "
+               "computed at target tokens only (the prompt is masked); hover a token for its "
+               "values.")
+
+
 @st.fragment(run_every=None if (paused or not run_every) else CHARTS_EVERY)
 def live_charts() -> None:
     """The four charts, the schedule formulas and (when done) the test results."""
@@ -200,11 +247,27 @@ def live_charts() -> None:
     uirev = f"{exp_id}:{x}"
     val_key = common.primary_val_metric(arms)
 
-    st.markdown("##### Validation " + val_key.removeprefix("val_"))
-    live_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
-                             title=f"{val_key} (validation set, every "
-                                   f"{arms[0].cfg.get('eval_every')} steps)"),
-               key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
+    decoder = any(a.decoder for a in arms)
+    st.markdown("##### Validation " + val_key.removeprefix("val_").replace("_", " "))
+    every = f"validation set, every {arms[0].cfg.get('eval_every')} steps"
+    if decoder:
+        # exact match of greedy answers (%), and perplexity on the targets: with few steps
+        # exact match moves in coarse jumps, perplexity shows learning before it does
+        v1, v2 = st.columns(2)
+        with v1:
+            live_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
+                                     title=f"exact match, % ({every})"),
+                       key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
+        with v2:
+            live_chart(common.figure(common.fig_metric, arms, "val_perplexity", x,
+                                     uirev=uirev + ":ppl",
+                                     title=f"perplexity on the targets ({every})"),
+                       key="chart_ppl", config=common.chart_config(f"{exp_id}-perplexity"))
+        decoder_views(arms)
+    else:
+        live_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
+                                 title=f"{val_key} ({every})"),
+                   key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
 
     st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")
     for m in methods:
@@ -217,6 +280,10 @@ def live_charts() -> None:
         except Exception:  # noqa: BLE001 - an old or odd config must not break the page
             text = "schedule unknown"
         st.markdown(common.method_chip(m) + " &nbsp; " + text, unsafe_allow_html=True)
+    if decoder:
+        st.caption("Decoders: one alpha and tau per carried sequence, from the mean "
+                   "uncertainty and margin over its target tokens (granularity token: per "
+                   "token); the band spans the carried sequences.")
     if "vanilla" in methods:
         st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
     live_chart(common.figure(common.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
