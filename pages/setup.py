@@ -15,7 +15,7 @@ import yaml
 from app import common
 from app.common import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, FORM_PREFIX, OTHER_MODEL
 from dynsdpb import config as C
-from dynsdpb.data import BUILTIN_DATASETS, FILE_SUFFIXES, dataset_kind, read_table, rows_to_taskdata
+from dynsdpb.data import FILE_SUFFIXES, dataset_kind, read_table, rows_to_taskdata
 from dynsdpb.errors import ConfigError, Problem
 from dynsdpb.models import BUILTIN_MODELS, model_kind
 from dynsdpb.paths import ASSETS
@@ -40,6 +40,8 @@ ss.setdefault("w_data_path", "")
 ss.setdefault("w_text_column", DEFAULTS.text_column)
 ss.setdefault("w_text_pair_column", DEFAULTS.text_pair_column)
 ss.setdefault("w_label_column", DEFAULTS.label_column)
+for _k in common.LM_COLUMNS:   # a decoder's file: prompt/target/answer columns
+    ss.setdefault(f"w_lm_{_k}", "")
 ss.setdefault("w_methods", ["vanilla", "dynsdpb"])
 ss.setdefault("w_seeds", "0")
 ss.setdefault("w_exp_name", "")
@@ -53,6 +55,8 @@ def _on_upload() -> None:
         ss.pop("w_text_column", None)   # re-guess the mapping for the new file
         ss.pop("w_label_column", None)
         ss.pop("w_text_pair_column", None)
+        for k in common.LM_COLUMNS:
+            ss.pop(f"w_lm_{k}", None)
 
 
 def _on_yaml() -> None:
@@ -74,6 +78,24 @@ def _on_yaml() -> None:
 def _rows(key: str, name: str, _data: bytes | None) -> tuple[list[dict], list[str]]:
     """Rows of the chosen file; `key` names its content (arguments with _ are not hashed)."""
     return read_table(name, _data)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _check_lm_rows(key: str, name: str, _data: bytes | None, prompt: str, target: str,
+                   answer: str, cfg_yaml: str) -> list[Problem]:
+    """The engine's checks of a decoder's file (prompt/target present, split sizes), on the
+    rows with the mapped columns renamed as the engine reads them."""
+    from dynsdpb.lm_data import splits_from_records
+    from dynsdpb.lm_task import AUTO_TEST, AUTO_VAL
+    rows, _ = _rows(key, name, _data)
+    cfg = C.from_dict(yaml.safe_load(cfg_yaml), check=False)
+    mapped = common.map_lm_rows(rows, {"prompt": prompt, "target": target, "answer": answer})
+    try:
+        splits_from_records(mapped, name, cfg.split_seed, cfg.max_train_samples,
+                            cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
+    except ConfigError as e:
+        return e.problems
+    return []
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -117,6 +139,13 @@ def _guess_mapping() -> None:
     if not rows:
         return
     cols = [str(c) for c in rows[0].keys()]
+    lm_guess = common.guess_lm_columns(cols)
+    new_file = ss.get("w_lm_guessed_for") != fs[0]   # a new file: guess all three again
+    ss["w_lm_guessed_for"] = fs[0]
+    for k in common.LM_COLUMNS:
+        options = cols + ([""] if k == "answer" else [])
+        if new_file or ss.get(f"w_lm_{k}") not in options:
+            ss[f"w_lm_{k}"] = lm_guess[k]
     lower = {c.lower(): c for c in cols}
     guesses = {
         "w_text_column": next((lower[c] for c in ("text", "sentence", "sentence1", "question",
@@ -136,7 +165,22 @@ def _guess_mapping() -> None:
 # ---------------------------------------------------------------------------------------
 # Collect the values and check them (before drawing, so problems sit under their fields)
 
-def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str]]:
+def _is_decoder(raw: dict) -> bool:
+    """Does the form describe a decoder (causal LM) run? The engine decides from the model,
+    the dataset and the task (config.is_causal_lm), without loading anything."""
+    try:
+        return C.is_causal_lm(C.from_dict({k: raw[k] for k in ("model", "dataset", "task")},
+                                          check=False))
+    except ConfigError:
+        return False
+
+
+def lm_mapping() -> dict[str, str]:
+    return {k: str(ss.get(f"w_lm_{k}") or "") for k in common.LM_COLUMNS}
+
+
+def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str],
+                       bool]:
     problems: dict[str, list[Problem]] = {}
 
     def add(p: Problem) -> None:
@@ -159,6 +203,11 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
         raw["text_column"] = ss["w_text_column"]
         raw["text_pair_column"] = ss["w_text_pair_column"]
         raw["label_column"] = ss["w_label_column"]
+    decoder = _is_decoder(raw)
+    if decoder:
+        # a decoder reads prompt/target columns (mapped below), never these
+        raw.update(text_column=DEFAULTS.text_column, text_pair_column="",
+                   label_column=DEFAULTS.label_column)
     warnings: list[str] = []
 
     methods = [m for m in ss["w_methods"] if m in C.METHODS]
@@ -202,12 +251,25 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
     if fs and not problems.get("dataset"):
         try:
             _, warnings = _rows(*fs)
-            for p in _check_rows(*fs, yaml.safe_dump(cfg.to_dict())):
-                add(p)
+            if decoder:
+                m = lm_mapping()
+                if m["prompt"] and m["prompt"] == m["target"]:
+                    add(Problem("target", m["target"], "the target column must differ from the "
+                                "prompt column: pick the column with the text to generate"))
+                elif m["answer"] and m["answer"] == m["prompt"]:
+                    add(Problem("answer", m["answer"], "the answer column must differ from the "
+                                "prompt column; pick the final-answer column or (none)"))
+                else:
+                    for p in _check_lm_rows(*fs, m["prompt"], m["target"], m["answer"],
+                                            yaml.safe_dump(cfg.to_dict())):
+                        add(p)
+            else:
+                for p in _check_rows(*fs, yaml.safe_dump(cfg.to_dict())):
+                    add(p)
         except ConfigError as e:
             for p in e.problems:
                 add(p)
-    return cfg, problems, methods, seeds, warnings
+    return cfg, problems, methods, seeds, warnings, decoder
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,8 +291,18 @@ with st.expander("Load or save a config (YAML)"):
         getattr(st, kind)(msg)
     save_slot = st.empty()
 
+# The built-in datasets offered follow the model: generation datasets for a decoder,
+# classification ones for an encoder, all of them when the kind is unknown (a hub id).
+_model = ss["w_model_other"] if ss["w_model_choice"] == OTHER_MODEL else ss["w_model_choice"]
+family = common.model_family(str(_model))
+BUILTINS = common.builtin_datasets()
+DATASETS = common.datasets_for(family)
+if ss["w_data_builtin"] not in DATASETS:
+    ss["w_data_builtin"] = DATASETS[0]
+
 _guess_mapping()
-cfg, problems, methods, seeds, data_warnings = collect()
+cfg, problems, methods, seeds, data_warnings, decoder = collect()
+VALUES = cfg.to_dict()
 shown: set[str] = set()
 
 
@@ -258,6 +330,8 @@ def field(name: str, where=st) -> None:
 
 
 def grid(names: list[str], ncols: int = 3) -> None:
+    """Fields in columns: only those this kind of model reads (common.field_applies)."""
+    names = [n for n in names if common.field_applies(n, decoder, VALUES)]
     cols = st.columns(ncols)
     for i, n in enumerate(names):
         with cols[i % ncols]:
@@ -290,20 +364,26 @@ src = ss["w_data_source"]
 if src == DATA_BUILTIN:
     c1, c2 = st.columns([1, 2])
     with c1:
-        st.selectbox("dataset", list(BUILTIN_DATASETS), key="w_data_builtin",
-                     persist_state="session", help=C.field_help("dataset"))
+        st.selectbox("dataset", DATASETS, key="w_data_builtin", persist_state="session",
+                     format_func=lambda n: f"{n} ({BUILTINS[n][0]})",
+                     help=C.field_help("dataset") + (
+                         " A decoder model trains on generation datasets (prompt -> target "
+                         "text)." if family == "decoder" else ""))
     with c2:
-        st.caption(BUILTIN_DATASETS[ss["w_data_builtin"]].description)
+        st.caption(BUILTINS[ss["w_data_builtin"]][1])
         if ss["w_data_builtin"] == "tweets-sentiment":
             field("min_confidence")
 elif src == DATA_UPLOAD:
-    st.file_uploader("CSV, TSV, JSONL, JSON or Parquet with a header row / named fields",
+    st.file_uploader("CSV, TSV, JSONL, JSON or Parquet with a header row / named fields"
+                     + (": a prompt and a target column, optionally a final answer"
+                        if decoder else ""),
                      type=[s.lstrip(".") for s in FILE_SUFFIXES], key="upload_widget",
                      on_change=_on_upload)
-    # A small made-up file (assets/sample/, scripts/make_sample.py) to try the upload with.
-    st.download_button("Sample CSV to try (210 short reviews, 3 labels)",
-                       (ASSETS / "sample" / "reviews.csv").read_bytes(), "reviews.csv",
-                       mime="text/csv", key="btn_sample_csv", icon=":material/download:")
+    if not decoder:
+        # A small made-up file (assets/sample/, scripts/make_sample.py) to try the upload with.
+        st.download_button("Sample CSV to try (210 short reviews, 3 labels)",
+                           (ASSETS / "sample" / "reviews.csv").read_bytes(), "reviews.csv",
+                           mime="text/csv", key="btn_sample_csv", icon=":material/download:")
     if ss.get("upload"):
         c1, c2 = st.columns([3, 1])
         c1.caption(f"Using **{ss['upload']['name']}** ({len(ss['upload']['data']) / 1e3:.1f} kB). "
@@ -324,7 +404,29 @@ if src != DATA_BUILTIN:
             rows, _ = _rows(*fs)
         except ConfigError:
             rows = []
-    if rows:
+    if rows and decoder:
+        cols = [str(c) for c in rows[0].keys()]
+        st.markdown("**Column mapping**: which column holds the prompt, the target text to "
+                    "learn, and (optionally) the final answer that exact match compares with.")
+        c1, c2, c3 = st.columns(3)
+        for col, k, opts, help_ in (
+                (c1, "prompt", cols, "The model's input; it goes through the chat template "
+                 "and is masked from the loss."),
+                (c2, "target", cols, "The text the model learns to generate (CE and KD on "
+                 "its tokens only)."),
+                (c3, "answer", [""] + cols, "Optional: the final answer; exact match compares "
+                 "it with the last number of the generation. Without it there is no exact "
+                 "match (n/a); loss and perplexity still are measured.")):
+            with col:
+                st.selectbox(f"{k} column", opts, key=f"w_lm_{k}", persist_state="session",
+                             format_func=lambda c: c or "(none)", help=help_)
+                show_problems(k)
+        st.dataframe(rows[:5], hide_index=True, width="stretch")
+        st.caption(f"{len(rows)} rows; the first 5 are shown. The run gets these columns "
+                   "renamed prompt/target/answer (a JSONL stored in the experiment's folder).")
+        for w in data_warnings:
+            st.info(w)
+    elif rows:
         cols = [str(c) for c in rows[0].keys()]
         st.markdown("**Column mapping**: which column holds what.")
         c1, c2, c3 = st.columns(3)
@@ -346,6 +448,9 @@ if src != DATA_BUILTIN:
         st.caption(f"{len(rows)} rows; the first 5 are shown.")
         for w in data_warnings:
             st.info(w)
+    elif decoder:
+        st.caption("A decoder's file needs a prompt and a target column (optionally answer); "
+                   "pick them once the file is readable.")
     else:
         c1, c2, c3 = st.columns(3)
         with c1:
@@ -405,6 +510,29 @@ if "dlb" in methods or "dynsdpb" in methods:
                  2 if both else 3)
             st.caption(describe(cfg.replace(method="dynsdpb", schedule="auto")))
 
+# -- decoder models only: how the arms are fine-tuned, the teacher cache, generation --------
+DECODER_ROWS = [
+    ("Fine-tuning: LoRA adapters on one frozen base shared by every arm, or full fine-tuning",
+     ["finetune", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "save_format"]),
+    ("Teacher cache: what is kept of each target token's previous-step prediction",
+     ["kd_cache", "top_k"]),
+    ("Evaluation: greedy generation on the validation set",
+     ["max_new_tokens", "eval_generations"]),
+]
+if decoder:
+    with st.container(border=True):
+        st.markdown("**Decoder model (causal LM)**: token-level distillation on the target "
+                    "tokens; exact match of the generated answers. See Learn §4.")
+        for caption, names in DECODER_ROWS:
+            st.caption(caption)
+            grid(names, 3)
+        if cfg.kd_cache == "topk" and not problems.get("top_k") and max(
+                cfg.tau, cfg.tau_max) >= 3:
+            st.caption(f"top_k = {cfg.top_k} at tau >= 3 keeps little of the teacher: at tau "
+                       "3.6 the top 64 of SmolLM2's 49k tokens hold about 3% of the mass, so KD "
+                       "sees mostly the {top-k, rest} split (Learn §4). kd_cache = full keeps "
+                       "everything, at 2 bytes x vocabulary per target token.")
+
 # -- optimisation and bookkeeping ----------------------------------------------------------
 st.subheader("4 · Training")
 # Presets: whole experiments shipped as YAML in assets/presets/ (dynsdpb/presets.py). The
@@ -436,10 +564,13 @@ c1.selectbox("preset", list(PRESETS), key="w_preset",
              "assets/presets/; `dynsdpb compare --preset NAME` runs the same.")
 c2.button("Load preset", key="btn_load_preset", width="stretch",
           on_click=lambda: _load_preset(ss["w_preset"], f"Preset {ss['w_preset']}"))
+# The quick demo follows the model kind: with a decoder picked, the decoder demo (when the
+# engine ships one) instead of MiniLM on tweets.
+QUICK = "decoder-quick-demo" if decoder and "decoder-quick-demo" in PRESETS else "quick-demo"
 c3.button("Quick demo settings", key="btn_quick_demo", on_click=_load_preset,
-          args=("quick-demo", "Quick demo settings"), icon=":material/bolt:", width="stretch",
+          args=(QUICK, "Quick demo settings"), icon=":material/bolt:", width="stretch",
           help="Fewer steps, shorter inputs and smaller splits, so a pretrained model finishes "
-          "in a few minutes on a CPU: " + _preset_summary(PRESETS["quick-demo"]))
+          "in a few minutes on a CPU: " + _preset_summary(PRESETS[QUICK]))
 if ss.get("preset_msg"):
     st.caption(ss.pop("preset_msg"))
 grid(["steps", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip"])
@@ -491,6 +622,18 @@ if start:
         upload = None
         if ss["w_data_source"] == DATA_UPLOAD and ss.get("upload"):
             upload = (ss["upload"]["name"], ss["upload"]["data"])
+        fs = _file_source()
+        if decoder and fs:
+            # The engine reads columns named prompt/target/answer: hand it the file with the
+            # mapped columns under those names (stored in the experiment folder). A local
+            # file already named so is used where it is.
+            rows, _ = _rows(*fs)
+            m = lm_mapping()
+            cols = [str(c) for c in rows[0]] if rows else []
+            same = {"prompt": "prompt", "target": "target",
+                    "answer": "answer" if "answer" in cols else ""}
+            if upload or m != same:
+                upload = (Path(fs[1]).stem + ".jsonl", common.mapped_jsonl(rows, m))
         try:
             job = jm.submit(cfg, methods, seeds, name=str(ss["w_exp_name"]).strip(), upload=upload)
         except ConfigError as e:
