@@ -30,7 +30,11 @@ if not [k for k in ss.get("w_cmp_pick") or [] if k in labels]:
     ss["w_cmp_pick"] = [k for k in keys if k.split("/")[0] == newest]
 else:
     ss["w_cmp_pick"] = [k for k in ss["w_cmp_pick"] if k in labels]
-ss.setdefault("w_cmp_metrics", ["val_accuracy", "loss", "alpha", "logit_drift"])
+# Default charts by kind: decoders lead with exact match (%) and perplexity. A default list
+# follows the picked runs' kind; a list the user changed stays as it is.
+ENCODER_METRICS = ["val_accuracy", "loss", "alpha", "logit_drift"]
+DECODER_METRICS = ["val_exact_match", "val_perplexity", "loss", "alpha"]
+ss.setdefault("w_cmp_metrics", ENCODER_METRICS)
 ss.setdefault("w_cmp_x", "step")
 ss.setdefault("w_cmp_color", "method")
 
@@ -41,6 +45,19 @@ picked = ss["w_cmp_pick"]
 if not picked:
     st.info("Pick at least one run.")
     st.stop()
+
+
+def _is_decoder_run(k: str) -> bool:
+    cfg = common.RunDir(common.runs_dir() / k).config()
+    try:
+        return C.is_causal_lm(C.from_dict(cfg, check=False))
+    except Exception:  # noqa: BLE001 - an old or odd config is just not a decoder
+        return False
+
+
+decoders = any(_is_decoder_run(k) for k in picked)
+if ss["w_cmp_metrics"] in (ENCODER_METRICS, DECODER_METRICS):
+    ss["w_cmp_metrics"] = DECODER_METRICS if decoders else ENCODER_METRICS
 
 # Every number the engine records (dynsdpb/records.py), evaluation metrics first; the x axes
 # (step, epoch, samples seen) are chosen below.
@@ -110,6 +127,13 @@ def charts() -> None:
     rows = common.summary_rows(summary)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch")
+        pm = summary["primary_metric"]
+        if pm == "test_exact_match":
+            st.dataframe(common.decoder_summary_rows(summary), hide_index=True,
+                         width="stretch")
+            st.caption("Decoders: exact match = share of test prompts whose greedy "
+                       "generation's final answer equals the gold one; perplexity = exp of the "
+                       "mean CE per target token (lower is better); both per seed below.")
         st.caption(f"{summary['primary_metric']}: mean and sample std over seeds; the "
                    "difference to vanilla is paired by seed (same data order), with a 95% "
                    "t-interval. Runs that have not finished are left out.")

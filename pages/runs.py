@@ -96,7 +96,7 @@ for a in arms:
         "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
         "test": common.result_text(pm, s.get(f"test_{pm}")) if pm else "—",
         "wall time (s)": "—" if s.get("wall_time") is None else f"{s['wall_time']:.0f}",
-        "model saved": "yes" if (a.rd.model_path / "config.json").is_file() else "",
+        "model saved": common.saved_model_kind(a.rd.model_path) or "",
         "note": a.status.get("error") or a.status.get("message") or "",
     })
 st.dataframe(arm_rows, hide_index=True, width="stretch")
@@ -185,8 +185,10 @@ with st.expander("Downloads"):
         d1, d2, d3 = st.columns([2, 2, 2])
         d1.markdown(f"**{a.id}** {common.state_badge(a.state)}")
         model_dir = a.rd.model_path
-        if (model_dir / "config.json").is_file():
-            d2.download_button("fine-tuned model (zip)", lambda p=model_dir: common.zip_folder(p),
+        kind = common.saved_model_kind(model_dir)
+        if kind:
+            d2.download_button(f"fine-tuned {kind} (zip)",
+                               lambda p=model_dir: common.zip_folder(p),
                                icon=":material/download:",
                                file_name=f"{exp_id}-{a.id}-model.zip", mime="application/zip",
                                key=f"dl_model_{a.id}", on_click="ignore")
@@ -200,3 +202,52 @@ with st.expander("Downloads"):
         d3.download_button("config (YAML)", y, file_name=f"{a.id}.yaml", mime="text/yaml",
                            icon=":material/download:", key=f"dl_cfg_{a.id}", on_click="ignore",
                            disabled=not y)
+
+# -- decoders: the generations stored at each evaluation --------------------------------------
+dec_arms = [a for a in common.load_arms(exp) if a.samples or a.tokens]
+if dec_arms:
+    with st.expander("Generations (decoder runs)", expanded=True):
+        st.caption("At each evaluation a decoder run stores a few greedy generations on "
+                   "validation prompts (samples.jsonl) and, for distilling arms, one carried "
+                   "sample's target tokens with the alpha and KD each got (tokens.jsonl).")
+        g1, g2 = st.columns([2, 3])
+        arm_ids = [a.id for a in dec_arms]
+        if ss.get("w_runs_gen_arm") not in arm_ids:
+            ss["w_runs_gen_arm"] = arm_ids[0]
+        with g1:
+            arm_id = st.selectbox("run", arm_ids, key="w_runs_gen_arm")
+        a = next(x for x in dec_arms if x.id == arm_id)
+        steps_ = sorted({int(r["step"]) for r in a.samples + a.tokens if r.get("step")})
+        with g2:
+            if len(steps_) > 1:
+                if ss.get("w_runs_gen_step") not in steps_:
+                    ss["w_runs_gen_step"] = steps_[-1]
+                step = st.select_slider("evaluation at step", steps_, key="w_runs_gen_step")
+            else:
+                step = steps_[0] if steps_ else None
+                st.caption(f"one evaluation, at step {step}")
+        rows = [{"prompt": r.get("prompt", ""), "generation": r.get("generation", ""),
+                 "answer": "—" if r.get("extracted") is None else str(r["extracted"]),
+                 "gold": "—" if r.get("gold") is None else str(r["gold"]),
+                 "correct": "✓" if r.get("correct") else "✗"}
+                for r in a.samples if r.get("step") == step]
+        if rows:
+            n_ok = sum(r["correct"] == "✓" for r in rows)
+            st.dataframe(rows, hide_index=True, width="stretch")
+            st.caption(f"{n_ok} of {len(rows)} shown correct at step {step} (the validation "
+                       "exact match covers every validation prompt).")
+        else:
+            st.caption(f"No generations stored at step {step}.")
+        view = next((v for v in a.tokens if v.get("step") == step), None)
+        if view:
+            st.html(f"<div style='font-size:0.85em;color:#555'>training sample "
+                    f"{view.get('sample')}, coloured by alpha</div>"
+                    + common.tokens_html(view, "alpha", common.token_scale([view], "alpha", [a]),
+                                         common.method_color(a.method)))
+        if a.rd.samples_path.is_file():
+            st.download_button("all generations of this run (JSONL)",
+                               lambda p=a.rd.samples_path: p.read_bytes(),
+                               file_name=f"{exp_id}-{a.id}-samples.jsonl",
+                               mime="application/jsonl", icon=":material/download:",
+                               key="dl_runs_samples", on_click="ignore")
+
