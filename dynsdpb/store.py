@@ -8,6 +8,12 @@
             status.json                      state machine: queued -> running -> finished |
                                              stopped | failed | interrupted
             metrics.jsonl                    one JSON object per line, flushed per step
+            samples.jsonl                    decoders: sample generations per evaluation
+                                             (step, prompt, generation, extracted, gold,
+                                             correct)
+            tokens.jsonl                     decoders: per evaluation, one carried sample's
+                                             target tokens with the alpha and KD each got
+                                             (step, sample, tokens, token_ids, alpha, kd)
             summary.json                     final metrics
             checkpoint/state.pt              resumable state (atomic: temp file + rename)
             model/                           save_pretrained (safetensors)
@@ -54,14 +60,18 @@ def inside(root: Path, p: Path) -> bool:
         return False
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write via a temp file + rename: readers see the old or the new file, never half.
+    `durable` also fsyncs (survives a machine crash, ~4 ms here); without it a process crash
+    still leaves a whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -82,8 +92,8 @@ def _clean(o: Any) -> Any:
     return o
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(_clean(obj), indent=2).encode("utf-8"))
+def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    atomic_write_bytes(path, json.dumps(_clean(obj), indent=2).encode("utf-8"), durable)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -118,8 +128,33 @@ def read_metrics(path: Path) -> list[dict]:
     return parse_records(data[:data.rfind(b"\n") + 1].splitlines())
 
 
+def append_jsonl(path: Path, recs: list[dict]) -> None:
+    """Append records to a JSONL file, flushed and fsynced: for logs written a few lines per
+    evaluation (samples.jsonl, tokens.jsonl). Nothing to append: the file is not created."""
+    if not recs:
+        return
+    data = b"".join((json.dumps(_clean(r)) + "\n").encode("utf-8") for r in recs)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Keep the records with step <= after_step (and drop a torn last line): a resumed arm's
+    logs then equal an uninterrupted run's. A missing file stays missing."""
+    if Path(path).is_file():
+        keep = [r for r in read_metrics(path) if (r.get("step") or 0) <= after_step]
+        atomic_write_bytes(Path(path), b"".join(
+            (json.dumps(_clean(r)) + "\n").encode("utf-8") for r in keep))
+
+
 class MetricsWriter:
-    """Append-only JSONL, flushed (and fsynced) per record so a crash loses at most one line."""
+    """Append-only JSONL, flushed per record: readers see each step at once, and a killed
+    process loses at most the line it was writing. fsync (a machine crash) happens in
+    `sync`, which the arm calls before each checkpoint: records after the last checkpoint
+    are dropped on resume anyway, so fsyncing every record (two per arm-step with status.json,
+    ~4 ms each here) bought nothing."""
 
     def __init__(self, path: Path, truncate_after_step: int | None = None):
         self.path = Path(path)
@@ -145,16 +180,26 @@ class MetricsWriter:
         with self._lock:
             self._f.write(line)
             self._f.flush()
-            os.fsync(self._f.fileno())
+
+    def sync(self) -> None:
+        with self._lock:
+            if not self._f.closed:
+                os.fsync(self._f.fileno())
 
     def close(self) -> None:
         with self._lock:
             if not self._f.closed:
+                # e.g. disk full: the record that failed is lost either way; a failing
+                # flush or close must not take the other arms down with it
+                try:
+                    self._f.flush()
+                    os.fsync(self._f.fileno())
+                except OSError:
+                    pass
                 try:
                     self._f.close()
                 except OSError:
-                    pass  # e.g. disk full: the record that failed is lost either way; a
-                    # failing close must not take the other arms down with it
+                    pass
 
 
 def _proc_start(pid: int) -> str | None:
@@ -203,6 +248,8 @@ class RunDir:
     config_path = property(lambda s: s.path / "config.json")
     status_path = property(lambda s: s.path / "status.json")
     metrics_path = property(lambda s: s.path / "metrics.jsonl")
+    samples_path = property(lambda s: s.path / "samples.jsonl")
+    tokens_path = property(lambda s: s.path / "tokens.jsonl")
     summary_path = property(lambda s: s.path / "summary.json")
     checkpoint_path = property(lambda s: s.path / "checkpoint" / "state.pt")
     model_path = property(lambda s: s.path / "model")
@@ -219,6 +266,19 @@ class RunDir:
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.metrics_path)
+
+    def samples(self, step: int | None = None) -> list[dict]:
+        """Decoders' sample generations: every evaluation's, or those of `step` (-1: the
+        latest evaluation). Each: step, prompt, generation, extracted, gold, correct."""
+        recs = read_metrics(self.samples_path)
+        if step == -1 and recs:
+            step = recs[-1]["step"]
+        return recs if step is None else [r for r in recs if r.get("step") == step]
+
+    def tokens(self) -> list[dict]:
+        """Decoders, per evaluation step: one carried sample's target tokens (as text) with the
+        alpha and the KD term (alpha * tau^2 * KL, nats) each got; null where none."""
+        return read_metrics(self.tokens_path)
 
     def summary(self) -> dict:
         return read_json(self.summary_path, {}) or {}
@@ -240,10 +300,13 @@ class RunDir:
     def set_status(self, state: str, **kw) -> dict:
         assert state in STATES, state
         st = self.raw_status()
+        # A change of state is fsynced; the per-step progress of a running arm is not (it is
+        # rewritten every step, and a machine crash makes the run `interrupted` anyway).
+        durable = st.get("state") != state or state != "running"
         st.update(kw)
         st.update(state=state, updated=time.time(), pid=os.getpid(), owner=PROCESS_TOKEN,
                   pid_start=PROCESS_START)
-        atomic_write_json(self.status_path, st)
+        atomic_write_json(self.status_path, st, durable=durable)
         return st
 
     def has_checkpoint(self) -> bool:

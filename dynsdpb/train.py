@@ -251,6 +251,7 @@ class Arm:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise TrainingFault(f"weights became non-finite at step {self.step_idx}",
                                 NAN_HINT, self.step_idx)
+        self.writer.sync()   # the records up to this step are on disk before it claims them
         state = {
             "step": self.step_idx, "samples_seen": self.samples_seen, "wall_time": self.wall_time,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
