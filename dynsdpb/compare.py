@@ -14,10 +14,24 @@ TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc")
 
 def summarize_runs(runs: list[RunDir]) -> dict:
     """Group finished runs by method; pair seeds against vanilla."""
+    return summarize([rd.summary() for rd in runs])
+
+
+def _pair(seeds: dict, other: dict, m: str) -> dict:
+    common = sorted(set(seeds) & set(other))
+    return paired_diff([seeds[s].get(m) for s in common], [other[s].get(m) for s in common])
+
+
+def summarize(summaries: list[dict]) -> dict:
+    """The same from the runs' summary.json contents (a sweep keeps them in its study).
+
+    Per metric: mean, std, per seed; diff_vs_vanilla for every other arm. With a refeed arm,
+    a distilling arm's gain splits into refeed_part (refeed - vanilla: what re-feeding the
+    carried half alone buys) and distillation_part (arm - refeed), each paired by seed with
+    its 95% t-interval; with a dlb arm, dynsdpb also gets diff_vs_dlb."""
     by_method: dict[str, dict[int, dict]] = {}
     task = "classification"
-    for rd in runs:
-        s = rd.summary()
+    for s in summaries:
         if not s:
             continue
         task = s.get("task", task)
@@ -33,9 +47,13 @@ def summarize_runs(runs: list[RunDir]) -> dict:
             mean, std = mean_std([v for v in vals if v is not None])
             row[m] = {"mean": mean, "std": std, "per_seed": dict(zip(map(str, sorted(seeds)), vals))}
             if method != "vanilla" and base:
-                common = sorted(set(seeds) & set(base))
-                row[m]["diff_vs_vanilla"] = paired_diff([seeds[s].get(m) for s in common],
-                                                        [base[s].get(m) for s in common])
+                row[m]["diff_vs_vanilla"] = _pair(seeds, base, m)
+            refeed = by_method.get("refeed")
+            if method not in ("vanilla", "refeed") and refeed and base:
+                row[m]["refeed_part"] = _pair(refeed, base, m)
+                row[m]["distillation_part"] = _pair(seeds, refeed, m)
+            if method == "dynsdpb" and "dlb" in by_method:
+                row[m]["diff_vs_dlb"] = _pair(seeds, by_method["dlb"], m)
         row["wall_time_mean"] = mean_std([seeds[s].get("wall_time") for s in seeds])[0]
         out["methods"][method] = row
     return out
@@ -73,7 +91,18 @@ def table_rows(summary: dict) -> list[dict]:
             "diff vs vanilla [95% CI]": "-" if d is None else
             f"{_fmt(d['mean'], pct)} [{_fmt(d['ci_low'], pct)}, {_fmt(d['ci_high'], pct)}]",
         })
+        if "refeed" in summary.get("methods", {}):
+            # the gain over vanilla, split: re-feeding alone, and distillation on top of it
+            for key, col in (("refeed_part", "re-feed part [95% CI]"),
+                             ("distillation_part", "distillation part [95% CI]")):
+                p = v.get(key)
+                rows[-1][col] = "-" if p is None else fmt_ci(p, pct)
     return rows
+
+
+def fmt_ci(d: dict, pct: bool) -> str:
+    """'1.20 [-0.40, 2.80]': a paired difference with its 95% interval."""
+    return f"{_fmt(d['mean'], pct)} [{_fmt(d['ci_low'], pct)}, {_fmt(d['ci_high'], pct)}]"
 
 
 def format_table(summary: dict) -> str:

@@ -21,7 +21,10 @@ import yaml
 
 from .errors import ConfigError, Problem
 
-METHODS = ("vanilla", "dlb", "dynsdpb")
+# refeed: DLB's batch layout with alpha = 0 (the carried half trained on twice, no KD): the
+# control arm that tells how much of a distilling arm's gain is the re-feed alone.
+METHODS = ("vanilla", "refeed", "dlb", "dynsdpb")
+TEACHER_MODES = ("train", "eval")
 SCHEDULES = ("auto", "static", "warmup", "linear", "dynsdpb-v1")
 TASKS = ("auto", "classification", "regression")
 BUDGETS = ("epochs", "compute")
@@ -75,9 +78,15 @@ class RunConfig:
     split_seed: int = _f(0, "Seed of the train/validation/test split. Kept apart from `seed` so "
                          "every arm and seed of an experiment sees the same three sets.", "data")
     max_len: int = _f(64, "Truncate inputs to this many tokens.", "data")
+    label_noise: float = _f(0.0, "Classification: share of training labels flipped to another "
+                            "class (drawn from split_seed, the same for every arm and seed); "
+                            "validation and test keep their true labels. 0 = none.", "data")
 
     # --- method ---------------------------------------------------------------------------
-    method: str = _f("dynsdpb", "vanilla: plain fine-tuning (CE). dlb: self-distillation from the "
+    method: str = _f("dynsdpb", "vanilla: plain fine-tuning (CE). refeed: DLB's batch layout "
+                     "(half of each batch re-fed from the previous step) with alpha = 0, the "
+                     "control arm that separates re-feeding from distilling. dlb: "
+                     "self-distillation from the "
                      "last mini-batch with fixed alpha and tau. dynsdpb: alpha and tau adjusted "
                      "per sample from the previous predictions' uncertainty and margin.",
                      "method", METHODS)
@@ -105,6 +114,11 @@ class RunConfig:
     budget: str = _f("epochs", "epochs: each step adds `batch_size` new samples (distilling arms "
                      "forward twice as many). compute: each step forwards `batch_size` samples "
                      "in every arm (half of them carried), equal compute.", "method", BUDGETS)
+    teacher_mode: str = _f("train", "Where the teacher logits come from. train (DLB): the "
+                           "step's own train-mode forward, dropout included. eval [ours]: one "
+                           "extra no-grad forward of the new chunk without dropout (same "
+                           "weights, before the update), so the target carries no dropout "
+                           "noise.", "method", TEACHER_MODES)
 
     # --- optimisation ---------------------------------------------------------------------
     steps: int = _f(200, "Optimizer steps.", "optim")
@@ -143,6 +157,8 @@ class RunConfig:
         `schedule` for dlb (auto meaning static)."""
         if self.method == "vanilla":
             return "none"
+        if self.method == "refeed":
+            return "refeed"
         if self.method == "dynsdpb":
             return "dynsdpb-v1"
         return "static" if self.schedule == "auto" else self.schedule
@@ -346,6 +362,10 @@ def validate(cfg: RunConfig) -> list[Problem]:
     if cfg.test_size < 0:
         bad("test_size", "use 0 (auto: 10% of the rows) or hold out at least 1 test example "
             "(e.g. 400)")
+    if not (0 <= cfg.label_noise < 1):
+        bad("label_noise", "use a share in [0, 1), e.g. 0.2 for 20% flipped training labels")
+    elif cfg.label_noise and cfg.task in ("regression", "causal-lm"):
+        bad("label_noise", f"flips class labels; task {cfg.task} has none: set 0")
     if not (0 <= cfg.min_confidence <= 1):
         bad("min_confidence", "use a value in [0, 1]")
     if cfg.eval_every < 1:

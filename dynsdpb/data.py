@@ -311,6 +311,8 @@ class TaskData:
     warnings: list[str] = field(default_factory=list)
     # What the dedup before splitting dropped (`dedup_rows`); the status and summary show it.
     dedup: dict = field(default_factory=dict)
+    # Training labels flipped by `label_noise` (`flip_labels`); the summary shows it.
+    flipped: int = 0
 
     @property
     def num_labels(self) -> int:
@@ -499,7 +501,28 @@ def rows_to_taskdata(rows: list[dict], cfg: RunConfig, source: str,
         return Split([kept[i][0] for i in ix],
                      [kept[i][1] for i in ix] if pair_col else None, y[ix])
 
-    return TaskData(task, names, mk(tr), mk(va), mk(te), source, warnings, dedup)
+    train, flipped = mk(tr), 0
+    if cfg.label_noise:
+        if task != "classification":
+            raise ConfigError.one("label_noise", cfg.label_noise, "flips class labels; this is "
+                                  "a regression dataset: set label_noise to 0")
+        train.labels, flipped = flip_labels(train.labels, len(names), cfg.label_noise,
+                                            cfg.split_seed)
+    return TaskData(task, names, train, mk(va), mk(te), source, warnings, dedup, flipped)
+
+
+def flip_labels(y: np.ndarray, num_classes: int, share: float, seed: int
+                ) -> tuple[np.ndarray, int]:
+    """round(share * n) training labels, each moved to another class uniformly: a copy of y
+    and the count. Drawn from `seed` (split_seed) alone, so every arm and seed of an
+    experiment trains on the same noisy labels."""
+    rng = np.random.default_rng([seed, 0x401CE])
+    k = int(round(share * len(y)))
+    out = y.copy()
+    ix = rng.choice(len(y), size=k, replace=False)
+    # a shift in 1..C-1 never lands on the true class
+    out[ix] = (y[ix] + rng.integers(1, num_classes, size=k)) % num_classes
+    return out, k
 
 
 def load_data(cfg: RunConfig, upload: bytes | None = None) -> TaskData:

@@ -77,6 +77,14 @@ KEYS: dict[str, Key] = {
                     higher_is_better=False),
     "probe_drift": Key("probe drift", "KL, nats", "KL between the predictions on a fixed probe "
                        "set now and at the previous evaluation; every arm has it."),
+    # -- logit_drift split in two (at evaluations, distilling arms; method.md §5)
+    "update_drift": Key("update drift", "KL, nats", "The update alone: KL(no-dropout output on "
+                        "the carried half one step ago || no-dropout output now), in eval mode. "
+                        "Grows as lr^2."),
+    "dropout_drift": Key("dropout drift", "KL, nats", "Dropout alone: KL between two train-mode "
+                         "passes over the carried half with the same weights and different "
+                         "dropout masks (last step's and this step's). logit_drift is about "
+                         "update + dropout."),
 }
 
 STEP_KEYS = ("step", "time", "epoch", "method", "schedule", "seed", "loss", "ce", "kd",
@@ -84,7 +92,7 @@ STEP_KEYS = ("step", "time", "epoch", "method", "schedule", "seed", "loss", "ce"
              "logit_drift", "agreement", "lr", "grad_norm", "samples_seen", "samples_per_s",
              "wall_time")
 EVAL_KEYS = ("val_accuracy", "val_macro_f1", "val_mcc", "val_pearson", "val_spearman",
-             "val_mse", "val_loss", "probe_drift")
+             "val_mse", "val_loss", "probe_drift", "update_drift", "dropout_drift")
 RECORD_KEYS = STEP_KEYS + EVAL_KEYS
 
 # Keys of records written before the rename (they reused config field names).

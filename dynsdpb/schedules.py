@@ -94,6 +94,9 @@ def dyn_alpha_tau(cfg: RunConfig, u: torch.Tensor, d: torch.Tensor
 def static_alpha(cfg: RunConfig, step: int) -> float:
     """alpha of the step-based schedules (static, warmup, linear)."""
     sched = cfg.resolved_schedule
+    if sched == "refeed":
+        # The control arm: DLB's layout and loss with the KD term weighted 0.
+        return 0.0
     if sched == "warmup":
         # 1) no distillation while predictions are unreliable; 2) then DLB's fixed alpha.
         return 0.0 if step < cfg.warmup_alpha_steps else cfg.alpha
@@ -105,6 +108,9 @@ def static_alpha(cfg: RunConfig, step: int) -> float:
 
 FORMULAS = {
     "none": "Plain fine-tuning: loss = CE. No distillation term (the vanilla baseline).",
+    "refeed": "Re-feed control [ours]: DLB's batch layout (the previous step's new half "
+              "trained on again) with alpha = 0: loss = CE over all samples, no distillation "
+              "term. Its gain over vanilla is what re-feeding alone buys.",
     "static": "DLB [paper]: loss = CE + alpha * tau^2 * KL(softmax(prev_logits/tau) || "
               "softmax(logits/tau)) over the carried half, with fixed alpha = {alpha} and "
               "tau = {tau}.",
@@ -126,7 +132,7 @@ REGRESSION_FORMULA = ("Regression [ours]: loss = MSE + alpha_i * (yhat - yhat_pr
 def describe(cfg: RunConfig, task: str = "classification") -> str:
     """Plain words for the formula a run uses, saying what is the paper's and what is ours."""
     sched = cfg.resolved_schedule
-    if task == "regression" and sched != "none":
+    if task == "regression" and sched not in ("none", "refeed"):
         rule = ("alpha_i = alpha_max * exp(-|yhat_prev - y| / s), s = std of the training "
                 "targets" if sched == "dynsdpb-v1" else f"the {sched} schedule's alpha")
         return REGRESSION_FORMULA.format(alpha_rule=rule)

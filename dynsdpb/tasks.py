@@ -174,6 +174,14 @@ class SequenceClassification:
         m = self._metrics(torch.as_tensor(e.labels), z)
         return {f"{prefix}_{k}": v for k, v in m.items()}
 
+    def drift_of(self, prev: torch.Tensor, cur: torch.Tensor) -> float:
+        """logit_drift's measure between two outputs of the same samples: the mean over rows
+        of KL(prev || cur) at tau = 1 (as losses.dynsdpb_loss computes it)."""
+        lp = torch.log_softmax(cur.float(), -1)
+        lq = torch.log_softmax(prev.to(cur.device).float(), -1)
+        return float(torch.nn.functional.kl_div(lp, lq, reduction="none", log_target=True)
+                     .sum(-1).mean())
+
     def _probe_view(self, z: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(z, -1)
 
@@ -215,6 +223,9 @@ class SequenceRegression(SequenceClassification):
         m = regression_metrics(y.numpy(), z.view(-1).numpy())
         m["loss"] = m["mse"]
         return m
+
+    def drift_of(self, prev, cur) -> float:
+        return float(((cur.float().view(-1) - prev.to(cur.device).float().view(-1)) ** 2).mean())
 
     def _probe_view(self, z):
         return z.view(-1)

@@ -102,6 +102,10 @@ class Arm:
         self.data_fp = getattr(task.data, "train_fingerprint", None)
         self.probe_prev: torch.Tensor | None = None
         self.last_eval: dict = {}
+        # Drift split (update_drift, dropout_drift at evaluations; method.md §5): the step
+        # before an evaluation keeps its batch ids, the RNG state of its dropout masks and the
+        # no-dropout outputs of its new chunk. Tasks without `drift_of` (decoders) skip it.
+        self.split_prev: dict | None = None
         # The step a resumed arm continued from (None: it started at step 0).
         self.resumed_from = self.load_checkpoint() if resume else None
         # Records after the checkpoint (or all of them, when starting over) are dropped: the
@@ -145,6 +149,35 @@ class Arm:
     def eval_due(self) -> bool:
         return self.step_idx % self.cfg.eval_every == 0 or self.done
 
+    def _evaluates_after(self, t: int) -> bool:
+        """Does 0-based step t end with an evaluation (eval_due once it is done)?"""
+        return (t + 1) % self.cfg.eval_every == 0 or t + 1 >= self.cfg.steps
+
+    def _rng_now(self) -> tuple:
+        return (torch.get_rng_state(),
+                torch.cuda.get_rng_state(self.device) if self.cuda_rng_state is not None
+                else None)
+
+    @torch.no_grad()
+    def _forward_nograd(self, batch, train_mode: bool, rng: tuple | None = None):
+        """Logits of `batch` without a graph: eval mode (no dropout), or train mode with the
+        dropout masks of a saved RNG state (the caller's RNG state comes back after)."""
+        saved = self._rng_now() if rng is not None else None
+        if rng is not None:
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state(rng[1], self.device)
+        self.model.train(train_mode)
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                return self.task.forward(self.model, batch).float()
+        finally:
+            self.model.train()
+            if saved is not None:
+                torch.set_rng_state(saved[0])
+                if saved[1] is not None:
+                    torch.cuda.set_rng_state(saved[1], self.device)
+
     @property
     def checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint_every
@@ -184,8 +217,36 @@ class Arm:
         lr = get_lr(t, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
+        split = cfg.distills and hasattr(task, "drift_of")
+        rng_fwd = self._rng_now() if split and self._evaluates_after(t + 1) else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             logits = task.forward(self.model, batch)
+        # 3b) drift split, at steps that end with an evaluation (no grad, same weights as the
+        #     forward, before the update; the dropout RNG stream is left as it was):
+        #     update_drift = KL(no-dropout output of the carried half one step ago || now);
+        #     dropout_drift = KL(last step's batch re-run now with last step's dropout masks
+        #     || this step's train-mode output). Frozen weights: logit_drift = dropout_drift;
+        #     no dropout: logit_drift = update_drift.
+        drift_parts = {}
+        prev = self.split_prev
+        if split and n_car and self._evaluates_after(t) and prev is not None:
+            pb = task.batch(task.train, prev["ids"], self.device)
+            now_eval = self._forward_nograd(batch, False)[:n_car]
+            replay = self._forward_nograd(pb, True, (prev["rng"], prev["cuda_rng"]))
+            cur = logits[:n_car].detach().float()
+            drift_parts = {"update_drift": task.drift_of(prev["eval_new"], now_eval),
+                           "dropout_drift": task.drift_of(replay[prev["n_car"]:], cur)}
+        if rng_fwd is not None:   # the next step evaluates: keep what its split needs
+            self.split_prev = {"ids": list(b.ids), "n_car": n_car, "rng": rng_fwd[0],
+                               "cuda_rng": rng_fwd[1],
+                               "eval_new": self._forward_nograd(batch, False)[n_car:].cpu()}
+        # 3c) the teacher for the next step: this forward's new-chunk logits (DLB), or with
+        #     teacher_mode eval [ours] one more no-grad forward of the new chunk without
+        #     dropout (same weights, before the update)
+        teach_logits, teach_labels = logits[n_car:], batch.labels[n_car:]
+        if cfg.distills and t + 1 < cfg.steps and cfg.teacher_mode == "eval":
+            nb = task.batch(task.train, b.new, self.device)
+            teach_logits, teach_labels = self._forward_nograd(nb, False), nb.labels
 
         # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
         parts = dynsdpb_loss(logits, batch.labels,
@@ -211,7 +272,7 @@ class Arm:
         #    forward pass, before the update (DLB: pre_out = out); the task detaches them.
         self.cache = []
         if cfg.distills and t + 1 < cfg.steps:
-            self.cache = list(task.pack(cfg, logits[n_car:], batch.labels[n_car:], t + 1))
+            self.cache = list(task.pack(cfg, teach_logits, teach_labels, t + 1))
 
         # 7) the record of what was actually used
         self.step_idx += 1
@@ -230,6 +291,7 @@ class Arm:
                        tau_lo=float(parts.tau.min()), tau_hi=float(parts.tau.max()),
                        logit_drift=float(parts.logit_drift.mean()),
                        **task.signal_record(entries, parts))
+        rec.update(drift_parts)
         return rec
 
     def log(self, rec: dict) -> None:
@@ -262,6 +324,7 @@ class Arm:
             "cache": [{k: v.detach().cpu() for k, v in e.items()} for e in self.cache],
             "data": self.data_fp,
             "probe_prev": self.probe_prev, "last_eval": self.last_eval,
+            "split_prev": self.split_prev,
             "config": self.cfg.to_dict(),
         }
         buf = io.BytesIO()
@@ -303,6 +366,7 @@ class Arm:
         self.cache = [{k: v.to(self.device) for k, v in e.items()} for e in cache]
         self.probe_prev = st["probe_prev"]
         self.last_eval = st.get("last_eval") or {}
+        self.split_prev = st.get("split_prev")
         return self.step_idx
 
     def _check_data(self, saved: dict | None) -> None:
@@ -332,6 +396,9 @@ class Arm:
             "train_size": len(task.train), "val_size": len(task.val),
             "test_size": len(task.test), "data_source": task.data.source,
             "dedup": getattr(task.data, "dedup", None) or None,
+            "label_noise": self.cfg.label_noise,
+            "labels_flipped": getattr(task.data, "flipped", 0),
+            "teacher_mode": self.cfg.teacher_mode,
             "device": str(self.device),
             **{k: v for k, v in self.last_eval.items() if k.startswith("val_")}, **test,
         }

@@ -1,0 +1,163 @@
+"""Exploration tools (issue 11): the refeed control arm, the drift split, teacher mode,
+label noise, sweeps (grid expansion, baseline sharing, resume after a kill, the heatmap's
+numbers) and reports, on the tiny random BERT."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynsdpb.compare import summarize_runs
+from dynsdpb.config import RunConfig, validate
+from dynsdpb.data import flip_labels, load_data
+from dynsdpb.experiment import create_experiment, run_experiment
+from dynsdpb.schedules import describe
+from dynsdpb.store import RunDir, read_metrics
+from dynsdpb.tasks import prepare
+from dynsdpb.train import Arm
+from tests.conftest import tiny_config, write_tiny_csv
+
+
+def _metrics(cfg, root, method):
+    exp = create_experiment(root, cfg, [method], [0])
+    run_experiment(exp)
+    return read_metrics(exp / f"{method}-s0" / "metrics.jsonl"), RunDir(exp / f"{method}-s0")
+
+
+# -- refeed -----------------------------------------------------------------------------
+
+def test_refeed_equals_dlb_with_alpha_zero_bit_for_bit(tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_csv, steps=6, eval_every=3, lr=1e-2, tau=2.0)
+    ref, rd_ref = _metrics(cfg.replace(method="refeed"), tmp_path / "a", "refeed")
+    dlb, rd_dlb = _metrics(cfg.replace(method="dlb", alpha=0.0), tmp_path / "b", "dlb")
+    skip = {"time", "wall_time", "samples_per_s", "method", "schedule"}
+    assert len(ref) == len(dlb) == 6
+    for r, d in zip(ref, dlb):
+        assert {k: v for k, v in r.items() if k not in skip} == \
+               {k: v for k, v in d.items() if k not in skip}
+        assert r["schedule"] == "refeed" and r["kd"] == 0.0
+    # the re-feed layout: it forwards the carried half again, unlike vanilla
+    assert ref[-1]["samples_seen"] > 6 * cfg.batch_size
+    assert rd_ref.summary()["test_accuracy"] == rd_dlb.summary()["test_accuracy"]
+    assert "alpha = 0" in describe(cfg.replace(method="refeed"))
+
+
+def test_summary_splits_gain_into_refeed_and_distillation(tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_csv, steps=4, eval_every=4, lr=1e-2)
+    exp = create_experiment(tmp_path, cfg, ["vanilla", "refeed", "dlb"], [0, 1])
+    out = run_experiment(exp)
+    s = out["summary"]["methods"]
+    for seed in ("0", "1"):
+        v, r, d = (s[m]["test_accuracy"]["per_seed"][seed] for m in ("vanilla", "refeed", "dlb"))
+        assert v is not None and r is not None and d is not None
+    split = s["dlb"]["test_accuracy"]
+    want_refeed = np.mean([s["refeed"]["test_accuracy"]["per_seed"][k]
+                           - s["vanilla"]["test_accuracy"]["per_seed"][k] for k in ("0", "1")])
+    want_dist = np.mean([s["dlb"]["test_accuracy"]["per_seed"][k]
+                         - s["refeed"]["test_accuracy"]["per_seed"][k] for k in ("0", "1")])
+    assert math.isclose(split["refeed_part"]["mean"], want_refeed, abs_tol=1e-12)
+    assert math.isclose(split["distillation_part"]["mean"], want_dist, abs_tol=1e-12)
+    # the two parts add up to the gain over vanilla
+    assert math.isclose(split["refeed_part"]["mean"] + split["distillation_part"]["mean"],
+                        split["diff_vs_vanilla"]["mean"], abs_tol=1e-12)
+    assert "refeed_part" not in s["refeed"]["test_accuracy"]
+
+
+# -- drift split --------------------------------------------------------------------------
+
+def _split_arm(csv, tmp_path, **kw):
+    cfg = tiny_config(csv, method="dlb", steps=8, eval_every=2, checkpoint_every=0,
+                      lr=5e-2, alpha=1.0, tau=1.0, **kw)
+    task = prepare(cfg)
+    rd = RunDir(tmp_path / "dlb-s0")
+    rd.path.mkdir(parents=True)
+    return Arm(cfg, task, rd)
+
+
+def _eval_records(arm):
+    recs = []
+    while not arm.done:
+        rec = arm.step()
+        if arm.eval_due and rec.get("update_drift") is not None:
+            recs.append(rec)
+    return recs
+
+
+def test_drift_split_frozen_weights_leave_only_dropout(tiny_csv, tmp_path):
+    arm = _split_arm(tiny_csv, tmp_path)
+    arm.opt.step = lambda *a, **k: None      # frozen weights: only the dropout masks differ
+    recs = _eval_records(arm)
+    assert len(recs) == 4                    # evaluations after steps 2, 4, 6, 8
+    for r in recs:
+        assert r["logit_drift"] > 1e-6       # the tiny model has dropout: the drift is not 0
+        assert math.isclose(r["dropout_drift"], r["logit_drift"], rel_tol=1e-5, abs_tol=1e-9)
+        assert abs(r["update_drift"]) < 1e-9
+
+
+def test_drift_split_without_dropout_is_the_update(tiny_csv, tmp_path):
+    arm = _split_arm(tiny_csv, tmp_path)
+    for m in arm.model.modules():            # dropout off everywhere (layers and attention)
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout_prob"):
+            m.dropout_prob = 0.0
+    recs = _eval_records(arm)
+    assert len(recs) == 4
+    for r in recs:
+        assert r["update_drift"] > 1e-6
+        assert math.isclose(r["update_drift"], r["logit_drift"], rel_tol=1e-4, abs_tol=1e-9)
+        assert abs(r["dropout_drift"]) < 1e-9
+
+
+def test_drift_split_leaves_training_unchanged_and_is_logged(tiny_csv, tmp_path):
+    # the split's extra forwards restore the dropout RNG: the records equal a run whose
+    # evaluations come at other steps (no split at steps 1-5)
+    cfg = tiny_config(tiny_csv, method="dynsdpb", steps=6, lr=1e-2, checkpoint_every=0)
+    a, _ = _metrics(cfg.replace(eval_every=2), tmp_path / "a", "dynsdpb")
+    b, _ = _metrics(cfg.replace(eval_every=6), tmp_path / "b", "dynsdpb")
+    for ra, rb in zip(a, b):
+        assert (ra["loss"], ra["kd"], ra["alpha"]) == (rb["loss"], rb["kd"], rb["alpha"])
+    assert a[3]["update_drift"] is not None and a[3]["dropout_drift"] is not None
+    assert a[2]["update_drift"] is None      # no evaluation at step 3
+    v, _ = _metrics(cfg.replace(method="vanilla", eval_every=2), tmp_path / "c", "vanilla")
+    assert all(r["update_drift"] is None for r in v)   # no carried half, no split
+
+
+# -- teacher mode --------------------------------------------------------------------------
+
+def test_teacher_mode_eval_teaches_without_dropout(tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_csv, method="dlb", steps=4, eval_every=4, lr=1e-2, alpha=1.0)
+    tr, _ = _metrics(cfg, tmp_path / "a", "dlb")
+    ev, rd = _metrics(cfg.replace(teacher_mode="eval"), tmp_path / "b", "dlb")
+    assert tr[0]["loss"] == ev[0]["loss"]            # step 1 has no teacher yet
+    assert ev[1]["kd"] != tr[1]["kd"]                # another target from step 2 on
+    assert ev[1]["ce"] == tr[1]["ce"]                # same weights, same masks at step 2
+    assert rd.summary()["teacher_mode"] == "eval"
+    assert any(p.field == "teacher_mode" for p in validate(cfg.replace(teacher_mode="x")))
+
+
+# -- label noise ---------------------------------------------------------------------------
+
+def test_label_noise_flips_exact_count_only_in_train_deterministically(tmp_path):
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    cfg = tiny_config(csv, val_size=20, test_size=20)
+    clean = load_data(cfg)
+    noisy = load_data(cfg.replace(label_noise=0.25))
+    again = load_data(cfg.replace(label_noise=0.25))
+    n = len(clean.train)
+    changed = clean.train.labels != noisy.train.labels
+    assert changed.sum() == round(0.25 * n) == noisy.flipped
+    assert clean.train.texts == noisy.train.texts
+    assert np.array_equal(noisy.train.labels, again.train.labels)       # deterministic
+    assert np.array_equal(clean.val.labels, noisy.val.labels)           # val untouched
+    assert np.array_equal(clean.test.labels, noisy.test.labels)         # test untouched
+    other = load_data(cfg.replace(label_noise=0.25, split_seed=1))
+    assert noisy.train_fingerprint != clean.train_fingerprint
+    assert other.flipped == round(0.25 * len(other.train))
+    # three classes: a flip never lands on the true class
+    y = np.arange(300) % 3
+    z, k = flip_labels(y, 3, 0.5, seed=4)
+    assert k == 150 and (z != y).sum() == 150 and set(np.unique(z)) <= {0, 1, 2}
+    bad = validate(cfg.replace(label_noise=1.0))
+    assert [p.field for p in bad] == ["label_noise"] and "[0, 1)" in bad[0].fix
