@@ -53,21 +53,32 @@ class StepBatch:
 
 
 class BatchLayout:
-    """Which sample ids each step trains on. `distill=False` gives the vanilla layout."""
+    """Which sample ids each step trains on. `distill=False` gives the vanilla layout.
 
-    def __init__(self, n: int, chunk_size: int, seed: int, distill: bool):
+    Data parallel (`world` > 1, one process per device): the global chunk k holds
+    `chunk_size * world` ids and rank r takes every world-th of them, starting at r. A rank's
+    carried half is its own previous new shard, so the DLB invariant holds per rank, and the
+    ranks together train on exactly the samples of a single process with a `world` times
+    larger batch."""
+
+    def __init__(self, n: int, chunk_size: int, seed: int, distill: bool, rank: int = 0,
+                 world: int = 1):
         if n < 1 or chunk_size < 1:
             raise ValueError("need n >= 1 and chunk_size >= 1")
+        if not 0 <= rank < world:
+            raise ValueError("need 0 <= rank < world")
         self.n, self.chunk_size, self.seed, self.distill = n, chunk_size, seed, distill
+        self.rank, self.world = rank, world
 
     def chunk(self, k: int) -> list[int]:
-        c = self.chunk_size
-        return stream_slice(self.n, self.seed, k * c, (k + 1) * c)
+        c = self.chunk_size * self.world
+        return stream_slice(self.n, self.seed, k * c, (k + 1) * c)[self.rank::self.world]
 
     def batch(self, step: int) -> StepBatch:
         new = self.chunk(step)
         carried = self.chunk(step - 1) if (self.distill and step > 0) else []
-        return StepBatch(step, carried, new, (step + 1) * self.chunk_size / self.n)
+        # epochs of the whole data set (all ranks together)
+        return StepBatch(step, carried, new, (step + 1) * self.chunk_size * self.world / self.n)
 
     def samples_seen(self, steps: int) -> int:
         """Forward passes over training samples after `steps` steps."""

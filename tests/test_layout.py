@@ -52,3 +52,18 @@ def test_chain_runs_across_epoch_boundary():
     assert b3.carried == b2.new
     assert b2.epoch == pytest.approx(1.2)
     assert Counter(lay.chunk(0) + lay.chunk(1) + lay.chunk(2)[:2]) == Counter(range(10))
+
+
+def test_ranks_shard_the_global_chunk_and_keep_their_own_carried_half():
+    one = BatchLayout(50, 8, seed=2, distill=True)                 # a single process, B = 8
+    ranks = [BatchLayout(50, 4, seed=2, distill=True, rank=r, world=2) for r in (0, 1)]
+    for t in range(20):
+        parts = [lay.batch(t) for lay in ranks]
+        # together: exactly the single process's new and carried samples
+        assert sorted(parts[0].new + parts[1].new) == sorted(one.batch(t).new)
+        assert sorted(parts[0].carried + parts[1].carried) == sorted(one.batch(t).carried)
+        for r, lay in enumerate(ranks):
+            # per rank: the carried half is this rank's own new shard of the previous step
+            assert parts[r].carried == (lay.batch(t - 1).new if t else [])
+            assert len(parts[r].new) == 4 and parts[r].epoch == one.batch(t).epoch
+    assert BatchLayout(50, 8, 2, True, rank=0, world=1).batch(3) == one.batch(3)
