@@ -23,7 +23,8 @@ def _progress_bars(total_steps: int, arms: list[str]):
         if "step" in rec:
             bar.update(1)
             last[arm] = rec
-            v = rec.get("val_accuracy") if rec.get("val_accuracy") is not None else rec.get("val_pearson")
+            v = next((rec[k] for k in ("val_accuracy", "val_pearson", "val_exact_match")
+                      if rec.get(k) is not None), None)
             post = {"arm": arm, "loss": f"{rec['loss']:.3f}"}
             if rec.get("alpha") is not None:
                 post["alpha"] = f"{rec['alpha']:.2f}"
@@ -194,23 +195,100 @@ def cmd_compare(a) -> int:
 
 
 def cmd_resume(a) -> int:
+    from .selftrain import is_selftrain
     p = Path(a.dir)
+    if is_selftrain(p):            # a self-training loop (dynsdpb selftrain --out DIR)
+        return _selftrain(p, resume=True)
     ExperimentDir(p).check("dir")  # refused with one line before anything is touched
     return _experiment(p, resume=True)
+
+
+LOOP_FLAGS = ("loop", "rounds", "questions", "samples", "temperature", "rationalize",
+              "round_start")
+
+
+def cmd_selftrain(a) -> int:
+    """STaR / self-correction rounds (selftrain.py): the config as for `compare` (--demo: the
+    CPU demo below the flags), the loop options from their flags."""
+    from . import selftrain as S
+    if a.resume:
+        S.read_meta(a.resume, "--resume")
+        return _selftrain(Path(a.resume), resume=True)
+    if a.demo:
+        if a.config:
+            raise ConfigError.one("--demo", "", "give --config or --demo, not both")
+        base = C.from_dict({**S.CPU_DEMO["config"], **_fields_from_args(a)}, check=False)
+        methods = C.parse_methods(a.methods) if a.methods else list(S.CPU_DEMO["methods"])
+        seeds = (C.parse_int_list("seeds", a.seeds) if a.seeds else list(S.CPU_DEMO["seeds"]))
+    else:
+        base, methods, seeds, _ = _resolve(a, compare=True)
+    given = {k: v for k in LOOP_FLAGS if (v := getattr(a, "l_" + k, None)) is not None}
+    loop = S.loop_from_dict({**(S.CPU_DEMO["loop"] if a.demo else {}), **given})
+    S.check_selftrain(base, loop, methods, seeds)   # before --out is created
+    out = _fresh_out(a.out)
+    S.create_selftrain(out, base, loop, methods, seeds, name=base.name)
+    return _selftrain(out)
+
+
+def _selftrain(path: Path, resume: bool = False) -> int:
+    from . import selftrain as S
+    stop = threading.Event()
+    t0 = time.time()
+    at = {"round": 0}
+
+    def progress(who: str, rec: dict) -> None:   # one line per event on stderr
+        clock = f"[{time.time() - t0:6.0f} s]"
+        if rec.get("event") == "phase":
+            at["round"] = rec["round"]
+            arm = f" ({rec['arm']})" if rec.get("arm") else ""
+            print(f"{clock} round {rec['round']}: {rec['phase']}{arm}", file=sys.stderr,
+                  flush=True)
+        elif rec.get("event") == "round":
+            acc = rec.get("test_exact_match")
+            first = rec.get("test_first_exact_match")
+            print(f"{clock} round {rec['round']} {who}: kept {rec['kept']}/{rec['traces']}, "
+                  f"{rec.get('steps')} steps, test "
+                  + (f"{100 * first:.1f}% first, " if first is not None else "")
+                  + (f"{100 * acc:.1f}%" if acc is not None else "n/a"),
+                  file=sys.stderr, flush=True)
+        elif "step" in rec:
+            print(f"{clock} round {at['round']} {who} step {rec['step']}/{rec.get('steps', '')}"
+                  f"loss {rec['loss']:.3f}".replace("/loss", " loss"), file=sys.stderr,
+                  flush=True)
+        elif rec.get("state") == "failed":
+            print(f"{clock} {who}: failed: {rec.get('error')} (hint: {rec.get('hint')})",
+                  file=sys.stderr, flush=True)
+    try:
+        out = S.run_selftrain(path, stop=stop, progress=progress, resume=resume)
+    except KeyboardInterrupt:
+        stop.set()
+        print(f"interrupted; resume with: dynsdpb resume {path}", file=sys.stderr)
+        return 130
+    print(S.format_rounds(out["summary"]))
+    if out["error"]:
+        print(f"dynsdpb: {out['error']}", file=sys.stderr)
+    print(f"state: {out['state']}; wall time: {time.time() - t0:.1f} s; results in {path}")
+    return 0 if out["state"] == "finished" else 1
 
 
 def cmd_list(a) -> int:
     if a.what == "models":
         from .models import BUILTIN_MODELS
         for m in BUILTIN_MODELS.values():
-            print(f"{m.name:20s} {m.description}")
-        print("\nAlso: a local folder with a transformers model, or a hub id (needs network).")
+            print(f"{m.name:20s} {m.kind:8s} {m.description}")
+        print("\nAlso: a local folder with a transformers model, or a hub id (needs network). "
+              "Encoders train on classification/regression datasets, decoders on generation "
+              "datasets.")
     else:
         from .data import BUILTIN_DATASETS
+        from .lm_data import BUILTIN_LM_DATASETS
         for d in BUILTIN_DATASETS.values():
-            print(f"{d.name:20s} {d.description}")
+            print(f"{d.name:20s} {'classification':15s} {d.description}")
+        for name, desc in BUILTIN_LM_DATASETS.items():
+            print(f"{name:20s} {'generation':15s} {desc} Needs a decoder model.")
         print("\nAlso: a local .csv/.tsv/.jsonl/.parquet file (set text_column, label_column, "
-              "text_pair_column), or a hub id such as nyu-mll/glue:rte (needs network).")
+              "text_pair_column; for a decoder: prompt and target columns, optional answer), "
+              "or a hub id such as nyu-mll/glue:rte (needs network).")
     return 0
 
 

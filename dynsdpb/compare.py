@@ -9,7 +9,10 @@ from .metrics import mean_std, paired_diff
 from .store import ExperimentDir, RunDir, atomic_write_json
 
 TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc"),
-                "regression": ("test_pearson", "test_spearman", "test_mse")}
+                "regression": ("test_pearson", "test_spearman", "test_mse"),
+                "causal-lm": ("test_exact_match", "test_perplexity", "test_loss")}
+# Shares in [0, 1], printed in %.
+PERCENT = ("test_accuracy", "test_macro_f1", "test_exact_match")
 
 
 def summarize_runs(runs: list[RunDir]) -> dict:
@@ -79,7 +82,7 @@ def _fmt(x, pct: bool) -> str:
 def table_rows(summary: dict) -> list[dict]:
     """One row per method for the primary metric, ready for printing or a dataframe."""
     m = summary.get("primary_metric", "test_accuracy")
-    pct = m in ("test_accuracy", "test_macro_f1")
+    pct = m in PERCENT
     rows = []
     for method, r in summary.get("methods", {}).items():
         v = r.get(m, {})
@@ -110,7 +113,7 @@ def format_table(summary: dict) -> str:
     if not rows:
         return "(no finished runs)"
     m = summary.get("primary_metric", "")
-    unit = " (%)" if m in ("test_accuracy", "test_macro_f1") else ""
+    unit = " (%)" if m in PERCENT else ""
     cols = list(rows[0].keys())
     w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = [f"{m}{unit}, mean and sample std over seeds; paired difference to vanilla",

@@ -26,14 +26,23 @@ from .errors import ConfigError, Problem
 METHODS = ("vanilla", "refeed", "dlb", "dynsdpb")
 TEACHER_MODES = ("train", "eval")
 SCHEDULES = ("auto", "static", "warmup", "linear", "dynsdpb-v1")
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", "classification", "regression", "causal-lm")
 BUDGETS = ("epochs", "compute")
-GRANULARITIES = ("sample", "batch")
+GRANULARITIES = ("sample", "batch", "token")
+FINETUNES = ("lora", "full")
+KD_CACHES = ("topk", "full")
+SAVE_FORMATS = ("adapter", "merged")
 TAU_DIRECTIONS = ("soften-uncertain", "sharpen-uncertain")
 DEVICES = ("auto", "cpu", "cuda")
 # Token limits of the built-in models (models.max_positions), so that `validate` can check
 # max_len without loading them; other models are checked when they are loaded.
-BUILTIN_MAX_LEN = {"minilm-l6": 512, "tiny-random-bert": 128}
+BUILTIN_MAX_LEN = {"minilm-l6": 512, "tiny-random-bert": 128, "smollm2-135m": 8192}
+# Decoder-only (causal LM) built-ins and the generation datasets (prompt -> target text)
+# they train on: `validate` pairs models with datasets without loading either.
+BUILTIN_DECODERS = ("smollm2-135m",)
+GENERATION_DATASETS = ("arith-easy", "gsm-symbolic")
+# Llama-family attention and MLP projections: the usual LoRA targets.
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # val_size/test_size 0 (the default) = auto: this share of the usable rows (after the dedup),
 # at most these many. A 300-row upload then trains on 240 without touching a field, and a
 # large dataset gets the fixed 400/800 of earlier versions. A number given is used as is.
@@ -59,7 +68,9 @@ class RunConfig:
     dataset: str = _f("tweets-sentiment", "Built-in dataset name (see `dynsdpb list datasets`), "
                       "a local .csv/.jsonl/.parquet file, or a hub id such as `nyu-mll/glue:rte` "
                       "(needs network).", "data")
-    task: str = _f("auto", "classification or regression; `auto` infers it from the labels "
+    task: str = _f("auto", "classification or regression (encoders), causal-lm (decoders: "
+                   "prompt -> target text). `auto`: causal-lm for a decoder model or a "
+                   "generation dataset, else inferred from the labels "
                    "(numbers with many distinct values mean regression).", "data", TASKS)
     text_column: str = _f("text", "Column holding the text (the first sentence for pairs).", "data")
     text_pair_column: str = _f("", "Column holding the second sentence for sentence-pair tasks; "
@@ -102,15 +113,15 @@ class RunConfig:
     tau_0: float = _f(3.0, "dynsdpb-v1: base temperature, scaled by uncertainty.", "method")
     tau_min: float = _f(1.0, "dynsdpb-v1: lowest temperature allowed.", "method")
     tau_max: float = _f(6.0, "dynsdpb-v1: highest temperature allowed.", "method")
-    granularity: str = _f("sample", "dynsdpb-v1: one alpha/tau per sample, or one per batch from "
+    granularity: str = _f("sample", "dynsdpb-v1: one alpha/tau per sample (decoders: per "
+                          "sequence, from the mean over its target tokens), per token (decoders "
+                          "only), or one per batch from "
                           "the mean uncertainty and margin.", "method", GRANULARITIES)
     tau_direction: str = _f("soften-uncertain", "dynsdpb-v1: uncertain predictions get a higher "
                             "temperature (soften) or a lower one (sharpen).", "method",
                             TAU_DIRECTIONS)
     warmup_alpha_steps: int = _f(50, "warmup schedule: steps with alpha = 0 before distilling.",
                                  "method")
-    top_k: int = _f(64, "Decoder models: teacher tokens kept per position in the logits cache. "
-                    "Not used by encoder models.", "method")
     budget: str = _f("epochs", "epochs: each step adds `batch_size` new samples (distilling arms "
                      "forward twice as many). compute: each step forwards `batch_size` samples "
                      "in every arm (half of them carried), equal compute.", "method", BUDGETS)
@@ -119,6 +130,40 @@ class RunConfig:
                            "extra no-grad forward of the new chunk without dropout (same "
                            "weights, before the update), so the target carries no dropout "
                            "noise.", "method", TEACHER_MODES)
+
+    # --- decoder models (causal LM); encoders ignore these ------------------------------
+    finetune: str = _f("lora", "Decoder models: lora trains small low-rank adapters on a frozen "
+                       "base (the arms of an experiment share one base in memory); full trains "
+                       "every weight (a full copy plus AdamW state per arm). Not used by "
+                       "encoder models: they always fine-tune every weight.", "decoder",
+                       FINETUNES)
+    lora_r: int = _f(8, "Decoder models, finetune=lora: adapter rank.", "decoder")
+    lora_alpha: float = _f(16.0, "Decoder models, finetune=lora: adapter scale (the update is "
+                           "multiplied by lora_alpha / lora_r; usually 2 x lora_r).", "decoder")
+    lora_dropout: float = _f(0.05, "Decoder models, finetune=lora: dropout on the adapter's "
+                             "input, in [0, 1).", "decoder")
+    lora_target_modules: str = _f(LORA_TARGETS, "Decoder models, finetune=lora: comma-separated "
+                                  "names of the Linear modules that get an adapter (Llama-style: "
+                                  "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).",
+                                  "decoder")
+    kd_cache: str = _f("topk", "Decoder models: what the teacher cache keeps per target token. "
+                       "topk: the top_k teacher log-probs at tau plus the rest's mass (KD is the "
+                       "exact KL of the two distributions coarsened to {top-k, rest}; accurate at "
+                       "tau near 1, far weaker than the full KL at tau >= 3, see docs/method.md "
+                       "§5). full: all logits in fp16 (V x 2 bytes per token).", "decoder",
+                       KD_CACHES)
+    top_k: int = _f(64, "Decoder models, kd_cache=topk: teacher tokens kept per target token. "
+                    "Not used by encoder models.", "decoder")
+    save_format: str = _f("adapter", "Decoder models, finetune=lora: save the adapter only (PEFT "
+                          "format, a few MB) or the base with the adapter merged in (a plain "
+                          "transformers model). Full fine-tuning always saves the whole model.",
+                          "decoder", SAVE_FORMATS)
+    max_new_tokens: int = _f(16, "Decoder models: tokens generated per answer when evaluating "
+                             "(greedy); the answer is the last number in the generation.",
+                             "decoder")
+    eval_generations: int = _f(4, "Decoder models: sample generations (prompt, generation, "
+                               "extracted answer, gold) stored per evaluation in samples.jsonl "
+                               "(0 = none).", "decoder")
 
     # --- optimisation ---------------------------------------------------------------------
     steps: int = _f(200, "Optimizer steps.", "optim")
@@ -183,6 +228,40 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+# ---------------------------------------------------------------------------------------
+# Which kind of model and dataset a config names, without loading either.
+
+def model_family(name: str) -> str | None:
+    """"decoder" (causal LM), "encoder", or None when it cannot be told offline (a hub id).
+    A local folder tells by its config.json: `architectures` ending in ForCausalLM or
+    LMHeadModel mean a decoder."""
+    if name in BUILTIN_DECODERS:
+        return "decoder"
+    if name in BUILTIN_MAX_LEN:
+        return "encoder"
+    p = Path(name).expanduser() / "config.json"
+    if p.is_file():
+        try:
+            archs = json.loads(p.read_text(encoding="utf-8")).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            return None
+        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            return "decoder"
+        return "encoder" if archs else None
+    return None
+
+
+def is_causal_lm(cfg: RunConfig) -> bool:
+    """Does this config train a decoder on prompt -> target text (tasks.CausalLMTask)?
+    An explicit `task` decides; `auto` follows the model, else the dataset."""
+    if cfg.task != "auto":
+        return cfg.task == "causal-lm"
+    fam = model_family(cfg.model)
+    if fam is not None:
+        return fam == "decoder"
+    return cfg.dataset in GENERATION_DATASETS
 
 
 def field_help(name: str) -> str:
@@ -354,6 +433,7 @@ def validate(cfg: RunConfig) -> list[Problem]:
         bad("warmup_alpha_steps", "use 0 or more steps")
     if cfg.top_k < 1:
         bad("top_k", "keep at least 1 teacher token")
+    _validate_decoder(cfg, bad)
     if cfg.max_train_samples < 0:
         bad("max_train_samples", "use 0 (all) or a positive count")
     if cfg.val_size < 0:
@@ -378,6 +458,55 @@ def validate(cfg: RunConfig) -> list[Problem]:
         if not (0 <= getattr(cfg, name) < 2 ** 32):
             bad(name, "use a whole number >= 0 and below 2**32, e.g. 0")
     return P
+
+
+def _validate_decoder(cfg: RunConfig, bad) -> None:
+    """Model and dataset of one kind; the decoder fields (checked whatever the model, so a bad
+    value is caught before anyone switches to a decoder)."""
+    from .data import BUILTIN_DATASETS   # data imports this module: import at call time
+    fam = model_family(cfg.model)
+    lm = is_causal_lm(cfg)
+    gens = ", ".join(GENERATION_DATASETS)
+    if fam == "decoder" and cfg.task in ("classification", "regression"):
+        bad("task", f"{cfg.model} is a decoder (causal LM); use task auto or causal-lm, or an "
+            "encoder model for classification/regression")
+    elif lm and fam == "encoder":
+        bad("model" if cfg.task == "auto" else "task",
+            f"{cfg.model} is an encoder (classification head); "
+            + (f"{cfg.dataset} is a generation dataset (prompt -> target text) and needs a "
+               f"decoder model such as {BUILTIN_DECODERS[0]}, or pick a classification dataset "
+               "such as tweets-sentiment" if cfg.task == "auto" else
+               "task causal-lm needs a decoder model such as "
+               f"{BUILTIN_DECODERS[0]}; or set task to auto"))
+    elif lm and cfg.dataset in BUILTIN_DATASETS:
+        bad("dataset", f"{cfg.dataset} is a classification dataset, but {cfg.model} is a decoder "
+            f"(causal LM) that trains on prompt -> target text: use {gens} or a .jsonl/.csv "
+            "with prompt and target columns; or pick an encoder model such as minilm-l6")
+    elif not lm and cfg.dataset in GENERATION_DATASETS:
+        bad("dataset", f"{cfg.dataset} is a generation dataset (prompt -> target text) and needs "
+            f"a decoder model such as {BUILTIN_DECODERS[0]}"
+            + (f"; {cfg.model} is an encoder" if fam == "encoder" else
+               "; or set task to causal-lm if the model is a decoder"))
+    if cfg.granularity == "token" and not lm:
+        bad("granularity", "token is for decoder models (one alpha/tau per target token); "
+            "encoders use sample or batch")
+    if cfg.lora_r < 1:
+        bad("lora_r", "the LoRA rank must be at least 1 (8 is usual)")
+    if not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
+        bad("lora_alpha", "must be a number > 0 (usually 2 x lora_r, e.g. 16)")
+    if not (0 <= cfg.lora_dropout < 1):
+        bad("lora_dropout", "use a value in [0, 1), e.g. 0.05")
+    mods = [m.strip() for m in cfg.lora_target_modules.split(",")]
+    if not any(mods):
+        bad("lora_target_modules", f"name at least one Linear module, e.g. {LORA_TARGETS}")
+    elif not all(m.isidentifier() for m in mods):
+        bad("lora_target_modules", "give module names separated by commas, e.g. q_proj,v_proj "
+            "(letters, digits and _ only)")
+    if cfg.max_new_tokens < 1:
+        bad("max_new_tokens", "generate at least 1 token (16 fits short answers, 256 "
+            "rationales)")
+    if cfg.eval_generations < 0:
+        bad("eval_generations", "use 0 (store none) or a positive count, e.g. 4")
 
 
 def check_config(cfg: RunConfig) -> RunConfig:

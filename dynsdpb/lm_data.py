@@ -138,7 +138,7 @@ def load_lm_splits(name: str, split_seed: int = 0, n_train: int = 0, n_val: int 
         return LMSplits(*_split(rows, n_train, n_val, n_test, name), scorer=f"reasoning-gym:{name}")
     p = Path(name).expanduser()
     if p.is_file():
-        rows = _rows_from_records(_read_local(p), name)
+        return splits_from_records(_read_local(p), name, split_seed, n_train, n_val, n_test)
     elif name.startswith((".", "/", "~")) or p.suffix.lower() in (".jsonl", ".csv", ".json"):
         raise ConfigError.one("dataset", name, "no such file; give a .jsonl/.csv file or a "
                               f"built-in ({', '.join(BUILTIN_LM_DATASETS)})")
@@ -150,7 +150,14 @@ def load_lm_splits(name: str, split_seed: int = 0, n_train: int = 0, n_val: int 
             raise ConfigError.one("dataset", name, f"could not load it from the hub "
                                   f"({str(e).splitlines()[0][:160]}). Offline, use a built-in: "
                                   f"{', '.join(BUILTIN_LM_DATASETS)}") from None
-        rows = _rows_from_records(list(ds), name)
+        return splits_from_records(list(ds), name, split_seed, n_train, n_val, n_test)
+
+
+def splits_from_records(recs: Sequence[dict], name: str, split_seed: int = 0, n_train: int = 0,
+                        n_val: int = 32, n_test: int = 64) -> LMSplits:
+    """Rows with prompt/target[/answer] (a file, an upload read by data.read_table, a hub
+    dataset), shuffled by split_seed and split; scored by their last number."""
+    rows = _rows_from_records(list(recs), name)
     random.Random(split_seed).shuffle(rows)
     return LMSplits(*_split(rows, n_train, n_val, n_test, name), scorer="last-number")
 

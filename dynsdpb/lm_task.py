@@ -1,31 +1,41 @@
 """CausalLMTask: the decoder-only task for the engine's task seam (tasks.py).
 
-It follows tasks.SequenceClassification's interface (batch, forward, kd_mask, pack, unpack,
-signal_record, evaluate, test_metrics) and adds the two things a decoder needs that the
-encoder tasks leave to the loop today:
+It has tasks.SequenceClassification's interface (tasks.py lists it), with a decoder's
+answers to the hooks:
 
     task.build_model(cfg, arm)   -> the arm's model. LoRA (default): an `AdapterView` on one
                                     frozen base shared by all arms of the experiment, so the
                                     loop's optimizer, clipping, state_dict and save_pretrained
                                     see only that arm's adapter. full: an own full copy.
-    task.loss(logits, batch, teacher) -> lm_loss.TokenLossParts (top-k cache, alignment);
-                                    the loop calls it instead of losses.dynsdpb_loss.
+    task.loss(logits, batch, teacher) -> lm_loss.TokenLossParts (top-k cache, alignment).
+    task.pack / unpack           cache entries are plain dicts of tensors (a checkpoint holds
+                                    them as it holds the encoders'); `unpack` turns them into
+                                    lm_loss.TokenTeachers laid over the batch (None for new
+                                    rows), since the top-k cache is not a logits tensor.
+    task.samples                 the last evaluation's sample generations (samples.jsonl)
+    task.token_view(batch, parts) the first carried sequence's target tokens with the alpha and
+                                    KD each got (tokens.jsonl)
 
-`unpack` returns the per-sequence TokenTeachers laid over the batch (None for new rows)
-rather than tasks.Teacher, because the top-k cache is not a logits tensor.
-Not wired into train.Arm yet: see the report of issue #9 for the two lines the loop needs.
+The options come from RunConfig (`LMTaskOptions.from_config`): finetune, lora_*, kd_cache,
+top_k, granularity token, save_format, max_new_tokens, eval_generations. val_size/test_size
+0 (auto) mean 32/64 here: every evaluation generates, which is the slow part on a CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+import hashlib
+import json
+
 import torch
 import torch.nn.functional as F
 
 from .generation import evaluate_generation, target_loss
-from .lm_data import IGNORE, LMExample, answer_scorer, collate, encode, load_lm_splits
-from .lm_loss import cache_nbytes, causal_shift, make_teachers, shift_labels, token_loss
+from .data import read_table
+from .lm_data import (IGNORE, LMExample, answer_scorer, collate, encode, load_lm_splits,
+                      splits_from_records)
+from .lm_loss import TokenTeacher, causal_shift, make_teachers, shift_labels, token_loss
 from .lm_models import (LoraSettings, SharedLoraBase, full_arm, load_causal_lm,
                         load_lm_tokenizer)
 from .tasks import Batch
@@ -109,14 +119,41 @@ class LMTaskOptions:
     gen_batch_size: int = 16
     n_samples: int = 4                # sample generations kept per evaluation
 
+    @classmethod
+    def from_config(cls, cfg) -> "LMTaskOptions":
+        mods = tuple(m.strip() for m in cfg.lora_target_modules.split(",") if m.strip())
+        return cls(finetune=cfg.finetune,
+                   lora=LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                     target_modules=mods),
+                   cache=cfg.kd_cache, per_token=cfg.granularity == "token",
+                   save=cfg.save_format, max_new_tokens=cfg.max_new_tokens,
+                   n_samples=cfg.eval_generations)
+
+
+# Cache entry fields (TokenTeacher's tensors); `logits` marks a full cache, `ids` a top-k one.
+_ENTRY = ("target_ids", "alpha", "tau", "u", "d", "ids", "logq", "logq_rest", "aux", "logits")
+
+
+def _fingerprint(examples: list[LMExample]) -> dict:
+    """Size and sha256 of the training rows: a checkpoint keeps it, and a resume on other
+    data is refused (train.Arm._check_data), as for the encoders."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.prompt, e.target, e.answer]).encode())
+    return {"train_size": len(examples), "train_sha256": h.hexdigest()}
+
+
+AUTO_VAL, AUTO_TEST = 32, 64   # val_size/test_size 0 (auto) for decoders
+
 
 class CausalLMTask:
     name = "causal-lm"
-    primary_metric = "accuracy"
+    primary_metric = "exact_match"
     num_labels = 0
 
-    def __init__(self, cfg, options: LMTaskOptions | None = None, splits=None):
-        self.opt = options or LMTaskOptions()
+    def __init__(self, cfg, options: LMTaskOptions | None = None, splits=None,
+                 upload: bytes | None = None):
+        self.opt = options or LMTaskOptions.from_config(cfg)
         if self.opt.finetune not in ("lora", "full"):
             from .errors import ConfigError
             raise ConfigError.one("finetune", self.opt.finetune, "use lora or full")
@@ -124,11 +161,16 @@ class CausalLMTask:
         self.trust_remote_code = cfg.trust_remote_code
         self.tokenizer = load_lm_tokenizer(cfg.model, cfg.trust_remote_code)
         self.max_len = cfg.max_len
+        n_val, n_test = cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST
+        if splits is None and upload is not None:
+            splits = splits_from_records(read_table(cfg.dataset, upload)[0], cfg.dataset,
+                                         cfg.split_seed, cfg.max_train_samples, n_val, n_test)
         splits = splits or load_lm_splits(cfg.dataset, cfg.split_seed, cfg.max_train_samples,
-                                          cfg.val_size, cfg.test_size)
+                                          n_val, n_test)
         self.score = answer_scorer(splits.scorer)
         self.data = SimpleNamespace(warnings=[], label_names=None, source=cfg.dataset,
-                                    scorer=splits.scorer, task=self.name)
+                                    scorer=splits.scorer, task=self.name,
+                                    train_fingerprint=_fingerprint(splits.train))
         self.train, self.val, self.test = (self._encode(s) for s in
                                            (splits.train, splits.val, splits.test))
         self._base = None      # the shared LoRA base, loaded with the first arm
@@ -151,9 +193,17 @@ class CausalLMTask:
 
     # -- batches and forward ------------------------------------------------------------------
     def batch(self, e: EncodedLM, ids: list[int], device) -> Batch:
+        """Inputs of the whole rows; labels and logits of their last K positions only.
+        Targets end every row (prompt + target, left padding), so K = the longest target + 1
+        (the position before a target predicts its first token) covers them all. The LM head
+        then runs on K positions instead of T: on arith-easy (T ~ 54, K ~ 4) that saves
+        most of a step's largest tensor, (B, T, 49k) logits, and the head's matmul."""
         b = collate([e.rows[i] for i in ids], self.tokenizer.pad_token_id)
-        labels = b.pop("labels").to(device)
-        return Batch({k: v.to(device) for k, v in b.items()}, labels)
+        labels = b.pop("labels")
+        keep = min(int((labels != IGNORE).sum(1).max()) + 1, labels.shape[1])
+        inputs = {k: v.to(device) for k, v in b.items()}
+        inputs["logits_to_keep"] = keep
+        return Batch(inputs, labels[:, -keep:].to(device))
 
     def forward(self, model, batch: Batch) -> torch.Tensor:
         return model(**batch.inputs).logits                                   # (N, T, V)
@@ -166,30 +216,45 @@ class CausalLMTask:
         return m
 
     # -- teacher cache ----------------------------------------------------------------------
-    def pack(self, cfg, logits, labels, use_step: int) -> list:
+    def pack(self, cfg, logits, labels, use_step: int) -> list[dict[str, torch.Tensor]]:
+        """One dict of tensors per sequence (TokenTeacher's fields); kept on the CPU, since
+        the cache waits one step."""
         ts = make_teachers(logits, labels, cfg, use_step, kind=self.opt.cache, k=cfg.top_k,
                            per_token=self.opt.per_token)
-        # The cache waits one step: keep it off the accelerator.
-        for t in ts:
-            for f in ("target_ids", "alpha", "tau", "u", "d", "ids", "logq", "logq_rest",
-                      "aux", "logits"):
-                if getattr(t, f) is not None:
-                    setattr(t, f, getattr(t, f).cpu())
-        return ts
+        return [{f: getattr(t, f).cpu() for f in _ENTRY if getattr(t, f) is not None}
+                for t in ts]
 
-    def unpack(self, entries: list, batch: Batch, device) -> list:
-        return list(entries) + [None] * (len(batch.labels) - len(entries))
+    def unpack(self, entries: list[dict], batch: Batch, device) -> list:
+        teachers = [TokenTeacher(kind="full" if "logits" in e else "topk", **e) for e in entries]
+        return teachers + [None] * (len(batch.labels) - len(entries))
 
     def loss(self, logits, batch: Batch, teacher):
         return token_loss(logits, batch.labels, teacher)
 
-    def signal_record(self, entries: list, parts) -> dict:
-        n_tgt = sum(len(e.target_ids) for e in entries)
-        return {"u_mean": float(torch.cat([e.u for e in entries]).mean()),
-                "d_mean": float(torch.cat([e.d for e in entries]).mean()),
+    def signal_record(self, entries: list[dict], parts) -> dict:
+        """Mean token signals, agreement, and what the alignment kept: target tokens of the
+        carried sequences that were distilled (aligned) or had no matching teacher (dropped)."""
+        n_tgt = sum(len(e["target_ids"]) for e in entries)
+        aligned = int(parts.aligned.sum())
+        return {"u_mean": float(torch.cat([e["u"] for e in entries]).mean()),
+                "d_mean": float(torch.cat([e["d"] for e in entries]).mean()),
                 "agreement": float(parts.agreement.mean()) if parts.agreement.numel() else None,
-                "aligned_share": float(parts.aligned.sum()) / max(n_tgt, 1),
-                "cache_bytes": cache_nbytes(entries)}
+                "aligned_tokens": aligned, "dropped_tokens": n_tgt - aligned}
+
+    def token_view(self, batch: Batch, parts) -> dict | None:
+        """Row 0 of the batch (the first carried sequence): its target tokens as text, with
+        the alpha and the KD term (alpha * tau^2 * KL) each got; None where it got none."""
+        y = shift_labels(batch.labels)[0]
+        pos = (y != IGNORE).nonzero()[:, 0]
+        if not len(pos) or not bool(parts.kd_mask[0].any()):
+            return None
+
+        def col(t):
+            # 4 significant digits: enough to colour by, small files (alpha can be 1e-4)
+            return [None if v != v else float(f"{v:.4g}") for v in t[0, pos].tolist()]
+        ids = y[pos].tolist()
+        return {"tokens": [self.tokenizer.decode([i]) for i in ids], "token_ids": ids,
+                "alpha": col(parts.alpha_tok), "kd": col(parts.kd_tok)}
 
     # -- evaluation -------------------------------------------------------------------------
     def split_metrics(self, model, e: EncodedLM, prefix: str, device, use_amp) -> dict:
@@ -197,8 +262,11 @@ class CausalLMTask:
         ev = evaluate_generation(model, self.tokenizer, e.examples, self.score,
                                  self.opt.max_new_tokens, self.opt.gen_batch_size,
                                  self.opt.n_samples)
-        self.samples = ev.samples
-        return {f"{prefix}_loss": loss, f"{prefix}_ppl": ppl, f"{prefix}_accuracy": ev.accuracy}
+        self.samples = [dict(prompt=s["prompt"], generation=s["completion"],
+                             extracted=s["extracted"], gold=s["answer"], correct=s["correct"])
+                        for s in ev.samples]
+        return {f"{prefix}_loss": loss, f"{prefix}_perplexity": ppl,
+                f"{prefix}_exact_match": ev.accuracy}
 
     @torch.no_grad()
     def _probe(self, model, ids: list[int], device) -> torch.Tensor:
@@ -208,7 +276,9 @@ class CausalLMTask:
         try:
             b = self.batch(self.train, ids, device)
             z, y = causal_shift(self.forward(model, b), b.labels)
-            return F.log_softmax(z[y != IGNORE].float(), -1).cpu()
+            # fp16: 64 probe sequences x 3 target tokens x V = 49k is 38 MB in fp32, held
+            # by every arm and saved in its checkpoint
+            return F.log_softmax(z[y != IGNORE].float(), -1).half().cpu()
         finally:
             model.train(was)
 
@@ -216,7 +286,8 @@ class CausalLMTask:
         out = self.split_metrics(model, self.val, "val", device, use_amp)
         cur = self._probe(model, probe_ids, device)
         out["probe_drift"] = None if probe_prev is None else float(
-            F.kl_div(cur, probe_prev, log_target=True, reduction="none").sum(-1).mean())
+            F.kl_div(cur.float(), probe_prev.float(), log_target=True,
+                     reduction="none").sum(-1).mean())
         return out, cur
 
     def test_metrics(self, model, device, use_amp) -> dict:

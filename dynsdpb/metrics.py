@@ -77,7 +77,7 @@ def regression_metrics(y, yhat) -> dict[str, float]:
             "mse": float(((y - yhat) ** 2).mean()) if len(y) else float("nan")}
 
 
-PRIMARY = {"classification": "accuracy", "regression": "pearson"}
+PRIMARY = {"classification": "accuracy", "regression": "pearson", "causal-lm": "exact_match"}
 
 # Two-sided 95% quantiles of Student's t for df = 1..30 (then the normal 1.96 is close).
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

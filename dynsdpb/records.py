@@ -32,8 +32,8 @@ KEYS: dict[str, Key] = {
     "loss": Key("loss", "nats", "Total loss: ce + kd.", higher_is_better=False),
     "ce": Key("CE", "nats", "Cross-entropy (MSE for regression) over every sample of the step.",
               higher_is_better=False),
-    "kd": Key("KD term", "nats", "Mean over carried samples of alpha_i * tau_i^2 * "
-              "KL(previous || current) at tau_i."),
+    "kd": Key("KD term", "nats", "Mean over carried samples (decoders: their distilled target "
+              "tokens) of alpha_i * tau_i^2 * KL(previous || current) at tau_i."),
     # -- what the schedule set for the carried half (mean, lowest, highest)
     "alpha": Key("alpha", "weight", "Mean KD weight over the carried samples."),
     "alpha_lo": Key("alpha (lowest)", "weight", "Lowest alpha_i among this step's carried "
@@ -53,6 +53,16 @@ KEYS: dict[str, Key] = {
                        "prediction || current) at tau = 1, before the update."),
     "agreement": Key("agreement", "%", "Share of carried samples whose predicted class did not "
                      "change since the previous step.", percent=True),
+    # -- the teacher cache (decoders: per target token; method.md §5)
+    "kd_cache_bytes": Key("teacher cache", "bytes", "Bytes of the teacher cache this step "
+                          "distilled from (decoders: top-k ids, log-probs and rest mass, or "
+                          "fp16 logits with kd_cache full)."),
+    "aligned_tokens": Key("aligned tokens", "tokens", "Decoders: target tokens of the carried "
+                          "sequences that were distilled (the common prefix of the cached and "
+                          "current targets)."),
+    "dropped_tokens": Key("dropped tokens", "tokens", "Decoders: carried target tokens left "
+                          "without a teacher because the targets changed since the cache "
+                          "(output-mismatch alignment); 0 in plain fine-tuning."),
     # -- optimisation
     "lr": Key("learning rate", "lr", "AdamW learning rate at this step."),
     "grad_norm": Key("gradient norm", "L2 norm", "Gradient norm before clipping."),
@@ -73,8 +83,13 @@ KEYS: dict[str, Key] = {
                         "(regression).", higher_is_better=True),
     "val_mse": Key("validation MSE", "squared units", "Mean squared error (regression).",
                    higher_is_better=False),
-    "val_loss": Key("validation loss", "nats", "CE (MSE for regression) on the validation set.",
-                    higher_is_better=False),
+    "val_loss": Key("validation loss", "nats", "CE (MSE for regression) on the validation set; "
+                    "decoders: mean CE per target token.", higher_is_better=False),
+    "val_exact_match": Key("validation exact match", "%", "Decoders: share of validation "
+                           "prompts whose greedy generation's final answer equals the gold "
+                           "one.", percent=True, higher_is_better=True),
+    "val_perplexity": Key("validation perplexity", "exp(nats)", "Decoders: exp of the mean CE "
+                          "per target token on the validation set.", higher_is_better=False),
     "probe_drift": Key("probe drift", "KL, nats", "KL between the predictions on a fixed probe "
                        "set now and at the previous evaluation; every arm has it."),
     # -- logit_drift split in two (at evaluations, distilling arms; method.md §5)
@@ -89,10 +104,11 @@ KEYS: dict[str, Key] = {
 
 STEP_KEYS = ("step", "time", "epoch", "method", "schedule", "seed", "loss", "ce", "kd",
              "alpha", "alpha_lo", "alpha_hi", "tau", "tau_lo", "tau_hi", "u_mean", "d_mean",
-             "logit_drift", "agreement", "lr", "grad_norm", "samples_seen", "samples_per_s",
-             "wall_time")
+             "logit_drift", "agreement", "kd_cache_bytes", "aligned_tokens", "dropped_tokens",
+             "lr", "grad_norm", "samples_seen", "samples_per_s", "wall_time")
 EVAL_KEYS = ("val_accuracy", "val_macro_f1", "val_mcc", "val_pearson", "val_spearman",
-             "val_mse", "val_loss", "probe_drift", "update_drift", "dropout_drift")
+             "val_mse", "val_exact_match", "val_perplexity", "val_loss", "probe_drift",
+             "update_drift", "dropout_drift")
 RECORD_KEYS = STEP_KEYS + EVAL_KEYS
 
 # Keys of records written before the rename (they reused config field names).

@@ -4,9 +4,10 @@ The loop (`train.Arm`) does the DLB bookkeeping (which ids are new and which are
 teacher cache in chunk order, RNG, checkpoints) and the optimizer step. It never looks
 at what a sample is. A task owns the rest (method.md §1-4, §7):
 
-    task.name                       "classification" | "regression" (the loss's and the
-                                    model head's `task`; a causal LM adds its own)
+    task.name                       "classification" | "regression" | "causal-lm"
     task.train / val / test         encoded splits (`len(split)` samples)
+    task.build_model(cfg, arm)      -> the arm's model (torch's global RNG seeded by the loop;
+                                       `arm` names it, e.g. for a LoRA adapter)
     task.batch(split, ids, device)  -> Batch: model inputs and labels of those samples
     task.forward(model, batch)      -> logits: (N, C) classes, (N,) regression,
                                        (N, T, V) tokens for a causal LM
@@ -17,20 +18,24 @@ at what a sample is. A task owns the rest (method.md §1-4, §7):
                                        rows today; top-k later) with the alpha/tau fixed now,
                                        and the signals behind them
     task.unpack(entries, batch, device)
-                                    -> Teacher: prev_logits, alpha, tau padded to the batch
+                                    -> the teacher laid over the batch, as `loss` takes it
+    task.loss(logits, batch, teacher) -> LossParts-like: total, ce, kd, and per distilled
+                                       position alpha, tau, logit_drift, agreement
     task.signal_record(entries, parts)
                                     -> record keys that describe the teachers (u_mean, ...)
     task.evaluate(model, ids, probe_prev, device, use_amp)
                                     -> (val metrics + probe_drift, the probe's outputs)
     task.test_metrics(model, device, use_amp) -> test_* metrics of the final model
+    task.samples                    the last evaluation's sample generations (empty for
+                                    encoders); the arm appends them to samples.jsonl
+    task.token_view(batch, parts)   -> per-token alpha/KD of one carried sample, or None
+                                       (encoders: no tokens); the arm writes it at
+                                       evaluation steps to tokens.jsonl
 
-A new task (the decoder issue's causal LM) is one more class here and one more entry in
-TASKS; the loop does not change. The arm builds the model with
-`models.build_model(cfg, task.num_labels, task.name, task.tokenizer)` (dispatch on
-`task.name` there) and passes `task.name` to `losses.dynsdpb_loss`, which treats any name
-but "regression" as distributions over the last axis, with `ignore_index` labels skipped.
-The summary reads `task.data` (label_names, source), `task.primary_metric` and the split
-sizes `len(task.train/val/test)`.
+The loop calls every hook on every task: a task is one class here (or lm_task.py) and one
+entry in TASKS. `prepare` picks it: causal-lm for decoder models and generation datasets
+(config.is_causal_lm), else the data's task. The summary reads `task.data` (label_names,
+source), `task.primary_metric` and the split sizes `len(task.train/val/test)`.
 """
 from __future__ import annotations
 
@@ -40,11 +45,11 @@ import numpy as np
 import torch
 
 from . import schedules
-from .config import RunConfig
+from .config import RunConfig, is_causal_lm
 from .data import Split, TaskData, load_data
-from .losses import LossParts
+from .losses import LossParts, dynsdpb_loss
 from .metrics import PRIMARY, classification_metrics, regression_metrics
-from .models import load_tokenizer
+from .models import build_model, load_tokenizer
 
 
 @dataclass
@@ -77,6 +82,7 @@ class SequenceClassification:
     """One label per text (or text pair): an encoder with a classification head."""
 
     name = "classification"
+    samples: tuple = ()   # no generations
 
     def __init__(self, cfg: RunConfig, data: TaskData):
         self.data = data
@@ -110,9 +116,23 @@ class SequenceClassification:
     def batch(self, e: Encoded, ids: list[int], device: torch.device) -> Batch:
         return Batch(self.collate(e, ids, device), torch.as_tensor(e.labels[ids], device=device))
 
-    # -- forward --------------------------------------------------------------------------
+    # -- model, forward, loss -------------------------------------------------------------
+    def build_model(self, cfg: RunConfig, arm: str):
+        """An encoder with a new head (drawn from torch's global RNG, seeded by the loop)."""
+        return build_model(cfg, self.num_labels, self.name, self.tokenizer)
+
     def forward(self, model, batch: Batch) -> torch.Tensor:
         return model(**batch.inputs).logits                                      # (N, C)
+
+    def loss(self, logits: torch.Tensor, batch: Batch, teacher: Teacher | None) -> LossParts:
+        """CE on all samples, alpha * tau^2 * KL on the carried ones (losses.dynsdpb_loss)."""
+        if teacher is None:
+            return dynsdpb_loss(logits, batch.labels, task=self.name)
+        return dynsdpb_loss(logits, batch.labels, teacher.prev_logits, teacher.alpha,
+                            teacher.tau, teacher.kd_mask, task=self.name)
+
+    def token_view(self, batch: Batch, parts: LossParts) -> None:
+        return None  # one label per text: no tokens to colour
 
     def kd_mask(self, batch: Batch, n_carried: int) -> torch.Tensor:
         # The carried half comes first in every batch (layout.py): one teacher per sample.
@@ -234,11 +254,21 @@ class SequenceRegression(SequenceClassification):
         return float(((cur - prev) ** 2).mean())
 
 
-TASKS = {"classification": SequenceClassification, "regression": SequenceRegression}
+def _causal_lm(cfg: RunConfig, upload: bytes | None = None):
+    # lm_task builds on this module (Batch): imported when a decoder is asked for
+    from .lm_task import CausalLMTask
+    return CausalLMTask(cfg, upload=upload)
+
+
+TASKS = {"classification": SequenceClassification, "regression": SequenceRegression,
+         "causal-lm": _causal_lm}
 
 
 def prepare(cfg: RunConfig, data: TaskData | None = None, upload: bytes | None = None):
     """The task of a config with its data loaded and tokenized, once per experiment: every
-    arm of an experiment shares the dataset, tokenizer and max_len."""
+    arm of an experiment shares the dataset, tokenizer and max_len (and, for LoRA decoders,
+    the frozen base model). Decoder models and generation datasets: causal-lm."""
+    if is_causal_lm(cfg) and data is None:
+        return TASKS["causal-lm"](cfg, upload)
     data = data if data is not None else load_data(cfg, upload)
     return TASKS[data.task](cfg, data)

@@ -22,11 +22,11 @@ import torch
 from .config import RunConfig
 from .errors import ConfigError, TrainingFault
 from .layout import BatchLayout
-from .losses import dynsdpb_loss
-from .models import build_model, pick_device
+from .models import pick_device
 from .records import RECORD_KEYS
 from .schedules import describe
-from .store import MetricsWriter, RunDir, atomic_write_bytes, atomic_write_json
+from .store import (MetricsWriter, RunDir, append_jsonl, atomic_write_bytes,
+                    atomic_write_json, truncate_jsonl)
 
 
 def get_lr(step: int, cfg: RunConfig) -> float:
@@ -72,10 +72,11 @@ class Arm:
         # Probe set for probe_drift: fixed training samples, the same for every arm.
         self.probe_ids = list(range(min(cfg.probe_size, n)))
 
-        # The model's new head is drawn from the seed, so vanilla and dynsdpb arms with the
-        # same seed start from identical weights.
+        # The model's new head (or LoRA adapter) is drawn from the seed, so vanilla and dynsdpb
+        # arms with the same seed start from identical weights. The run folder's name
+        # (method-s<seed>) names the arm, e.g. its adapter on a shared decoder base.
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, task.num_labels, task.name, task.tokenizer)
+        self.model = task.build_model(cfg, run_dir.id)
         self.model.to(self.device).train()
         decay = [p for n_, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n_, p in self.model.named_parameters() if p.ndim < 2]
@@ -112,6 +113,10 @@ class Arm:
         # file then equals what an uninterrupted run would have written up to here.
         self.writer = MetricsWriter(run_dir.metrics_path,
                                     truncate_after_step=self.resumed_from or 0)
+        for p in (run_dir.samples_path, run_dir.tokens_path):   # decoders' eval-time logs
+            truncate_jsonl(p, self.resumed_from or 0)
+        # The carried sample's per-token alpha/KD of the last step, kept for its evaluation.
+        self.token_view: dict | None = None
 
     # -- RNG isolation ------------------------------------------------------------------
     def _fresh_cuda_rng(self, seed: int) -> torch.Tensor:
@@ -249,9 +254,7 @@ class Arm:
             teach_logits, teach_labels = self._forward_nograd(nb, False), nb.labels
 
         # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
-        parts = dynsdpb_loss(logits, batch.labels,
-                             *((teacher.prev_logits, teacher.alpha, teacher.tau,
-                                teacher.kd_mask) if teacher else ()), task=task.name)
+        parts = task.loss(logits, batch, teacher)
         if not torch.isfinite(parts.total):
             raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}",
                                 NAN_HINT, t + 1)
@@ -286,12 +289,22 @@ class Arm:
                    grad_norm=float(gn), samples_seen=self.samples_seen,
                    samples_per_s=len(b.ids) / max(dt, 1e-9), wall_time=round(self.wall_time, 3))
         if n_car:
+            rec.update(task.signal_record(entries, parts),
+                       kd_cache_bytes=sum(v.numel() * v.element_size()
+                                          for e in entries for v in e.values()))
+        if parts.alpha.numel():  # (a decoder's alignment can leave no token to distil)
             rec.update(alpha=float(parts.alpha.mean()), alpha_lo=float(parts.alpha.min()),
                        alpha_hi=float(parts.alpha.max()), tau=float(parts.tau.mean()),
                        tau_lo=float(parts.tau.min()), tau_hi=float(parts.tau.max()),
-                       logit_drift=float(parts.logit_drift.mean()),
-                       **task.signal_record(entries, parts))
+                       logit_drift=float(parts.logit_drift.mean()))
         rec.update(drift_parts)
+        # Decoders: the first carried sample's tokens with their alpha and KD, for the
+        # evaluation that follows this step (tokens.jsonl); encoders have none.
+        self.token_view = None
+        if n_car and self.eval_due:
+            view = task.token_view(batch, parts)
+            self.token_view = None if view is None else {"step": self.step_idx,
+                                                         "sample": b.carried[0], **view}
         return rec
 
     def log(self, rec: dict) -> None:
@@ -300,10 +313,15 @@ class Arm:
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Validation metrics and probe_drift (the task computes them)."""
+        """Validation metrics and probe_drift (the task computes them); a decoder's sample
+        generations to samples.jsonl, and the carried sample's tokens to tokens.jsonl."""
         out, self.probe_prev = self.task.evaluate(self.model, self.probe_ids, self.probe_prev,
                                                   self.device, self.use_amp)
         self.last_eval = out
+        append_jsonl(self.rd.samples_path,
+                     [{"step": self.step_idx, **s} for s in self.task.samples])
+        if self.token_view is not None:
+            append_jsonl(self.rd.tokens_path, [self.token_view])
         return out
 
     # -- checkpoint ---------------------------------------------------------------------

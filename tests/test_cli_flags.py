@@ -37,7 +37,7 @@ def test_every_field_is_a_flag_with_its_help(cmd, capsys):
         assert "--" + name.replace("_", "-") + " " in text, name
         if cmd == "train" or name not in ("method", "seed"):
             assert "".join(f.metadata["help"].split()) in flat, name
-    assert "{sample,batch}" in text and "true|false" in text
+    assert "{sample,batch,token}" in text and "true|false" in text
 
 
 def test_flags_are_typed_and_reach_the_config(capsys):
@@ -63,7 +63,7 @@ def test_bool_flag_forms(args, value, capsys):
     (["--lr", "3e-5", "--set", "lr=1e-4"], ["lr=", "--lr 3e-5", "--set lr=1e-4"]),
     (["--no-save-model", "--set", "save_model=true"], ["save_model=", "--set save_model=true"]),
     (["--lr", "abc"], ["lr=", "use a number"]),
-    (["--granularity", "token"], ["granularity=", "sample, batch"]),
+    (["--granularity", "word"], ["granularity=", "sample, batch, token"]),
     (["--save-model", "maybe"], ["save_model=", "true or false"]),
     (["--batch-size", "2.5"], ["batch_size=", "whole number"]),
     (["--set", "lrr=1"], ["lrr=", "unknown field"]),
