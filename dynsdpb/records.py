@@ -92,7 +92,7 @@ KEYS: dict[str, Key] = {
                           "per target token on the validation set.", higher_is_better=False),
     "probe_drift": Key("probe drift", "KL, nats", "KL between the predictions on a fixed probe "
                        "set now and at the previous evaluation; every arm has it."),
-    # -- logit_drift split in two (at evaluations, distilling arms; method.md §5)
+    # -- logit_drift split in two (at evaluations, distilling arms; method.md §7)
     "update_drift": Key("update drift", "KL, nats", "The update alone: KL(no-dropout output on "
                         "the carried half one step ago || no-dropout output now), in eval mode. "
                         "Grows as lr^2."),

@@ -103,7 +103,7 @@ class Arm:
         self.data_fp = getattr(task.data, "train_fingerprint", None)
         self.probe_prev: torch.Tensor | None = None
         self.last_eval: dict = {}
-        # Drift split (update_drift, dropout_drift at evaluations; method.md §5): the step
+        # Drift split (update_drift, dropout_drift at evaluations; method.md §7): the step
         # before an evaluation keeps its batch ids, the RNG state of its dropout masks and the
         # no-dropout outputs of its new chunk. Tasks without `drift_of` (decoders) skip it.
         self.split_prev: dict | None = None
