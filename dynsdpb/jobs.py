@@ -97,7 +97,8 @@ class JobManager:
             # Uploaded data lives inside the experiment folder, so the run can be resumed or
             # relaunched later and nothing is written outside the runs directory.
             from .store import unique_dir
-            from .data import read_table, rows_to_taskdata
+            from .data import read_table
+            from .tasks import check_rows
             fname, data = upload
             # Browsers may send a Windows path; keep the suffix, sanitize the stem.
             p = Path(str(fname).replace("\\", "/"))
@@ -105,7 +106,7 @@ class JobManager:
             fname = safe_name(p.stem, "upload") + suffix
             # validate before writing anything: format, columns, labels, split sizes
             rows, warnings = read_table(fname, data)
-            rows_to_taskdata(rows, base, fname, warnings)
+            check_rows(base, rows, fname, warnings)     # classification or prompt/target
             stamp = time.strftime("%Y%m%d-%H%M%S")
             exp = unique_dir(self.runs_dir, name or f"{stamp}-{Path(fname).stem}")
             dest = exp / "data" / fname

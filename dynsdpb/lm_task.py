@@ -146,6 +146,13 @@ def _fingerprint(examples: list[LMExample]) -> dict:
 AUTO_VAL, AUTO_TEST = 32, 64   # val_size/test_size 0 (auto) for decoders
 
 
+def split_rows(cfg, rows: list[dict]):
+    """Rows with prompt/target[/answer] (an upload, a file read by data.read_table) split as
+    a run of `cfg` will: the checks the app and the job manager make before starting."""
+    return splits_from_records(rows, cfg.dataset, cfg.split_seed, cfg.max_train_samples,
+                               cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
+
+
 class CausalLMTask:
     name = "causal-lm"
     primary_metric = "exact_match"
@@ -161,12 +168,10 @@ class CausalLMTask:
         self.trust_remote_code = cfg.trust_remote_code
         self.tokenizer = load_lm_tokenizer(cfg.model, cfg.trust_remote_code)
         self.max_len = cfg.max_len
-        n_val, n_test = cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST
         if splits is None and upload is not None:
-            splits = splits_from_records(read_table(cfg.dataset, upload)[0], cfg.dataset,
-                                         cfg.split_seed, cfg.max_train_samples, n_val, n_test)
+            splits = split_rows(cfg, read_table(cfg.dataset, upload)[0])
         splits = splits or load_lm_splits(cfg.dataset, cfg.split_seed, cfg.max_train_samples,
-                                          n_val, n_test)
+                                          cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
         self.score = answer_scorer(splits.scorer)
         self.data = SimpleNamespace(warnings=[], label_names=None, source=cfg.dataset,
                                     scorer=splits.scorer, task=self.name,

@@ -46,7 +46,7 @@ import torch
 
 from . import schedules
 from .config import RunConfig, is_causal_lm
-from .data import Split, TaskData, load_data
+from .data import Split, TaskData, load_data, rows_to_taskdata
 from .losses import LossParts, dynsdpb_loss
 from .metrics import PRIMARY, classification_metrics, regression_metrics
 from .models import build_model, load_tokenizer
@@ -262,6 +262,17 @@ def _causal_lm(cfg: RunConfig, upload: bytes | None = None):
 
 TASKS = {"classification": SequenceClassification, "regression": SequenceRegression,
          "causal-lm": _causal_lm}
+
+
+def check_rows(cfg: RunConfig, rows: list[dict], name: str, warnings: list[str] | None = None
+               ) -> None:
+    """The data checks `prepare` makes (columns, labels or prompt/target, split sizes), on
+    rows read from an upload, so a bad file is refused before anything is written."""
+    if is_causal_lm(cfg):
+        from .lm_task import split_rows
+        split_rows(cfg.replace(dataset=name), rows)
+    else:
+        rows_to_taskdata(rows, cfg, name, warnings)
 
 
 def prepare(cfg: RunConfig, data: TaskData | None = None, upload: bytes | None = None):

@@ -284,3 +284,21 @@ def test_logits_of_the_last_positions_give_the_full_loss(tiny):
     tc, tf = (make_teachers(z, y, cfg, 1, k=8) for z, y in ((cut, b.labels), (full, full_labels)))
     assert all(torch.equal(x.target_ids, y.target_ids) and torch.allclose(x.logq, y.logq, atol=1e-5)
                for x, y in zip(tc, tf))
+
+
+def test_an_uploaded_decoder_file_is_checked_as_prompt_target_and_queued(tiny, tmp_path):
+    """The app uploads a decoder's JSONL through JobManager.submit: it is checked as
+    prompt/target data (not as classification columns) before anything is written."""
+    from dynsdpb.jobs import JobManager
+    model, data = tiny
+    jm = JobManager(tmp_path / "runs", autostart=False)       # nothing trains
+    cfg = lm_cfg(tiny)
+    job = jm.submit(cfg, ["vanilla", "dynsdpb"], [0], name="upload",
+                    upload=("my data.jsonl", open(data, "rb").read()))
+    saved = ExperimentDir(job.exp_dir).meta()["base_config"]["dataset"]
+    assert saved.endswith("my-data.jsonl") and open(saved, "rb").read() == open(data, "rb").read()
+    bad = b'{"question": "what is 1 plus 2", "target": "3"}\n' * 40
+    with pytest.raises(ConfigError) as e:
+        jm.submit(cfg, ["vanilla"], [0], name="bad", upload=("bad.jsonl", bad))
+    assert "prompt" in str(e.value) and "rename" in str(e.value)
+    assert not (tmp_path / "runs" / "bad").exists()
