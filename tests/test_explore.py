@@ -161,3 +161,143 @@ def test_label_noise_flips_exact_count_only_in_train_deterministically(tmp_path)
     assert k == 150 and (z != y).sum() == 150 and set(np.unique(z)) <= {0, 1, 2}
     bad = validate(cfg.replace(label_noise=1.0))
     assert [p.field for p in bad] == ["label_noise"] and "[0, 1)" in bad[0].fix
+
+
+# -- sweeps --------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from dynsdpb import sweep as SW  # noqa: E402
+from dynsdpb.config import dumps  # noqa: E402
+from dynsdpb.errors import ConfigError  # noqa: E402
+
+
+def test_grid_expansion_and_parsing():
+    g = SW.parse_grid(["alpha_max=0.5,1,2,4", "lr=2e-5,5e-5,2e-4"])
+    assert g == {"alpha_max": [0.5, 1.0, 2.0, 4.0], "lr": [2e-5, 5e-5, 2e-4]}
+    cells = SW.expand_grid(g)
+    assert len(cells) == 12 and cells[0] == {"alpha_max": 0.5, "lr": 2e-5}
+    assert cells[1] == {"alpha_max": 0.5, "lr": 5e-5}       # the first axis varies slowest
+    assert SW.parse_search(["alpha_max=0.1:4"]) == {"alpha_max": [0.1, 4.0]}
+    for bad, flag in ((["alfa=1,2"], "--grid"), (["seed=1,2"], "--grid"),
+                      (["lr=1,1"], "--grid"), (["lr"], "--grid")):
+        with pytest.raises(ConfigError) as e:
+            SW.parse_grid(bad)
+        assert e.value.problems[0].field == flag
+    with pytest.raises(ConfigError):
+        SW.parse_search(["alpha_max=4:0.1"])
+    with pytest.raises(ConfigError):
+        SW.parse_search(["granularity=1:2"])
+
+
+def test_baselines_are_shared_across_settings_they_do_not_read(tiny_csv):
+    base = tiny_config(tiny_csv)
+    k = lambda **kw: SW.run_key(base.replace(**kw))  # noqa: E731
+    # vanilla and refeed read no KD field; dlb does not read alpha_max (static schedule)
+    for m in ("vanilla", "refeed", "dlb"):
+        assert k(method=m, alpha_max=0.5) == k(method=m, alpha_max=4.0)
+    assert k(method="dynsdpb", alpha_max=0.5) != k(method="dynsdpb", alpha_max=4.0)
+    assert k(method="vanilla", lr=1e-3) != k(method="vanilla", lr=1e-2)
+    assert k(method="vanilla", budget="compute") == k(method="vanilla", budget="epochs")
+    assert k(method="refeed", budget="compute") != k(method="refeed", budget="epochs")
+    assert k(method="dlb", schedule="linear", alpha_max=0.5) != \
+        k(method="dlb", schedule="linear", alpha_max=4.0)
+    assert k(method="vanilla", seed=0) != k(method="vanilla", seed=1)
+
+
+def _sweep(tmp_path, csv, grid, methods, seeds, **kw):
+    base = tiny_config(csv, steps=3, eval_every=3, checkpoint_every=0, **kw)
+    return SW.create_sweep(tmp_path / "sw", base, methods, seeds, grid=SW.parse_grid(grid))
+
+
+def test_grid_sweep_runs_each_unique_run_once_and_heatmap_equals_summaries(tiny_csv, tmp_path):
+    out = _sweep(tmp_path, tiny_csv, ["alpha_max=0.5,2", "lr=1e-3,1e-2"],
+                 ["vanilla", "refeed", "dlb", "dynsdpb"], [0, 1])
+    plan = SW.plan_runs(out)
+    # per seed: vanilla, refeed and dlb once per lr (2 each), dynsdpb once per cell (4)
+    assert len(plan) == 2 * (2 + 2 + 2 + 4)
+    ran = []
+    res = SW.run_sweep(out, on_run=lambda key, reused: ran.append((key, reused)))
+    assert res["complete"]
+    fresh = [k for k, r in ran if not r]
+    assert sorted(fresh) == sorted(plan) and len(set(fresh)) == len(fresh)
+    assert len(list((out / "runs").iterdir())) == len(plan)
+    cl = SW.cells(out)
+    assert len(cl) == 4 and all(c["runs_done"] == c["runs_total"] == 8 for c in cl)
+    from dynsdpb.compare import summarize
+    for vs in ("vanilla", "dlb"):
+        hm = SW.heatmap(cl, "alpha_max", "lr", "dynsdpb", vs)
+        assert hm["x"] == [0.5, 2.0] and hm["y"] == [1e-3, 1e-2]
+        for c in cl:
+            # recompute the cell's summary from its runs' summary.json files
+            sums = [SW.local_summary(out, SW.run_key(cfg))
+                    for cfg in SW.cell_configs(SW.load_sweep(out), c["params"])]
+            d = summarize(sums)["methods"]["dynsdpb"]["test_accuracy"][f"diff_vs_{vs}"]
+            i, j = hm["y"].index(c["params"]["lr"]), hm["x"].index(c["params"]["alpha_max"])
+            assert (hm["z"][i][j], hm["ci_low"][i][j], hm["ci_high"][i][j]) == \
+                   (d["mean"], d["ci_low"], d["ci_high"])
+            assert hm["significant"][i][j] == (d["ci_low"] > 0 or d["ci_high"] < 0)
+    # a second call finds everything done and trains nothing
+    again = []
+    SW.run_sweep(out, on_run=lambda key, reused: again.append(reused))
+    assert again == []
+
+    # the report on this finished sweep
+    from dynsdpb.report import write_report
+    md = write_report([str(out)], tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.md").read_text() == md
+    assert "| alpha_max=0.5, lr=0.001 |" in md and "vs vanilla" in md
+    assert "distillation part" in md and "runs" in md
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == ["sw-heatmap-dlb.png", "sw-heatmap-vanilla.png"], pngs
+    assert "![dynsdpb - vanilla](sw-heatmap-vanilla.png)" in md
+    # the config diff names what the sweep's base set away from the defaults
+    assert "| model | 'minilm-l6' | 'tiny-random-bert' |" in md
+    cell = next(c for c in cl if c["params"] == {"alpha_max": 2.0, "lr": 1e-2})
+    d = cell["summary"]["methods"]["dynsdpb"]["test_accuracy"]["diff_vs_vanilla"]
+    from dynsdpb.compare import fmt_ci
+    assert fmt_ci(d, True) in md
+
+
+def test_sweep_resumes_after_a_kill(tiny_csv, tmp_path):
+    base = tiny_config(tiny_csv, steps=60, eval_every=30, checkpoint_every=5)
+    cfg_file = tmp_path / "base.yaml"
+    cfg_file.write_text(dumps(base))
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "dynsdpb.cli", "sweep", "--config", str(cfg_file),
+           "--grid", "alpha_max=0.5,2", "--methods", "vanilla,dynsdpb", "--seeds", "0",
+           "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # kill -9 once one run finished and another is past its first checkpoint
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = list(out.glob("runs/*/*/summary.json"))
+        ckpt = [c for c in out.glob("runs/*/*/checkpoint/state.pt")
+                if not (c.parent.parent / "summary.json").exists()]
+        if done and ckpt:
+            break
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    finished = {c.parent.parent.name: c.stat().st_mtime_ns for c in done}
+    ran = []
+    res = SW.run_sweep(out, on_run=lambda key, reused: ran.append((key, reused)))
+    assert res["complete"]
+    assert len(list((out / "runs").iterdir())) == 3          # vanilla shared, 2 x dynsdpb
+    for key, mtime in finished.items():                        # finished runs: not redone
+        assert (key, True) in ran
+        assert next((out / "runs" / key).glob("*/summary.json")).stat().st_mtime_ns == mtime
+    # the interrupted run continued from its checkpoint: a resumed_from in its status
+    resumed = [json.loads(s.read_text()).get("resumed_from")
+               for s in out.glob("runs/*/*/status.json")]
+    assert any(r for r in resumed), resumed
+    import optuna
+    st = optuna.load_study(study_name=SW.STUDY, storage=SW.storage_url(out, SW.load_sweep(out)))
+    states = sorted(t.state.name for t in st.get_trials())
+    assert states.count("COMPLETE") == 2 and "FAIL" in states and "RUNNING" not in states

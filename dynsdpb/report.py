@@ -1,0 +1,282 @@
+"""`dynsdpb report RUN_OR_SWEEP... --out DIR`: report.md and its charts as PNG.
+
+report.md holds the tasks x methods table (mean ± std over seeds, best per column in bold),
+per experiment the paired differences (vs vanilla; with a refeed arm split into re-feed and
+distillation parts), the config diff, the formula each arm used, and per sweep a table of
+cells and heatmaps of the paired gain. Charts are drawn with matplotlib (Agg): plotly's static
+export needs kaleido and a Chrome it drives, which the workbench does not ship.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+from . import config as C
+from .compare import PERCENT, TEST_METRICS, fmt_ci, summarize_runs
+from .errors import ConfigError
+from .store import ExperimentDir, safe_name
+from . import sweep as SW
+
+LOWER_IS_BETTER = ("test_mse", "test_perplexity", "test_loss")
+
+
+def _num(x, pct: bool) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{100 * x:.2f}" if pct else f"{x:.4f}"
+
+
+def _mean_std(v: dict, pct: bool) -> str:
+    s = _num(v.get("mean"), pct)
+    return s if v.get("std") is None or not math.isfinite(v.get("std", float("nan"))) \
+        else f"{s} ± {_num(v['std'], pct)}"
+
+
+def _best(vals: dict[str, float], metric: str) -> str | None:
+    ok = {k: v for k, v in vals.items() if v is not None and math.isfinite(v)}
+    if not ok:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    return pick(ok, key=ok.get)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Charts (matplotlib, Agg: no display needed)
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _curves(exp: ExperimentDir, key: str) -> dict[str, tuple[list, list]]:
+    """method -> (steps, mean over seeds of `key`) where the key is logged."""
+    acc: dict[str, dict[int, list]] = {}
+    for rd in exp.arms():
+        cfg = rd.config() or {}
+        for r in rd.metrics():
+            if r.get(key) is not None:
+                acc.setdefault(cfg.get("method", "?"), {}).setdefault(r["step"], []).append(
+                    r[key])
+    return {m: (sorted(d), [sum(d[s]) / len(d[s]) for s in sorted(d)]) for m, d in acc.items()}
+
+
+def _line_png(path: Path, series: dict[str, dict], title: str, ylabel: str) -> bool:
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.4), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], series.items()):
+        for m, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o", ms=3, label=m)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def heatmap_png(path: Path, hm: dict, title: str) -> None:
+    """The paired gain per cell in points, the interval in each cell, * where it excludes 0."""
+    plt = _plt()
+    z = [[100 * v if math.isfinite(v) else float("nan") for v in row] for row in hm["z"]]
+    fig, ax = plt.subplots(figsize=(1.6 * len(hm["x"]) + 2.5, 1.0 * len(hm["y"]) + 1.8))
+    lim = max([abs(v) for row in z for v in row if math.isfinite(v)] or [1.0])
+    im = ax.imshow(z, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i, j in itertools.product(range(len(hm["y"])), range(len(hm["x"]))):
+        v = z[i][j]
+        if math.isfinite(v):
+            lo, hi = 100 * hm["ci_low"][i][j], 100 * hm["ci_high"][i][j]
+            star = "*" if hm["significant"][i][j] else ""
+            ax.text(j, i, f"{v:+.2f}{star}\n[{lo:.1f}, {hi:.1f}]", ha="center", va="center",
+                    fontsize=8)
+    ax.set_xticks(range(len(hm["x"])), [str(v) for v in hm["x"]])
+    ax.set_yticks(range(len(hm["y"])), [str(v) for v in hm["y"]])
+    ax.set_xlabel(hm["x_name"])
+    ax.set_ylabel(hm["y_name"] or "")
+    fig.colorbar(im, ax=ax, label="paired gain (points)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Sections
+
+def _experiment_section(exp: ExperimentDir, out: Path, label: str) -> tuple[str, dict, dict]:
+    s = summarize_runs(exp.arms())
+    metrics = TEST_METRICS[s["task"]]
+    methods = list(s["methods"])
+    lines = [f"## Experiment `{exp.id}`", ""]
+    header = ["method"] + [f"{m}{' (%)' if m in PERCENT else ''}" for m in metrics]
+    best = {m: _best({k: s["methods"][k][m]["mean"] for k in methods}, m) for m in metrics}
+    rows = []
+    for k in methods:
+        r = [k]
+        for m in metrics:
+            cell = _mean_std(s["methods"][k][m], m in PERCENT)
+            r.append(f"**{cell}**" if best[m] == k else cell)
+        rows.append(r)
+    lines += ["Test metrics, mean ± sample std over seeds "
+              f"({', '.join(map(str, s['methods'][methods[0]]['seeds'])) if methods else ''}); "
+              "best per column in bold.", "", _md_table(header, rows), ""]
+    pm = s["primary_metric"]
+    pct = pm in PERCENT
+    diff_rows = []
+    for k in methods:
+        v = s["methods"][k][pm]
+        if "diff_vs_vanilla" not in v:
+            continue
+        diff_rows.append([k, fmt_ci(v["diff_vs_vanilla"], pct),
+                          fmt_ci(v["refeed_part"], pct) if "refeed_part" in v else "-",
+                          fmt_ci(v["distillation_part"], pct) if "distillation_part" in v else "-",
+                          fmt_ci(v["diff_vs_dlb"], pct) if "diff_vs_dlb" in v else "-"])
+    if diff_rows:
+        lines += [f"Paired differences of {pm}{' (points)' if pct else ''}, same seed, mean "
+                  "[95% t-interval]; re-feed part = refeed - vanilla, distillation part = "
+                  "arm - refeed.", "",
+                  _md_table(["method", "vs vanilla", "re-feed part", "distillation part",
+                             "vs dlb"], diff_rows), ""]
+    lines += ["Formula each arm used:", ""]
+    lines += [f"- **{k}**: {s['methods'][k].get('formula', '')}" for k in methods]
+    lines.append("")
+    val = next((k for k in ("val_accuracy", "val_pearson", "val_exact_match")
+                if _curves(exp, k)), None)
+    png = out / f"{label}-curves.png"
+    series = {}
+    if val:
+        series[val] = _curves(exp, val)
+    series["alpha"] = _curves(exp, "alpha")
+    series["tau"] = _curves(exp, "tau")
+    if _line_png(png, series, f"{exp.id}: mean over seeds", ""):
+        lines += [f"![curves]({png.name})", ""]
+    drift = {k: _curves(exp, k) for k in ("logit_drift", "update_drift", "dropout_drift")}
+    png = out / f"{label}-drift.png"
+    if any(drift.values()) and _line_png(png, drift, "drift split (KL, nats)", "KL"):
+        lines += [f"![drift]({png.name})", ""]
+    base = (exp.meta().get("base_config") or {})
+    return "\n".join(lines), s, base
+
+
+def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
+    spec = SW.load_sweep(path)
+    cl = SW.cells(path)
+    t = spec["target"]
+    axes = list(spec["grid"] or spec["search"])
+    lines = [f"## Sweep `{path.name}` ({spec['kind']}: {', '.join(axes)}; methods "
+             f"{', '.join(spec['methods'])}; seeds {', '.join(map(str, spec['seeds']))})", ""]
+    rows = []
+    for c in cl:
+        s = c["summary"]
+        pm = s.get("primary_metric", "test_accuracy")
+        pct = pm in PERCENT
+        v = s.get("methods", {}).get(t, {}).get(pm, {})
+        rows.append([", ".join(f"{k}={c['params'][k]}" for k in axes),
+                     _mean_std(v, pct) if v else "n/a",
+                     fmt_ci(v["diff_vs_vanilla"], pct) if "diff_vs_vanilla" in v else "-",
+                     fmt_ci(v["refeed_part"], pct) if "refeed_part" in v else "-",
+                     fmt_ci(v["distillation_part"], pct) if "distillation_part" in v else "-",
+                     fmt_ci(v["diff_vs_dlb"], pct) if "diff_vs_dlb" in v else "-",
+                     f"{c['runs_done']}/{c['runs_total']}"])
+    lines += [f"Per cell: {t}'s test metric (mean ± std) and its paired differences in points "
+              "[95% t-interval].", "",
+              _md_table(["cell", t, "vs vanilla", "re-feed part", "distillation part",
+                         "vs dlb", "runs"], rows), ""]
+    if spec["kind"] == "grid" and axes:
+        x, y = axes[0], (axes[1] if len(axes) > 1 else "")
+        rest = axes[2:]
+        vss = ["vanilla"] + (["dlb"] if t == "dynsdpb" and "dlb" in spec["methods"] else [])
+        for combo in itertools.product(*(spec["grid"][r] for r in rest)):
+            fixed = dict(zip(rest, combo))
+            for vs in vss:
+                hm = SW.heatmap(cl, x, y, t, vs, fixed)
+                tag = "-".join(f"{k}{v}" for k, v in fixed.items())
+                png = out / safe_name(f"{label}-heatmap-{vs}{'-' + tag if tag else ''}") \
+                    .replace(".", "_")
+                png = png.with_suffix(".png")
+                title = (f"{t} - {vs}, points (* interval excludes 0)"
+                         + (f"; {', '.join(f'{k}={v}' for k, v in fixed.items())}" if fixed
+                            else ""))
+                heatmap_png(png, hm, title)
+                lines += [f"![{t} - {vs}]({png.name})", ""]
+    return "\n".join(lines), spec.get("base_config") or {}
+
+
+def config_diff(bases: dict[str, dict]) -> list[list[str]]:
+    """Fields whose value differs between the reported bases (one base: from the defaults)."""
+    d = C.RunConfig().to_dict()
+    cols = list(bases)
+    if len(cols) == 1:
+        b = bases[cols[0]]
+        return [[k, repr(d[k]), repr(b[k])] for k in d if k in b and b[k] != d[k]
+                and k not in ("method", "seed", "name")]
+    return [[k] + [repr(bases[c].get(k)) for c in cols] for k in d
+            if len({repr(bases[c].get(k)) for c in cols}) > 1 and k not in ("method", "seed")]
+
+
+def write_report(paths: list[str], out: str | Path) -> str:
+    """Write report.md (and PNGs) into `out`; returns the markdown."""
+    out = Path(out)
+    for p in paths:
+        if not (SW.is_sweep(p) or ExperimentDir(p).exists()):
+            raise ConfigError.one("report", str(p), "not an experiment or sweep folder (it has "
+                                  "no experiment.json or sweep.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    sections, bases, tasks = [], {}, {}
+    for i, p in enumerate(paths):
+        p = Path(p)
+        label = safe_name(p.name)
+        if SW.is_sweep(p):
+            text, base = _sweep_section(p, out, label)
+        else:
+            text, s, base = _experiment_section(ExperimentDir(p), out, label)
+            tasks[f"{base.get('dataset', '?')} ({p.name})"] = s
+        sections.append(text)
+        bases[p.name] = base
+    md = ["# DynSDPB workbench report", "",
+          "Sources: " + ", ".join(f"`{p}`" for p in paths), ""]
+    if tasks:
+        methods = list(dict.fromkeys(m for s in tasks.values() for m in s["methods"]))
+        best = {col: _best({m: s["methods"][m][s["primary_metric"]]["mean"]
+                            for m in s["methods"]}, s["primary_metric"])
+                for col, s in tasks.items()}
+        rows = []
+        for m in methods:
+            r = [m]
+            for col, s in tasks.items():
+                pm = s["primary_metric"]
+                v = s["methods"].get(m, {}).get(pm)
+                cell = _mean_std(v, pm in PERCENT) if v else "-"
+                r.append(f"**{cell}**" if best[col] == m else cell)
+            rows.append(r)
+        md += ["## Tasks x methods", "", "Primary test metric per task (in % for shares), "
+               "mean ± std over seeds; best per column in bold.", "",
+               _md_table(["method"] + [f"{c}: {s['primary_metric']}" for c, s in tasks.items()],
+                         rows), ""]
+    diff = config_diff(bases)
+    md += ["## Config diff", ""]
+    if diff:
+        head = (["field", "default", list(bases)[0]] if len(bases) == 1
+                else ["field"] + list(bases))
+        md += [_md_table(head, diff), ""]
+    else:
+        md += ["(no differences)", ""]
+    md += sections
+    text = "\n".join(md)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return text
