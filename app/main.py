@@ -40,6 +40,7 @@ nav = st.navigation([
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:",
             url_path="compare"),
     st.Page(PAGES / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
+    st.Page(PAGES / "selftrain.py", title="Self-training", icon=":material/autorenew:", url_path="selftrain"),
     st.Page(PAGES / "learn.py", title="Learn", icon=":material/school:", url_path="learn"),
 ])
 

@@ -252,8 +252,8 @@ def _selftrain(path: Path, resume: bool = False) -> int:
                   + (f"{100 * acc:.1f}%" if acc is not None else "n/a"),
                   file=sys.stderr, flush=True)
         elif "step" in rec:
-            print(f"{clock} round {at['round']} {who} step {rec['step']}/{rec.get('steps', '')}"
-                  f"loss {rec['loss']:.3f}".replace("/loss", " loss"), file=sys.stderr,
+            print(f"{clock} round {at['round']} {who} step {rec['step']} loss {rec['loss']:.3f}"
+                  + (f" kd {rec['kd']:.4f}" if rec.get("kd") else ""), file=sys.stderr,
                   flush=True)
         elif rec.get("state") == "failed":
             print(f"{clock} {who}: failed: {rec.get('error')} (hint: {rec.get('hint')})",
@@ -470,6 +470,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "(loadable with --config and by the app) and exit")
     _add_config_flags(c, compare=True)
     c.set_defaults(fn=cmd_compare)
+
+    from .selftrain import LOOP_HELP, LOOPS, ROUND_STARTS
+    st = sub.add_parser("selftrain", help="STaR or self-correction rounds, each method as the "
+                        "fine-tuning policy (arms in lockstep per round)", epilog=precedence,
+                        allow_abbrev=False)
+    st.add_argument("--config", help="experiment YAML as the base config (as for compare)")
+    st.add_argument("--demo", action="store_true", help="start from the CPU demo (arith-easy, "
+                    "smollm2-135m, LoRA, 32 questions, 2 STaR rounds of 8 steps, vanilla vs "
+                    "dynsdpb); flags override it")
+    st.add_argument("--methods", help="comma-separated, e.g. vanilla,dynsdpb")
+    st.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="set a config field by name, e.g. --set lr=3e-4")
+    st.add_argument("--out", default="runs/selftrain", help="folder to create")
+    st.add_argument("--resume", metavar="DIR", help="continue the loop in DIR (the same as "
+                    "`dynsdpb resume DIR`)")
+    g = st.add_argument_group("loop options")
+    for name in LOOP_FLAGS:
+        meta = {"loop": "{" + ",".join(LOOPS) + "}", "round_start":
+                "{" + ",".join(ROUND_STARTS) + "}", "rationalize": "true|false",
+                "temperature": "X"}.get(name, "N")
+        kw = dict(nargs="?", const="true") if name == "rationalize" else {}
+        g.add_argument(_flag(name), dest="l_" + name, metavar=meta,
+                       help=LOOP_HELP[name].replace("%", "%%"), **kw)
+    _add_config_flags(st, compare=True)
+    st.set_defaults(fn=cmd_selftrain, preset=None)
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted experiment")
     r.add_argument("dir")

@@ -121,7 +121,27 @@ class JobManager:
             self._wake.notify_all()
         return job
 
+    def submit_selftrain(self, base: RunConfig, loop, methods: list[str], seeds: list[int],
+                         name: str = "") -> Job:
+        """Queue a self-training loop (selftrain.py; `loop` a LoopConfig) like an experiment.
+        The worker tells the two apart by the folder (selftrain.json)."""
+        from .selftrain import check_selftrain, create_selftrain
+        from .store import unique_dir
+        check_selftrain(base, loop, methods, seeds)   # before any folder is made
+        with self._lock:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = unique_dir(self.runs_dir, name or f"{stamp}-selftrain-{loop.loop}")
+            create_selftrain(path, base, loop, methods, seeds, name)
+            job = Job(path)
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._wake.notify_all()
+        return job
+
     def resume(self, exp_id: str) -> Job:
+        from .selftrain import is_selftrain
+        if is_selftrain(self.runs_dir / safe_name(exp_id)):
+            return self._resume_selftrain(exp_id)
         exp = self._exp_path(exp_id)
         with self._lock:
             j = self._jobs.get(exp_id)
@@ -134,6 +154,22 @@ class JobManager:
                 if rd.status().get("state") != "finished":
                     rd.set_status("queued")
             job = Job(exp, resume=True)
+            self._jobs[exp_id] = job
+            self._queue.append(job)
+            self._wake.notify_all()
+        return job
+
+    def _resume_selftrain(self, exp_id: str) -> Job:
+        from .selftrain import read_meta
+        path = self.runs_dir / safe_name(exp_id)
+        read_meta(path, "experiment")                # damaged: say so now
+        with self._lock:
+            j = self._jobs.get(exp_id)
+            if j and j.state in ("queued", "running") and not j.stop.is_set():
+                return j
+            from .store import check_not_busy
+            check_not_busy([RunDir(path)], exp_id)
+            job = Job(path, resume=True)
             self._jobs[exp_id] = job
             self._queue.append(job)
             self._wake.notify_all()
@@ -210,7 +246,10 @@ class JobManager:
                 elif self.isolation == "process":
                     self._run_in_process(job)
                 else:
-                    run_experiment(job.exp_dir, stop=job.stop, resume=job.resume)
+                    # a self-training folder (selftrain.json) runs its loop of experiments
+                    from .selftrain import is_selftrain, run_selftrain
+                    run = run_selftrain if is_selftrain(job.exp_dir) else run_experiment
+                    run(job.exp_dir, stop=job.stop, resume=job.resume)
             except (ConfigError, TrainingFault) as e:
                 job.error = str(e)  # already written to each arm's status.json
             except Exception as e:  # noqa: BLE001 - the worker must survive any run

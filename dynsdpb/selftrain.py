@@ -185,11 +185,11 @@ def check_loop(opt: LoopConfig) -> LoopConfig:
 
 
 # The CPU demo (the app's preset, `dynsdpb selftrain --demo`): arith-easy on smollm2-135m with
-# LoRA, small enough for a few minutes per round on 2 cores.
+# LoRA, small enough for a few minutes per round on 2 (shared) cores.
 CPU_DEMO = {
-    "config": dict(model="smollm2-135m", dataset="arith-easy", steps=12, batch_size=8,
-                   lr=5e-4, max_len=96, max_new_tokens=24, val_size=4, test_size=24,
-                   max_train_samples=64, eval_every=12, checkpoint_every=4, probe_size=4,
+    "config": dict(model="smollm2-135m", dataset="arith-easy", steps=8, batch_size=8,
+                   lr=5e-4, max_len=96, max_new_tokens=16, val_size=4, test_size=16,
+                   max_train_samples=64, eval_every=8, checkpoint_every=4, probe_size=4,
                    eval_generations=2, save_model=False, warmup_ratio=0.1),
     "loop": dict(loop="star", rounds=2, questions=32, samples=1, temperature=0.7,
                  rationalize=False, round_start="continue"),
@@ -497,15 +497,21 @@ def round_dir(path: Path, r: int) -> Path:
     return Path(path) / f"round-{r:02d}"
 
 
-def create_selftrain(out: str | Path, base: RunConfig, loop: LoopConfig, methods: list[str],
-                     seeds: list[int], name: str = "") -> Path:
-    """Check everything that needs no model or data, then write DIR/selftrain.json."""
+def check_selftrain(base: RunConfig, loop: LoopConfig, methods: list[str],
+                    seeds: list[int]) -> None:
+    """Every check that needs no model or data: the loop options and each arm's config."""
     check_loop(loop)
     if not is_causal_lm(base):
         raise ConfigError.one("model", base.model, "self-training generates text: use a decoder "
                               "model such as smollm2-135m and a generation dataset such as "
                               "arith-easy")
     check_experiment(base, methods, seeds)
+
+
+def create_selftrain(out: str | Path, base: RunConfig, loop: LoopConfig, methods: list[str],
+                     seeds: list[int], name: str = "") -> Path:
+    """Check everything that needs no model or data, then write DIR/selftrain.json."""
+    check_selftrain(base, loop, methods, seeds)
     p = Path(out)
     p.mkdir(parents=True, exist_ok=True)
     atomic_write_json(p / META, {"kind": "selftrain", "id": p.name, "name": name or p.name,
@@ -588,11 +594,24 @@ def run_selftrain(path: str | Path, stop: threading.Event | None = None,
                   progress: ProgressFn | None = None, resume: bool = False,
                   generate: GenerateFn | None = None) -> dict:
     """Run (or resume) a self-training folder made by `create_selftrain`; returns
-    {"state": finished | stopped | failed, "summary": ..., "error": ...}."""
+    {"state": finished | stopped | failed, "summary": ..., "error": ...}. A failed arm ends
+    the loop after its round's training (state failed; resume retries that arm); anything
+    raised also leaves DIR/status.json failed, with the error, before it propagates."""
+    try:
+        return _run_selftrain(Path(path), stop, progress, resume, generate)
+    except Exception as e:
+        if is_selftrain(path) and RunDir(path).raw_status().get("state") in ("queued",
+                                                                             "running"):
+            hint = getattr(e, "hint", None) or ("fix the input" if isinstance(e, ConfigError)
+                                                else "resume to retry from the last round")
+            RunDir(path).set_status("failed", error=f"{type(e).__name__}: {e}", hint=hint)
+        raise
+
+
+def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
     from .models import pick_device
     from .store import check_not_busy
     from .tasks import prepare
-    path = Path(path)
     meta = read_meta(path)
     base = from_dict(meta["base_config"])
     opt = loop_from_dict(meta["loop"])

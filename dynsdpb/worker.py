@@ -42,7 +42,12 @@ def _watch_parent(stop: threading.Event, parent: int) -> None:
 def mark_unfinished_failed(exp_dir: Path, error: str, hint: str) -> None:
     """Arms left queued or running by a process that ended abnormally read `failed`."""
     from .store import ExperimentDir
-    for rd in ExperimentDir(exp_dir).arms():
+    from .store import RunDir
+    # a self-training folder: its own status and the arms of every round experiment
+    loop = (exp_dir / "selftrain.json").is_file()
+    exps = [exp_dir] + (sorted(exp_dir.glob("round-[0-9]*")) if loop else [])
+    rds = [rd for e in exps for rd in ExperimentDir(e).arms()] + ([RunDir(exp_dir)] if loop else [])
+    for rd in rds:
         if rd.raw_status().get("state") in ("queued", "running"):
             rd.set_status("failed", error=error, hint=hint)
 
@@ -69,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .errors import ConfigError, TrainingFault
     from .experiment import run_experiment
+    from .selftrain import is_selftrain, run_selftrain
+    # a self-training folder (selftrain.json) runs its loop of experiments
+    run = run_selftrain if is_selftrain(exp_dir) else run_experiment
     try:
-        run_experiment(exp_dir, stop=stop, resume=a.resume)
+        run(exp_dir, stop=stop, resume=a.resume)
         return EXIT_OK
     except (ConfigError, TrainingFault) as e:
         print(f"dynsdpb worker: refused: {e}", file=sys.stderr)   # already in status.json

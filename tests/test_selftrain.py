@@ -320,3 +320,89 @@ def test_sample_gives_n_per_prompt(tiny):
                  max_new_tokens=4, temperature=1.0, n=3, batch_size=2)
     assert [len(o) for o in out] == [3, 3, 3]
     assert HINT.format(answer=3) not in out[0][0]
+
+
+# ----------------------------------------------------------------------------------------
+# CLI and JobManager
+
+def test_cli_selftrain_runs_resumes_and_refuses_bad_input_in_one_line(tiny, tmp_path, capsys):
+    from dynsdpb.cli import main
+    cfg, _ = tiny
+    out = tmp_path / "cli"
+    rc = main(["selftrain", "--loop", "dream", "--model", cfg.model, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "loop='dream'" in err and not out.exists()
+    rc = main(["resume", str(tmp_path)])
+    assert rc == 2 and "not an experiment folder" in capsys.readouterr().err
+    flags = ["--model", cfg.model, "--dataset", cfg.dataset, "--val-size", "2", "--test-size",
+             "4", "--max-train-samples", "0", "--max-len", "48", "--steps", "2",
+             "--batch-size", "4", "--lora-target-modules", "q_proj,v_proj", "--lora-r", "4",
+             "--max-new-tokens", "4", "--probe-size", "2", "--save-model", "false",
+             "--top-k", "8", "--eval-every", "2"]
+    rc = main(["selftrain", *flags, "--methods", "vanilla,dynsdpb", "--seeds", "0",
+               "--loop", "star", "--rounds", "1", "--questions", "6", "--temperature", "0",
+               "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "round 1: generating" in cap.err and "dynsdpb" in cap.out and "state: finished" \
+        in cap.out
+    stamp = (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns
+    assert main(["selftrain", "--resume", str(out)]) == 0      # nothing left: nothing redone
+    assert (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns == stamp
+    assert main(["selftrain", "--demo", "--out", str(out)]) == 2    # --out not empty
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_jobmanager_runs_a_selftrain_loop_in_its_queue(tiny, tmp_path):
+    from dynsdpb.jobs import JobManager
+    cfg, _ = tiny
+    jm = JobManager(tmp_path / "runs", isolation="thread")
+    try:
+        with pytest.raises(ConfigError, match="samples"):
+            jm.submit_selftrain(cfg, _opt(samples=2, temperature=0), ["vanilla"], [0])
+        assert list((tmp_path / "runs").iterdir()) == []       # refused before any folder
+        job = jm.submit_selftrain(cfg, _opt(questions=6, temperature=0), ["vanilla"], [0],
+                                  name="loop")
+        assert jm.wait_idle(300)
+        assert job.error == ""
+        assert RunDir(job.exp_dir).raw_status()["state"] == "finished"
+        assert read_json(job.exp_dir / "summary.json")["rounds"][0]["methods"]["vanilla"]
+        again = jm.resume("loop")            # a finished loop: resuming redoes nothing
+        assert jm.wait_idle(120) and again.error == ""
+    finally:
+        jm.close()
+
+
+def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    from dynsdpb.paths import APP_MAIN
+    cfg, _ = tiny
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("DYNSDPB_RUNS_DIR", str(runs))
+    monkeypatch.setenv("DYNSDPB_ISOLATION", "thread")
+    d = create_selftrain(runs / "loop", cfg, _opt(questions=8, rationalize=True),
+                         ["vanilla", "dynsdpb"], [0])
+    assert run_selftrain(d, generate=Scripted())["state"] == "finished"
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP_MAIN), default_timeout=120)
+        at.run()
+        at.switch_page(str(APP_MAIN.parent.parent / "pages" / "selftrain.py")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.title[0].value == "Self-training"
+        page = " ".join(str(getattr(e, "value", "")) for e in at.main)
+        assert "finished" in page and "vanilla" in " ".join(c.value for c in at.code)
+        assert len(at.get("plotly_chart")) >= 3          # kept, accuracy, inner loss curves
+        df = at.dataframe[0].value
+        assert len(df) > 0 and {"prompt", "target", "rationalized"} <= set(df.columns)
+        assert not any("Hint" in p for p in df["prompt"])
+        # bad loop options: the field and the fix, nothing queued
+        at.session_state["w_st_samples"] = 2
+        at.session_state["w_st_temperature"] = 0.0
+        at.run()
+        at.button[1].click().run()                      # Start (after the preset button)
+        assert any("samples" in e.value for e in at.error), [e.value for e in at.error]
+        assert [p.parent.name for p in runs.glob("*/selftrain.json")] == ["loop"]
+    finally:
+        st.cache_resource.clear()

@@ -1,0 +1,210 @@
+"""Self-training: set up a STaR or self-correction loop, start it through the JobManager, watch
+the per-round numbers (kept traces, accuracy per method) beside each round's fine-tuning
+curves, and browse the kept rationales and corrections (dynsdpb/selftrain.py).
+
+A loop lives in its own folder of the runs directory (selftrain.json); each round is an engine
+experiment inside it, so the fine-tuning curves are the engine's own metrics.jsonl."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import common
+from dynsdpb import config as C
+from dynsdpb import selftrain as S
+from dynsdpb.errors import ConfigError
+from dynsdpb.store import RunDir, read_json, read_metrics
+
+ss = st.session_state
+jm = common.manager()
+
+st.title("Self-training")
+st.caption("Rounds of generate → keep the right answers → fine-tune (vanilla, DLB or DynSDPB) → "
+           "evaluate. Every method runs its own loop from the same seed and base model; all "
+           "finish round r before round r+1, so each round's comparison is paired.")
+
+# -- set up ------------------------------------------------------------------------------------
+FIELDS = ("model", "dataset", "steps", "batch_size", "lr", "max_len", "max_new_tokens",
+          "max_train_samples", "val_size", "test_size", "finetune")
+LOOP_FIELDS = ("loop", "rounds", "questions", "samples", "temperature", "rationalize",
+               "round_start")
+
+
+def _load_preset() -> None:
+    for k, v in {**S.CPU_DEMO["config"], **S.CPU_DEMO["loop"]}.items():
+        ss[f"w_st_{k}"] = v
+    ss["w_st_methods"] = list(S.CPU_DEMO["methods"])
+    ss["w_st_seeds"] = ",".join(map(str, S.CPU_DEMO["seeds"]))
+
+
+if "w_st_loop" not in ss:
+    _load_preset()
+
+with st.expander("Set up a loop", expanded=not jm.is_active()):
+    st.button("CPU demo preset", on_click=_load_preset, help="arith-easy on smollm2-135m with "
+              "LoRA: 32 questions, 2 STaR rounds of 8 steps, vanilla vs DynSDPB (a few "
+              "minutes per round on 2 CPU cores).")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.selectbox("loop", S.LOOPS, key="w_st_loop", help=S.LOOP_HELP["loop"])
+        st.number_input("rounds", 1, 50, key="w_st_rounds", help=S.LOOP_HELP["rounds"])
+        st.number_input("questions per round", 0, 100000, key="w_st_questions",
+                        help=S.LOOP_HELP["questions"])
+        st.number_input("samples per question", 1, 64, key="w_st_samples",
+                        help=S.LOOP_HELP["samples"])
+        st.number_input("temperature", 0.0, 5.0, step=0.1, key="w_st_temperature",
+                        help=S.LOOP_HELP["temperature"])
+        st.checkbox("rationalize wrong answers (STaR)", key="w_st_rationalize",
+                    help=S.LOOP_HELP["rationalize"])
+        st.radio("each round starts from", S.ROUND_STARTS, key="w_st_round_start",
+                 horizontal=True, help=S.LOOP_HELP["round_start"])
+    with c2:
+        st.text_input("model", key="w_st_model", help=C.field_help("model"))
+        st.text_input("dataset", key="w_st_dataset", help=C.field_help("dataset"))
+        st.multiselect("methods", list(C.METHODS), key="w_st_methods")
+        st.text_input("seeds", key="w_st_seeds", help="comma-separated, e.g. 0,1,2")
+        st.selectbox("finetune", C.FINETUNES, key="w_st_finetune", help=C.field_help("finetune"))
+    with c3:
+        for k in ("steps", "batch_size", "max_len", "max_new_tokens", "max_train_samples",
+                  "val_size", "test_size"):
+            st.number_input(k + (" per round" if k == "steps" else ""), 0, 100000,
+                            key=f"w_st_{k}", help=C.field_help(k))
+        st.number_input("lr", 0.0, 1.0, format="%.1e", key="w_st_lr", help=C.field_help("lr"))
+    name = st.text_input("name (optional)", key="w_st_name")
+    if st.button("Start", type="primary"):
+        try:
+            over = {k: ss[f"w_st_{k}"] for k in FIELDS}
+            base = C.from_dict({**S.CPU_DEMO["config"], **over}, check=False)
+            loop = S.loop_from_dict({k: ss[f"w_st_{k}"] for k in LOOP_FIELDS})
+            seeds = C.parse_int_list("seeds", ss["w_st_seeds"])
+            job = jm.submit_selftrain(base, loop, list(ss["w_st_methods"]), seeds, name)
+            ss["w_st_pick"] = job.id
+            ss["flash"] = f"queued {job.id}"
+            st.rerun()
+        except ConfigError as e:
+            for p in e.problems:
+                st.error(f"**{p.field}** = {p.value!r}: {p.fix}")
+
+# -- pick a loop -------------------------------------------------------------------------------
+loops = sorted((p.parent for p in jm.runs_dir.glob(f"*/{S.META}")),
+               key=lambda p: (read_json(p / S.META, {}) or {}).get("created", 0), reverse=True)
+if not loops:
+    st.info("No self-training loops yet: set one up above.")
+    st.stop()
+ids = [p.name for p in loops]
+if ss.get("w_st_pick") not in ids:
+    ss["w_st_pick"] = ids[0]
+pick = st.selectbox("loop folder", ids, key="w_st_pick")
+path = jm.runs_dir / pick
+meta = read_json(path / S.META, {}) or {}
+sc = (meta.get("loop") or {}).get("loop") == "selfcorrect"
+status = RunDir(path).status()
+state = status.get("state", "?")
+active = state in ("queued", "running")
+
+c1, c2, c3 = st.columns([3, 1, 1])
+with c1:
+    where = (f"round {status.get('round')}/{status.get('rounds')}, {status.get('phase')}"
+             + (f" ({status['arm']})" if status.get("arm") and state == "running" else ""))
+    st.markdown(f"{common.state_badge(state)} &nbsp; {where}")
+    if status.get("error"):
+        st.error(f"{status['error']}" + (f" — hint: {status['hint']}" if status.get("hint")
+                                         else ""))
+with c2:
+    if active and st.button("Stop", help="finish the current step, checkpoint, stop"):
+        jm.stop(pick)
+        st.rerun()
+with c3:
+    if state in ("stopped", "failed", "interrupted") and st.button("Resume"):
+        try:
+            jm.resume(pick)
+            st.rerun()
+        except ConfigError as e:
+            st.error(str(e))
+
+
+# -- per-round charts beside the inner curves ---------------------------------------------------
+def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
+    """Kept traces and test accuracy (%) per method and round (round 0: the base model)."""
+    kept, acc = go.Figure(), go.Figure()
+    base = summary.get("baseline") or {}
+    for method in summary.get("methods") or []:
+        rs = [r for r in summary.get("rounds", []) if method in r["methods"]]
+        x = [r["round"] for r in rs]
+        color = common.method_color(method)
+
+        def mean(r, k):
+            v = (r["methods"][method].get(k) or {}).get("mean")
+            return None if v is None or v != v else v
+        kept.add_trace(go.Bar(x=x, y=[mean(r, "kept") for r in rs], name=method,
+                              marker_color=color))
+        keys = [("test_first_exact_match", "dot", " first attempt")] if sc else []
+        for key, dash, suffix in keys + [("test_exact_match", "solid",
+                                          " after correction" if sc else "")]:
+            y0 = base.get(key)
+            xs = ([0] if y0 is not None else []) + x
+            ys = ([100 * y0] if y0 is not None else []) + [
+                None if mean(r, key) is None else 100 * mean(r, key) for r in rs]
+            acc.add_trace(go.Scatter(x=xs, y=ys, name=method + suffix, mode="lines+markers",
+                                     line={"color": color, "dash": dash}))
+    kept.update_layout(title="kept traces per round", barmode="group", height=300,
+                       xaxis_title="round", yaxis_title="kept", margin={"t": 40})
+    acc.update_layout(title="test exact match (%) per round (0 = base model)", height=300,
+                      xaxis_title="round", yaxis_title="%", margin={"t": 40})
+    return kept, acc
+
+
+@st.fragment(run_every=3.0 if active else None)
+def watch() -> None:
+    summary = S.summarize(path)
+    kept, acc = round_figures(summary)
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(kept, key="st_kept")
+        st.plotly_chart(acc, key="st_acc")
+        if summary.get("rounds"):
+            st.code(S.format_rounds(summary), language=None)
+    with right:
+        rounds = sorted(path.glob("round-[0-9]*/experiment.json"))
+        if not rounds:
+            st.info("The first round's fine-tuning has not started yet.")
+            return
+        names = [p.parent.name for p in rounds]
+        r = st.selectbox("fine-tuning curves of", names, index=len(names) - 1, key="st_round")
+        arms = common.load_arms(path / r)
+        st.plotly_chart(common.fig_loss(arms, uirev=f"st-loss-{r}"), key="st_loss")
+        cols = st.columns(2)
+        for col, k in zip(cols, ("alpha", "val_exact_match")):
+            with col:
+                st.plotly_chart(common.fig_metric(arms, k, uirev=f"st-{k}-{r}"), key=f"st_{k}")
+
+
+watch()
+
+# -- browse kept rationales / corrections --------------------------------------------------------
+st.subheader("Kept " + ("corrections" if sc else "rationales") + " and test answers")
+arm_dirs = sorted(p.parent for p in path.glob("round-[0-9]*/*/train.jsonl"))
+if not arm_dirs:
+    st.info("Nothing generated yet.")
+    st.stop()
+label = {str(p): f"{p.parent.name} / {p.name}" for p in arm_dirs}
+which = st.selectbox("round / arm", [str(p) for p in arm_dirs], format_func=label.get,
+                     key="st_browse")
+show = st.radio("show", ["kept (training data)", "all traces", "test answers"],
+                horizontal=True, key="st_show")
+f = {"kept (training data)": "train.jsonl", "all traces": "traces.jsonl",
+     "test answers": "eval.jsonl"}[show]
+rows = read_metrics(Path(which) / f)
+if not rows:
+    st.info(f"No {f} in this round yet.")
+else:
+    info = read_json(Path(which) / "round.json", {}) or {}
+    if info:
+        st.caption(f"{info.get('kept')} kept of {info.get('traces')} traces"
+                   + (f", {info.get('rationalized')} rationalized" if not sc else
+                      f", {info.get('fixed')} fixed by the correction")
+                   + f"; carried cache: {info.get('aligned_tokens')} tokens kept, "
+                     f"{info.get('dropped_tokens')} dropped by alignment")
+    st.dataframe(rows, hide_index=True, width="stretch")
