@@ -55,7 +55,8 @@ def manager() -> JobManager:
 # ---------------------------------------------------------------------------------------
 # Colours: one per method, the same on every chart and page.
 
-METHOD_COLORS = {"vanilla": "#5f6b7a", "dlb": "#1f77b4", "dynsdpb": "#d62728"}
+METHOD_COLORS = {"vanilla": "#5f6b7a", "refeed": "#8c564b", "dlb": "#1f77b4",
+                 "dynsdpb": "#d62728"}
 _EXTRA = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 SEED_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 RUN_PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
@@ -817,6 +818,22 @@ def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
                             (3, "x3", "first point at the first evaluation")):
         if axis not in have:
             _note(spec, f"no values yet:<br>{what}", col)
+    return _finish(spec)
+
+
+def fig_drift_split(arms: list[Arm], x: str = "step", uirev: str = "drift-split",
+                    color_by: str = "method") -> go.Figure:
+    """logit_drift split at evaluations: the update alone (eval mode) and dropout alone."""
+    keys = ("logit_drift", "update_drift", "dropout_drift")
+    spec = {"data": [], "layout": _layout(uirev, x, keys, (
+        "logit drift, train mode (KL)", "update part: eval mode, no dropout (KL)",
+        "dropout part: same weights, two masks (KL)"))}
+    _panel_traces(spec, arms, keys, x, color_by,
+                  markers_always=("update_drift", "dropout_drift"))
+    have = {t["xaxis"] for t in spec["data"]}
+    for col, axis in ((2, "x2"), (3, "x3")):
+        if axis not in have:
+            _note(spec, "no values yet:<br>distilling arms, at evaluations", col)
     return _finish(spec)
 
 

@@ -88,11 +88,12 @@ class JobManager:
 
     # -- submitting ---------------------------------------------------------------------
     def submit(self, base: RunConfig, methods: list[str], seeds: list[int], name: str = "",
-               upload: tuple[str, bytes] | None = None) -> Job:
-        """Validate, write the experiment folder (all arms queued) and enqueue it."""
+               upload: tuple[str, bytes] | None = None, exp_dir: Path | None = None) -> Job:
+        """Validate, write the experiment folder (all arms queued) and enqueue it.
+        exp_dir: where (a sweep's runs/<key>, sweep.py); default a new folder in runs_dir."""
         from .experiment import check_experiment, create_experiment
         check_experiment(base, methods, seeds)  # every arm, once, before anything is written
-        exp = None
+        exp = Path(exp_dir) if exp_dir is not None else None
         if upload is not None:
             # Uploaded data lives inside the experiment folder, so the run can be resumed or
             # relaunched later and nothing is written outside the runs directory.
@@ -185,7 +186,7 @@ class JobManager:
             if j in self._queue:
                 self._queue.remove(j)
                 j.state = "done"
-                for rd in self.arms(exp_id):
+                for rd in ExperimentDir(j.exp_dir).arms():   # (a sweep's run lives deeper)
                     if rd.raw_status().get("state") == "queued":
                         rd.set_status("stopped")
             return True

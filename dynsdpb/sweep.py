@@ -417,3 +417,24 @@ def heatmap(cell_list: list[dict], x: str, y: str, target: str, vs: str = "vanil
             for a, b in zip(ra, rb)] for ra, rb in zip(lo, hi)]
     return {"x": xs, "y": ys, "z": z, "ci_low": lo, "ci_high": hi, "n": n, "significant": sig,
             "x_name": x, "y_name": y, "target": target, "vs": vs}
+
+
+def queue_grid(jm, path: str | Path) -> list[str]:
+    """The app's sweep: every unique run of a grid queued on the JobManager as a one-arm
+    experiment in runs/<key> (the same layout `cells` reads); runs already there are kept.
+    Returns the queued job ids."""
+    queued = []
+    for key, cfg in plan_runs(path).items():
+        d = run_dir(path, key)
+        if ExperimentDir(d).exists():
+            continue
+        queued.append(jm.submit(cfg, [cfg.method], [cfg.seed], exp_dir=d).id)
+    return queued
+
+
+def find_sweeps(runs_dir: str | Path) -> list[Path]:
+    """Sweep folders directly under runs_dir, newest first."""
+    root = Path(runs_dir)
+    found = [p.parent for p in root.glob(f"*/{SWEEP_FILE}")] if root.is_dir() else []
+    return sorted(found, key=lambda p: (read_json(p / SWEEP_FILE, {}) or {}).get("created", 0),
+                  reverse=True)

@@ -13,6 +13,82 @@ ss = st.session_state
 jm = common.manager()
 
 st.title("Compare")
+
+
+def sweeps() -> None:
+    """A sweep's paired gain per grid cell (dynsdpb/sweep.py): a heatmap, interval on hover,
+    * on cells whose 95% interval excludes 0; the same numbers as each cell's summary."""
+    from dynsdpb import sweep as SW
+    found = SW.find_sweeps(common.runs_dir())
+    if not found:
+        return
+    ex = st.expander("Sweeps: paired gain per grid cell (heatmaps)")
+    with ex:
+        _sweep_view(found)
+
+
+def _sweep_view(found) -> None:
+    import math
+
+    import plotly.graph_objects as go
+
+    from dynsdpb import sweep as SW
+    pick = st.selectbox("sweep", [p.name for p in found], key="w_cmp_sweep")
+    path = common.runs_dir() / pick
+    spec = SW.load_sweep(path)
+    cl = SW.cells(path)
+    axes = list(spec["grid"] or spec["search"])
+    done = sum(c["runs_done"] for c in cl)
+    st.caption(f"{spec['kind']} over {', '.join(axes)}; methods {', '.join(spec['methods'])}; "
+               f"seeds {', '.join(map(str, spec['seeds']))}; {done} of "
+               f"{sum(c['runs_total'] for c in cl)} cell runs finished (shared baselines "
+               "count in every cell that uses them).")
+    if spec["kind"] != "grid":
+        st.dataframe([{**c["params"], "gain vs vanilla": SW.score(c["summary"], spec["target"])}
+                      for c in cl], hide_index=True)
+        return
+    c1, c2, c3 = st.columns(3)
+    x = c1.selectbox("x axis", axes, key="w_sw_x")
+    y = c2.selectbox("y axis", [a for a in axes if a != x] or [""], key="w_sw_y")
+    methods = [m for m in spec["methods"] if m != "vanilla"]
+    target = c3.selectbox("method", methods, index=methods.index(spec["target"]),
+                          key="w_sw_t")
+    fixed = {a: st.selectbox(a, spec["grid"][a], key=f"w_sw_fix_{a}")
+             for a in axes if a not in (x, y)}
+    vss = ["vanilla"] + (["dlb"] if target == "dynsdpb" and "dlb" in spec["methods"] else [])
+    for vs in vss:
+        hm = SW.heatmap(cl, x, y, target, vs, fixed)
+        pts = lambda v: 100 * v if math.isfinite(v) else None  # noqa: E731
+        z = [[pts(v) for v in row] for row in hm["z"]]
+        text = [[("" if v is None else f"{v:+.2f}{'*' if s else ''}") for v, s in zip(r, sr)]
+                for r, sr in zip(z, hm["significant"])]
+        hover = [[f"{x}={xv}, {y}={yv}<br>{target} - {vs}: "
+                  + ("n/a" if pts(m) is None else
+                     f"{pts(m):+.2f} points [{100 * lo:.2f}, {100 * hi:.2f}], n={n}")
+                  for xv, m, lo, hi, n in zip(hm["x"], zr, lr, hr, nr)]
+                 for yv, zr, lr, hr, nr in zip(hm["y"], hm["z"], hm["ci_low"], hm["ci_high"],
+                                               hm["n"])]
+        lim = max([abs(v) for r in z for v in r if v is not None] or [1.0])
+        fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in hm["x"]],
+                                   y=[str(v) for v in hm["y"]], text=text,
+                                   texttemplate="%{text}", customdata=hover,
+                                   hovertemplate="%{customdata}<extra></extra>",
+                                   colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                                   colorbar={"title": "points"}))
+        fig.update_layout(title=f"{target} - {vs} (paired by seed; * = 95% interval excludes 0)",
+                          xaxis_title=x, yaxis_title=y, height=320,
+                          margin={"l": 10, "r": 10, "t": 40, "b": 10})
+        st.plotly_chart(fig, key=f"sw_hm_{vs}")
+    if st.button("Write a report of this sweep", key="sw_report"):
+        from dynsdpb.report import write_report
+        md = write_report([str(path)], path / "report")
+        st.success(f"Written to `{path / 'report'}`.")
+        st.download_button("report.md", md, "report.md", mime="text/markdown",
+                           key="sw_report_md", on_click="ignore")
+
+
+sweeps()
+
 options = common.all_arm_keys()
 if not options:
     st.info("No runs yet. Start an experiment on the Setup page.")
@@ -158,6 +234,19 @@ def charts() -> None:
         st.dataframe(diff, hide_index=True, width="stretch")
     else:
         st.caption("The picked runs have identical configs.")
+
+    # -- report -----------------------------------------------------------------------------
+    if st.button("Write a report (report.md + PNG charts)", key="cmp_report"):
+        import time
+        from dynsdpb.report import write_report
+        from dynsdpb.store import ExperimentDir
+        exps = list(dict.fromkeys(str(a.rd.path.parent) for a in arms
+                                  if ExperimentDir(a.rd.path.parent).exists()))
+        out = common.runs_dir() / "reports" / time.strftime("%Y%m%d-%H%M%S")
+        md = write_report(exps, out)
+        st.success(f"Written to `{out}`.")
+        st.download_button("report.md", md, "report.md", mime="text/markdown",
+                           key="cmp_report_md", on_click="ignore")
 
     # -- download ---------------------------------------------------------------------------
     df = common.records_frame(arms)

@@ -296,6 +296,14 @@ def live_charts() -> None:
                "probe set, between evaluations) covers every arm, vanilla included.")
     live_chart(common.figure(common.fig_drift, arms, x, uirev=uirev + ":drift"),
                key="chart_drift", config=common.chart_config(f"{exp_id}-drift"))
+    st.caption("The drift split, at each evaluation: **update part** = KL between the carried "
+               "half's no-dropout (eval-mode) outputs one step ago and now: what the update "
+               "alone moved (it grows as lr²). **dropout part** = KL between two train-mode "
+               "passes with the same weights and last step's vs this step's dropout masks: "
+               "noise, no learning. logit drift (train mode, DLB's teacher) holds both; with "
+               "frozen weights it equals the dropout part, without dropout the update part.")
+    live_chart(common.figure(common.fig_drift_split, arms, x, uirev=uirev + ":dsplit"),
+               key="chart_drift_split", config=common.chart_config(f"{exp_id}-drift-split"))
 
     st.markdown("##### Loss parts")
     live_chart(common.figure(common.fig_loss, arms, x, uirev=uirev + ":loss"),

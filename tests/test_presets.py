@@ -28,7 +28,7 @@ def test_old_single_run_yaml_is_one_arm():
 
 
 @pytest.mark.parametrize("text,field,fix", [
-    ("methods: [vanilla, sgd]\n", "methods", "vanilla, dlb, dynsdpb"),
+    ("methods: [vanilla, sgd]\n", "methods", "vanilla, refeed, dlb, dynsdpb"),
     ("methods: [dlb, dlb]\n", "methods", "once"),
     ("seeds: [0, 0]\n", "seeds", "once"),
     ("seeds: [0, x]\n", "seeds", "whole numbers"),
@@ -54,7 +54,13 @@ def test_bad_experiment_names_the_field(text, field, fix, tmp_path, monkeypatch)
 def test_presets_ship_and_load():
     names = list_presets()
     assert names[0] == "quick-demo"
-    assert set(names) == {"quick-demo", "paper-equal-epochs", "equal-compute", "warmup-ablation"}
+    assert set(names) == {"quick-demo", "classroom", "paper-equal-epochs", "equal-compute",
+                          "warmup-ablation", "decoder-quick-demo"}
+    # classroom: a dataset and lr where the model becomes sure within the run (issue 11)
+    c = load_preset("classroom")
+    assert (c.base.dataset, c.base.lr, c.base.steps, c.methods) == (
+        "bbc-news", 2e-4, 40, ["vanilla", "dynsdpb"])
+    assert load_preset("quick-demo").description.startswith("Quick check")
     for n in names:
         e = load_preset(n)
         assert e.description and "\n" not in e.description.strip()
