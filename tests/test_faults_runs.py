@@ -126,17 +126,18 @@ def finite_state(st: dict) -> bool:
 
 @contextmanager
 def infinite_loss(arm):
-    orig = T.dynsdpb_loss
+    import dynsdpb.tasks as TK        # the encoder tasks' loss (task.loss calls it)
+    orig = TK.dynsdpb_loss
 
     def loss(*a, **kw):
         parts = orig(*a, **kw)
         parts.total = parts.total * float("inf")
         return parts
-    T.dynsdpb_loss = loss
+    TK.dynsdpb_loss = loss
     try:
         yield
     finally:
-        T.dynsdpb_loss = orig
+        TK.dynsdpb_loss = orig
 
 
 @pytest.mark.parametrize("where", ["loss", "inf-loss", "gradient"])
@@ -236,14 +237,15 @@ def test_oom_during_a_step_fails_that_arm_with_the_hint(tiny_csv, tmp_path, monk
 
 
 def test_oom_jobs_fail_and_the_job_manager_stays_usable(tiny_csv, tmp_path, monkeypatch):
+    import dynsdpb.tasks as TK        # the encoder tasks build their models through it
     cfg = tiny_config(tiny_csv, steps=4)
-    orig_build = T.build_model
+    orig_build = TK.build_model
 
     def build(c, *a, **kw):  # CUDA OOM while moving/loading the model, for seed 13 only
         if c.seed == 13:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
         return orig_build(c, *a, **kw)
-    monkeypatch.setattr(T, "build_model", build)
+    monkeypatch.setattr(TK, "build_model", build)
     inject(monkeypatch, lambda a: a.rd.path.parent.name == "step-oom" and a.step_idx == 1,
            lambda arm: forward_raises(arm, OOMS["torch.OutOfMemoryError"]))
     jm = JobManager(tmp_path / "runs")
