@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from . import config as C
+from . import dist
 from .errors import ConfigError, TrainingFault
 from .store import ExperimentDir
 
@@ -46,7 +47,10 @@ def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None) -
     exp = ExperimentDir(exp_dir)
     meta = exp.check("dir")
     steps = C.from_dict(meta["base_config"]).steps
+    main_rank = dist.current().main      # data parallel: rank 0 reports, the others train
     bar, progress = _progress_bars(steps, meta["arms"])
+    if not main_rank:
+        bar.disable, progress = True, None
     stop = threading.Event()
     t0 = time.time()
     try:
@@ -73,10 +77,31 @@ def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None) -
     finally:
         bar.close()
     wall = time.time() - t0
+    if not main_rank:
+        return 0 if all(s == "finished" for s in out["states"].values()) else 1
     print(format_table(out["summary"]))
     print(f"states: {out['states']}")
     print(f"wall time: {wall:.1f} s; results in {exp_dir}")
     return 0 if all(s == "finished" for s in out["states"].values()) else 1
+
+
+def _on_rank0(make):
+    """Run `make` (it creates files) once: on rank 0 under a data-parallel launcher, whose
+    result or refusal every rank then shares; in a single process, simply run it."""
+    d = dist.current()
+    if not d.active:
+        return make()
+    if d.main:
+        try:
+            res = make()
+        except ConfigError as e:
+            d.broadcast((None, str(e)))
+            raise
+        return d.broadcast((res, None))[0]
+    res, err = d.broadcast(None)
+    if err is not None:
+        raise ConfigError.one("rank", d.rank, f"rank 0 refused the experiment: {err}")
+    return res
 
 
 def _fresh_out(out: str) -> Path:
@@ -172,8 +197,9 @@ def cmd_train(a) -> int:
         print(C.dumps(cfg), end="")
         return 0
     made = not Path(a.out).exists()
-    out = _fresh_out(a.out)
-    exp = create_experiment(out.parent, cfg, [cfg.method], [cfg.seed], exp_dir=out)
+    out = _on_rank0(lambda: _fresh_out(a.out))
+    exp = _on_rank0(lambda: create_experiment(out.parent, cfg, [cfg.method], [cfg.seed],
+                                              exp_dir=out))
     return _experiment(exp, made=out if made else None)
 
 
@@ -189,8 +215,9 @@ def cmd_compare(a) -> int:
     # Every check that needs no data (e.g. a seed given twice) before --out is created.
     check_experiment(base, methods, seeds)
     made = not Path(a.out).exists()
-    out = _fresh_out(a.out)
-    exp = create_experiment(out.parent, base, methods, seeds, exp_dir=out, check=False)
+    out = _on_rank0(lambda: _fresh_out(a.out))
+    exp = _on_rank0(lambda: create_experiment(out.parent, base, methods, seeds, exp_dir=out,
+                                              check=False))
     return _experiment(exp, made=out if made else None)
 
 
@@ -566,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_app(a, extra)
     a = p.parse_args(argv)
     try:
+        # Under torchrun / accelerate launch (WORLD_SIZE > 1): join the process group, one
+        # rank per device (dist.py). A single process: nothing happens.
+        dist.init()
         return a.fn(a)
     except ConfigError as e:
         print(f"dynsdpb: error: {e}", file=sys.stderr)

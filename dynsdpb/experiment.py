@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import dist
 from .config import RunConfig, check_config, from_dict
 from .errors import ConfigError, TrainingFault
-from .store import ExperimentDir, RunDir, atomic_write_json, check_not_busy, unique_dir
+from .store import (ExperimentDir, MirrorRunDir, RunDir, atomic_write_json, check_not_busy,
+                    unique_dir)
 from .tasks import prepare
 from .train import OOM_HINT, Arm, _is_oom
 
@@ -94,6 +96,9 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
     Returns arm id -> final state. A fault in one arm fails that arm only.
     """
     stop = stop or threading.Event()
+    d = dist.current()
+    # Data parallel: every rank stops at the same step, when rank 0 was asked to.
+    stopping = (lambda: d.broadcast(stop.is_set())) if d.active else stop.is_set
     final: dict[str, str] = {}
     live = []
     for a in arms:
@@ -107,9 +112,9 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
             final[a.rd.id] = _finish(a, progress)
         else:
             live.append(a)
-    while live and not stop.is_set():
+    while live and not stopping():
         for a in list(live):
-            if stop.is_set():
+            if stopping():
                 break
             try:
                 rec = _advance(a)
@@ -231,6 +236,9 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
     exp = ExperimentDir(exp_dir)
     meta = exp.check()
     rds = exp.arms(meta)
+    d = dist.current()      # data parallel: the CLI joined the launcher's process group
+    if not d.main:
+        rds = [MirrorRunDir(rd.path) for rd in rds]   # rank 0 writes the run folders
     cfgs = _load_configs(rds)
     if resume:
         check_not_busy(rds, str(exp.path))
@@ -263,5 +271,5 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
         if progress:
             progress("data", {"state": "warning", "warnings": list(task.data.warnings)})
     final = run_arms(arms, stop, progress)
-    summary = write_summary(exp.path)
+    summary = write_summary(exp.path) if d.main else {}
     return {"states": final, "summary": summary}

@@ -133,6 +133,7 @@ def build_model(cfg: RunConfig, num_labels: int, task: str, tokenizer):
 def pick_device(cfg: RunConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError.one("device", "cuda", "no CUDA device is available here; use auto or cpu")
-    if cfg.device == "cpu":
+    if cfg.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .dist import current
+    return torch.device("cuda", current().local_rank)   # one GPU per data-parallel rank

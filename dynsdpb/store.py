@@ -202,6 +202,19 @@ class MetricsWriter:
                     pass
 
 
+class NullWriter:
+    """Writes nothing: the metrics writer of a data-parallel rank other than 0 (dist.py)."""
+
+    def write(self, rec: dict) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _proc_start(pid: int) -> str | None:
     """When process `pid` started (Linux: clock ticks since boot), to tell it from a later
     process that got the same pid; None where /proc is not available."""
@@ -320,6 +333,17 @@ class RunDir:
                 and _writer_alive(st):
             return int(st["pid"])
         return None
+
+
+class MirrorRunDir(RunDir):
+    """A data-parallel rank's view of a run folder that rank 0 writes: it reads the same
+    files, and its status updates go nowhere."""
+
+    def set_status(self, state: str, **kw) -> dict:
+        st = self.raw_status()
+        st.update(kw)
+        st["state"] = state
+        return st
 
 
 def check_not_busy(rds: "Iterable[RunDir]", where: str) -> None:

@@ -19,13 +19,14 @@ from contextlib import contextmanager
 
 import torch
 
+from . import dist
 from .config import RunConfig
 from .errors import ConfigError, TrainingFault
 from .layout import BatchLayout
 from .models import pick_device
 from .records import RECORD_KEYS
 from .schedules import describe
-from .store import (MetricsWriter, RunDir, append_jsonl, atomic_write_bytes,
+from .store import (MetricsWriter, NullWriter, RunDir, append_jsonl, atomic_write_bytes,
                     atomic_write_json, truncate_jsonl)
 
 
@@ -68,7 +69,11 @@ class Arm:
         self.device = device or pick_device(cfg)
         self.schedule = cfg.resolved_schedule
         n = len(task.train)
-        self.layout = BatchLayout(n, cfg.chunk_size, cfg.seed, distill=cfg.distills)
+        # Data parallel (torchrun / accelerate launch; dist.py): this rank's shard of every
+        # global chunk, its own carried half and teacher cache. One process: rank 0 of 1.
+        self.dist = dist.current()
+        self.layout = BatchLayout(n, cfg.chunk_size, cfg.seed, distill=cfg.distills,
+                                  rank=self.dist.rank, world=self.dist.world)
         # Probe set for probe_drift: fixed training samples, the same for every arm.
         self.probe_ids = list(range(min(cfg.probe_size, n)))
 
@@ -78,17 +83,26 @@ class Arm:
         torch.manual_seed(cfg.seed)
         self.model = task.build_model(cfg, run_dir.id)
         self.model.to(self.device).train()
+        # The training forward goes through DDP (gradients averaged over ranks; rank 0's
+        # initial weights broadcast); evaluation and no-grad passes use the bare model, so
+        # they need no collective.
+        self.train_model = self.model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
         decay = [p for n_, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n_, p in self.model.named_parameters() if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         self.use_amp = self.device.type == "cuda"
         # Own RNG streams (dropout): arms do not disturb each other, resume is exact.
-        gen = torch.Generator().manual_seed(cfg.seed + 7919)
+        gen = torch.Generator().manual_seed(cfg.seed + 7919 + 104729 * self.dist.rank)
         self.rng_state = gen.get_state()
         self.cuda_rng_state = None
         if self.device.type == "cuda":
-            self.cuda_rng_state = self._fresh_cuda_rng(cfg.seed + 7919)
+            self.cuda_rng_state = self._fresh_cuda_rng(cfg.seed + 7919 + 104729 * self.dist.rank)
 
         self.step_idx = 0           # completed steps
         self.samples_seen = 0
@@ -111,10 +125,13 @@ class Arm:
         self.resumed_from = self.load_checkpoint() if resume else None
         # Records after the checkpoint (or all of them, when starting over) are dropped: the
         # file then equals what an uninterrupted run would have written up to here.
-        self.writer = MetricsWriter(run_dir.metrics_path,
-                                    truncate_after_step=self.resumed_from or 0)
+        # Only rank 0 writes the run folder; other ranks' records go to it through `log`.
+        self.writer = (MetricsWriter(run_dir.metrics_path,
+                                     truncate_after_step=self.resumed_from or 0)
+                       if self.dist.main else NullWriter())
         for p in (run_dir.samples_path, run_dir.tokens_path):   # decoders' eval-time logs
-            truncate_jsonl(p, self.resumed_from or 0)
+            if self.dist.main:
+                truncate_jsonl(p, self.resumed_from or 0)
         # The carried sample's per-token alpha/KD of the last step, kept for its evaluation.
         self.token_view: dict | None = None
 
@@ -225,7 +242,7 @@ class Arm:
         split = cfg.distills and hasattr(task, "drift_of")
         rng_fwd = self._rng_now() if split and self._evaluates_after(t + 1) else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            logits = task.forward(self.model, batch)
+            logits = task.forward(self.train_model, batch)
         # 3b) drift split, at steps that end with an evaluation (no grad, same weights as the
         #     forward, before the update; the dropout RNG stream is left as it was):
         #     update_drift = KL(no-dropout output of the carried half one step ago || now);
@@ -255,7 +272,8 @@ class Arm:
 
         # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
         parts = task.loss(logits, batch, teacher)
-        if not torch.isfinite(parts.total):
+        # (every rank must agree, or the others would wait in the gradient all-reduce)
+        if not self.dist.all_true(bool(torch.isfinite(parts.total))):
             raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}",
                                 NAN_HINT, t + 1)
 
@@ -307,9 +325,12 @@ class Arm:
                                                          "sample": b.carried[0], **view}
         return rec
 
-    def log(self, rec: dict) -> None:
+    def log(self, rec: dict) -> dict:
+        """Write the step's record; with several ranks, one record reduced over them."""
+        rec = dist.reduce_record(self.dist.gather(rec))
         rec["time"] = time.time()  # when the record hits the file (the app measures its lag)
         self.writer.write(rec)
+        return rec
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -318,10 +339,11 @@ class Arm:
         out, self.probe_prev = self.task.evaluate(self.model, self.probe_ids, self.probe_prev,
                                                   self.device, self.use_amp)
         self.last_eval = out
-        append_jsonl(self.rd.samples_path,
-                     [{"step": self.step_idx, **s} for s in self.task.samples])
-        if self.token_view is not None:
-            append_jsonl(self.rd.tokens_path, [self.token_view])
+        if self.dist.main:
+            append_jsonl(self.rd.samples_path,
+                         [{"step": self.step_idx, **s} for s in self.task.samples])
+            if self.token_view is not None:
+                append_jsonl(self.rd.tokens_path, [self.token_view])
         return out
 
     # -- checkpoint ---------------------------------------------------------------------
@@ -332,6 +354,15 @@ class Arm:
             raise TrainingFault(f"weights became non-finite at step {self.step_idx}",
                                 NAN_HINT, self.step_idx)
         self.writer.sync()   # the records up to this step are on disk before it claims them
+        # Each rank's own part (its carried half's teachers, its dropout stream), gathered so
+        # that rank 0's one file resumes every rank.
+        own = {"rng": self.rng_state,
+               "cuda_rng": self.cuda_rng_state.cpu() if self.cuda_rng_state is not None
+               else None,
+               "cache": [{k: v.detach().cpu() for k, v in e.items()} for e in self.cache]}
+        ranks = self.dist.gather(own)
+        if not self.dist.main:
+            return
         state = {
             "step": self.step_idx, "samples_seen": self.samples_seen, "wall_time": self.wall_time,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -345,6 +376,8 @@ class Arm:
             "split_prev": self.split_prev,
             "config": self.cfg.to_dict(),
         }
+        if self.dist.active:
+            state["ranks"] = ranks
         buf = io.BytesIO()
         torch.save(state, buf)
         # temp file + rename: a crash mid-save leaves the previous checkpoint intact
@@ -369,6 +402,14 @@ class Arm:
             raise ConfigError.one("checkpoint", str(p), f"cannot resume: {why}; start the run "
                                   "again (delete its folder)") from None
         self._check_data(st.get("data"))
+        saved_world = len(st["ranks"]) if "ranks" in st else 1
+        if saved_world != self.dist.world:
+            raise ConfigError.one("resume", str(self.rd.path), f"this checkpoint was written by "
+                                  f"{saved_world} process(es) and this resume runs "
+                                  f"{self.dist.world}; resume with the same world size "
+                                  f"(torchrun --nproc_per_node {saved_world})")
+        if "ranks" in st:
+            st.update(st["ranks"][self.dist.rank])
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.step_idx, self.samples_seen = int(st["step"]), int(st["samples_seen"])
@@ -420,10 +461,13 @@ class Arm:
             "device": str(self.device),
             **{k: v for k, v in self.last_eval.items() if k.startswith("val_")}, **test,
         }
-        atomic_write_json(self.rd.summary_path, summary)
+        if self.dist.main:
+            atomic_write_json(self.rd.summary_path, summary)
         return summary
 
     def save_model(self) -> None:
+        if not self.dist.main:
+            return
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         self.model.save_pretrained(self.rd.model_path, safe_serialization=True)

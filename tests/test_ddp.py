@@ -1,0 +1,105 @@
+"""Data parallel on CPU: `torchrun --nproc_per_node 2` (gloo) runs the CLI unchanged.
+
+Two ranks with a batch of 4 each must train what one process trains with a batch of 8: the
+same samples per step (BatchLayout shards each global chunk), every rank's carried half
+distilled toward its own cache (the step asserts it), gradients averaged by DDP. With
+dropout off the two runs agree to float tolerance. Rank 0 alone writes: one metrics file,
+one checkpoint (holding both ranks' caches), one summary. A resume with another world size
+is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynsdpb import cli
+from dynsdpb.store import RunDir
+from tests.conftest import write_tiny_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("loss", "ce", "kd", "alpha", "tau", "alpha_lo", "alpha_hi", "logit_drift",
+        "grad_norm", "val_accuracy", "val_loss", "samples_seen", "epoch")
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory) -> Path:
+    """tiny-random-bert's shape, saved as a folder, with dropout off (so two ranks and one
+    process can be compared number for number)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from dynsdpb.models import _minilm_dir, tiny_bert_config
+    d = tmp_path_factory.mktemp("nodrop") / "tiny-bert-nodrop"
+    tok = AutoTokenizer.from_pretrained(_minilm_dir())
+    cfg = tiny_bert_config(len(tok), 2, "classification")
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _args(model: Path, csv: Path, out: Path, batch: int) -> list[str]:
+    return ["train", "--model", str(model), "--dataset", str(csv), "--method", "dynsdpb",
+            "--steps", "6", "--batch-size", str(batch), "--val-size", "16", "--test-size", "16",
+            "--max-len", "16", "--eval-every", "3", "--checkpoint-every", "3", "--lr", "1e-3",
+            "--warmup-ratio", "0", "--probe-size", "8", "--no-save-model", "--out", str(out)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(_free_port()), "-m",
+                           "dynsdpb.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path, no_dropout_model):
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    assert cli.main(_args(no_dropout_model, csv, tmp_path / "one", 8)) == 0
+    p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    one = RunDir(tmp_path / "one" / "dynsdpb-s0")
+    ddp = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    a, b = one.metrics(), ddp.metrics()
+    assert [r["step"] for r in b] == list(range(1, 7))       # one record per step, one file
+    for ra, rb in zip(a, b):
+        for k in KEYS:
+            if ra.get(k) is None:
+                assert rb.get(k) is None, (ra["step"], k)
+                continue
+            assert rb[k] == pytest.approx(ra[k], rel=2e-4, abs=1e-6), (ra["step"], k)
+    # rank 0 alone wrote the folder: one metrics file, one checkpoint, one summary
+    assert sorted(x.name for x in ddp.path.iterdir() if not x.name.startswith(".")) == sorted(
+        x.name for x in one.path.iterdir() if not x.name.startswith("."))
+    import torch
+    ck = torch.load(ddp.checkpoint_path, map_location="cpu", weights_only=True)
+    assert len(ck["ranks"]) == 2 and ck["step"] == 6
+    assert json.loads(ddp.summary_path.read_text())["test_accuracy"] == pytest.approx(
+        json.loads(one.summary_path.read_text())["test_accuracy"])
+
+
+def test_a_resume_with_another_world_size_is_refused(tmp_path, no_dropout_model, capsys):
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    st = json.loads(rd.status_path.read_text())
+    st["state"] = "stopped"                      # as if stopped at the step-6 checkpoint
+    rd.status_path.write_text(json.dumps(st))
+    assert cli.main(["resume", str(tmp_path / "ddp")]) == 2
+    err = capsys.readouterr().err
+    assert "written by 2 process(es)" in err and "--nproc_per_node 2" in err
