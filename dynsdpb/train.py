@@ -88,10 +88,16 @@ class Arm:
         # they need no collective.
         self.train_model = self.model
         if self.dist.active:
-            from torch.nn.parallel import DistributedDataParallel
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            # no buffer sync per forward (the ranks' buffers never diverge here); the name of
+            # that switch changed in torch 2.13
+            nosync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                      else {"broadcast_buffers": False})
+            self.train_model = DDP(self.model, device_ids=[self.device.index]
+                                   if self.device.type == "cuda" else None, **nosync)
         decay = [p for n_, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n_, p in self.model.named_parameters() if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

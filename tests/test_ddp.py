@@ -103,3 +103,38 @@ def test_a_resume_with_another_world_size_is_refused(tmp_path, no_dropout_model,
     assert cli.main(["resume", str(tmp_path / "ddp")]) == 2
     err = capsys.readouterr().err
     assert "written by 2 process(es)" in err and "--nproc_per_node 2" in err
+
+
+def test_the_decoder_path_with_lora_runs_data_parallel_too(tmp_path):
+    """A tiny Llama with LoRA (one adapter on a shared base): 2 ranks x 2 sequences equal one
+    process with 4, step for step."""
+    import random
+
+    from tests.lm_tiny import tiny_llama, tiny_tokenizer
+    tiny_llama(seed=0).save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    rng = random.Random(0)
+    rows = []
+    for _ in range(64):
+        a, b = rng.randrange(10), rng.randrange(10)
+        rows.append(json.dumps({"prompt": f"what is {a} plus {b}",
+                                "target": f"the answer is {a + b}", "answer": str(a + b)}))
+    (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
+
+    def args(batch, out):
+        return ["train", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "d.jsonl"),
+                "--method", "dynsdpb", "--steps", "4", "--batch-size", str(batch),
+                "--val-size", "4", "--test-size", "4", "--max-len", "32", "--eval-every", "2",
+                "--checkpoint-every", "2", "--lr", "1e-2", "--top-k", "8", "--lora-r", "4",
+                "--lora-alpha", "8", "--lora-dropout", "0", "--lora-target-modules",
+                "q_proj,v_proj", "--max-new-tokens", "4", "--eval-generations", "2",
+                "--no-save-model", "--probe-size", "4", "--out", str(tmp_path / out)]
+    assert cli.main(args(4, "one")) == 0
+    p = _torchrun(args(2, "ddp"), tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = RunDir(tmp_path / "one" / "dynsdpb-s0").metrics()
+    b = RunDir(tmp_path / "ddp" / "dynsdpb-s0").metrics()
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("loss", "ce", "kd", "samples_seen"):
+            assert rb[k] == pytest.approx(ra[k], rel=2e-4, abs=1e-6), (ra["step"], k)
