@@ -249,6 +249,7 @@ class Arm:
         rng_fwd = self._rng_now() if split and self._evaluates_after(t + 1) else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             logits = task.forward(self.train_model, batch)
+        logits = logits.float()   # CUDA bf16 autocast: the loss and the KD math run in fp32
         # 3b) drift split, at steps that end with an evaluation (no grad, same weights as the
         #     forward, before the update; the dropout RNG stream is left as it was):
         #     update_drift = KL(no-dropout output of the carried half one step ago || now);
