@@ -92,11 +92,11 @@ def _plotly_js_url() -> str | None:
 def live_chart(fig: go.Figure, key: str, config: dict | None = None) -> None:
     """Draw `fig` so that the user's zoom survives the next update of the same key.
 
-    The figure's JSON is computed once per figure (common.figure_json): a rerun with the same
+    The figure's JSON is computed once per figure (figures.figure_json): a rerun with the same
     figure sends the same bytes, which Streamlit's message cache turns into a short reference
     to what the browser already holds, and the component skips Plotly.react for it.
     """
-    from app.common import figure_json
+    from app.figures import figure_json
     url = _plotly_js_url()
     if url is None:
         st.plotly_chart(fig, key=key, config=config)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    # `streamlit run app/main.py` puts app/ on sys.path; pages import `app.common`.
+    # `streamlit run app/main.py` puts app/ on sys.path; pages import `app.common` etc.
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
 
-from app import common  # noqa: E402
+from app import common, progress, views  # noqa: E402
 
 st.set_page_config(page_title="DynSDPB Workbench", page_icon=":material/science:", layout="wide")
 
@@ -49,12 +49,12 @@ with st.sidebar:
     cur = jm.current()
     queued = jm.queue()
     if cur:
-        st.markdown(f"**Training:** {common.exp_name(jm.runs_dir / cur)}")
+        st.markdown(f"**Training:** {views.exp_name(jm.runs_dir / cur)}")
     else:
         st.markdown("**Training:** idle")
     if queued:
         # the same count and words as the queue box on Live (both read jm.queue())
-        st.markdown(f"**Queue:** {common.waiting_words(len(queued))}")
+        st.markdown(f"**Queue:** {progress.waiting_words(len(queued))}")
     st.caption(f"Runs directory: `{jm.runs_dir}`")
 
 if "flash" in st.session_state:     # a message from an action that reran the app

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
+from app import common, downloads, figures, tables, views
 from app.livechart import live_chart
 from dynsdpb import config as C
 from dynsdpb.compare import summarize_runs
 from dynsdpb.records import EVAL_KEYS, PLOTTABLE, axis_title
+from dynsdpb.store import RunDir
 
 ss = st.session_state
 jm = common.manager()
@@ -89,7 +90,7 @@ def _sweep_view(found) -> None:
 
 sweeps()
 
-options = common.all_arm_keys()
+options = views.all_arm_keys()
 if not options:
     st.info("No runs yet. Start an experiment on the Setup page.")
     st.stop()
@@ -100,7 +101,7 @@ if not [k for k in ss.get("w_cmp_pick") or [] if k in labels]:
     # Default: every arm of the newest experiment that has finished runs (usually vanilla vs
     # dynsdpb); a queued experiment has nothing to compare yet.
     def _state(k: str) -> str:
-        return common.RunDir(common.runs_dir() / k).status().get("state", "?")
+        return RunDir(common.runs_dir() / k).status().get("state", "?")
     done = [k for k in keys if _state(k) == "finished"]
     newest = (done or keys)[0].split("/")[0]
     ss["w_cmp_pick"] = [k for k in keys if k.split("/")[0] == newest]
@@ -124,7 +125,7 @@ if not picked:
 
 
 def _is_decoder_run(k: str) -> bool:
-    cfg = common.RunDir(common.runs_dir() / k).config()
+    cfg = RunDir(common.runs_dir() / k).config()
     try:
         return C.is_causal_lm(C.from_dict(cfg, check=False))
     except Exception:  # noqa: BLE001 - an old or odd config is just not a decoder
@@ -138,25 +139,25 @@ if ss["w_cmp_metrics"] in (ENCODER_METRICS, DECODER_METRICS):
 # Every number the engine records (dynsdpb/records.py), evaluation metrics first; the x axes
 # (step, epoch, samples seen) are chosen below.
 METRICS = [k for k in EVAL_KEYS if k in PLOTTABLE] + [
-    k for k in PLOTTABLE if k not in EVAL_KEYS and k not in common.X_LABELS]
+    k for k in PLOTTABLE if k not in EVAL_KEYS and k not in figures.X_LABELS]
 ss["w_cmp_metrics"] = [k for k in ss["w_cmp_metrics"] if k in METRICS]
 c1, c2, c3 = st.columns([3, 1, 1])
 with c1:
     chosen = st.multiselect("metrics to overlay", METRICS, key="w_cmp_metrics",
                             persist_state="session", format_func=lambda k: f"{k}: {axis_title(k)}")
 with c2:
-    x = st.radio("x axis", list(common.X_LABELS), key="w_cmp_x", persist_state="session",
+    x = st.radio("x axis", list(figures.X_LABELS), key="w_cmp_x", persist_state="session",
                  format_func=lambda k: {"samples_seen": "samples seen"}.get(k, k))
 with c3:
     color_by = st.radio("colour by", ["method", "run"], key="w_cmp_color", persist_state="session",
                         help="method: one colour per method (dash = seed), as on the Live "
                              "page. run: one colour per run, to tell apart runs of one method.")
 
-any_active = any(common.RunDir(common.runs_dir() / k).status().get("state") in
+any_active = any(RunDir(common.runs_dir() / k).status().get("state") in
                  ("running", "queued") for k in picked)
 
 
-def _picked_arms() -> list[common.Arm]:
+def _picked_arms() -> list[views.Arm]:
     """The picked runs, re-read only when their experiment's files changed (stat signature)."""
     by_exp: dict[str, list[str]] = {}
     for k in picked:
@@ -164,7 +165,7 @@ def _picked_arms() -> list[common.Arm]:
         by_exp.setdefault(exp_id, []).append(arm)
     found = {}
     for exp_id, wanted in by_exp.items():
-        _, arms = common.load_arms_live(common.runs_dir() / exp_id)
+        _, arms = views.load_arms_live(common.runs_dir() / exp_id)
         found.update({a.key: a for a in arms if a.id in wanted})
     return [found[k] for k in picked if k in found]
 
@@ -183,15 +184,15 @@ def charts() -> None:
     uirev = "compare:" + ",".join(picked) + f":{x}:{color_by}"
     figs = []
     for i, key in enumerate(chosen):
-        fig = common.figure(common.fig_metric, arms, key, x, uirev=f"{uirev}:{key}",
+        fig = figures.figure(figures.fig_metric, arms, key, x, uirev=f"{uirev}:{key}",
                             color_by=color_by)
         figs.append((axis_title(key), fig))
         with cols[i % 2]:
-            live_chart(fig, key=f"cmp_chart_{key}", config=common.chart_config(f"compare-{key}"))
+            live_chart(fig, key=f"cmp_chart_{key}", config=figures.chart_config(f"compare-{key}"))
     if figs:
         # One file with every chart: plotly.js (4.8 MB) once, not once per chart.
         st.download_button("these charts (HTML, one file)",
-                           lambda figs=figs: common.figures_html(figs, "DynSDPB compare"),
+                           lambda figs=figs: figures.figures_html(figs, "DynSDPB compare"),
                            icon=":material/download:", file_name="dynsdpb-compare.html",
                            mime="text/html", key="cmp_html", on_click="ignore")
     st.caption("PNG: use the camera icon in each chart's toolbar. The HTML file opens "
@@ -200,12 +201,12 @@ def charts() -> None:
     # -- summary table ----------------------------------------------------------------------
     st.subheader("Summary (test set)")
     summary = summarize_runs([a.rd for a in arms])
-    rows = common.summary_rows(summary)
+    rows = tables.summary_rows(summary)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch")
         pm = summary["primary_metric"]
         if pm == "test_exact_match":
-            st.dataframe(common.decoder_summary_rows(summary), hide_index=True,
+            st.dataframe(tables.decoder_summary_rows(summary), hide_index=True,
                          width="stretch")
             st.caption("Decoders: exact match = share of test prompts whose greedy "
                        "generation's final answer equals the gold one; perplexity = exp of the "
@@ -249,7 +250,7 @@ def charts() -> None:
                            key="cmp_report_md", on_click="ignore")
 
     # -- download ---------------------------------------------------------------------------
-    df = common.records_frame(arms)
+    df = downloads.records_frame(arms)
     st.download_button("metrics of the picked runs (CSV)", df.to_csv(index=False),
                        icon=":material/download:",
                        file_name="dynsdpb-metrics.csv", mime="text/csv", key="cmp_csv",

@@ -9,7 +9,7 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from app import common
+from app import common, figures
 from dynsdpb import config as C
 from dynsdpb.layout import BatchLayout
 from dynsdpb.paths import ASSETS
@@ -104,7 +104,7 @@ fig.update_xaxes(title_text="position in the shuffled sample stream (dotted: epo
 fig.update_xaxes(title_text="position", row=1, col=2)
 fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), template="plotly_white",
                   legend=dict(orientation="h", y=-0.25), uirevision="learn-layout")
-st.plotly_chart(fig, key="learn_layout", config=common.chart_config("dlb-batch-layout"))
+st.plotly_chart(fig, key="learn_layout", config=figures.chart_config("dlb-batch-layout"))
 st.markdown(
     f"Each square is one training sample (its id inside). With **{budget}** budget a "
     f"DLB/DynSDPB step takes **{chunk} new** samples and re-feeds the **{chunk}** new ones of "
@@ -214,7 +214,7 @@ if sched == "dynsdpb-v1":
     fig2.update_yaxes(title_text="tau", row=1, col=2)
     fig2.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10), template="plotly_white",
                        legend=dict(orientation="h", y=-0.2), uirevision="learn-at")
-    st.plotly_chart(fig2, key="learn_alpha_tau", config=common.chart_config("alpha-tau-u-d"))
+    st.plotly_chart(fig2, key="learn_alpha_tau", config=figures.chart_config("alpha-tau-u-d"))
     st.caption("Grey dots: where real predictions fall for C classes (not every (u, d) pair can "
                "occur: a sure prediction, u near 0, has d near +1 or −1). Early in training "
                "predictions are near uniform (u ≈ 1), so alpha ≈ 0 and the model mostly learns "
@@ -246,7 +246,7 @@ else:
                        margin=dict(l=10, r=10, t=40, b=10), uirevision="learn-static")
     fig3.update_xaxes(title_text="step")
     fig3.update_yaxes(title_text="alpha", rangemode="tozero")
-    st.plotly_chart(fig3, key="learn_static", config=common.chart_config("alpha-schedule"))
+    st.plotly_chart(fig3, key="learn_static", config=figures.chart_config("alpha-schedule"))
     st.caption("These schedules ignore u and d: every carried sample gets the same alpha and "
                "tau. They are the baselines DynSDPB is compared with.")
 

@@ -6,8 +6,8 @@ only writes files): `live_status` (state, progress, Stop, the queue) every secon
 switches off when nothing is queued or running.
 
 Watching must cost little whatever the number of tabs: each poll first compares a stat-only
-signature of the run files (common.load_arms_live) and re-reads nothing when it is the same;
-figures are built once per new record for all tabs (common.figure) with at most a few hundred
+signature of the run files (views.load_arms_live) and re-reads nothing when it is the same;
+figures are built once per new record for all tabs (figures.figure) with at most a few hundred
 points per trace, and a figure that did not change is sent as the same bytes, which
 Streamlit's message cache replaces by a short reference (app/livechart.py). A fragment must
 still draw its elements on every rerun: the browser removes those a fragment rerun skips.
@@ -19,7 +19,7 @@ import time
 
 import streamlit as st
 
-from app import common
+from app import common, figures, progress, samples, tables, views
 from app.livechart import live_chart
 from dynsdpb import config as C
 from dynsdpb.schedules import describe
@@ -28,7 +28,7 @@ ss = st.session_state
 jm = common.manager()
 
 st.title("Live")
-exps = common.experiments()
+exps = views.experiments()
 if not exps:
     st.info("No experiments yet. Start one on the Setup page.")
     if st.button("Go to Setup", key="btn_go_setup"):
@@ -36,7 +36,7 @@ if not exps:
     st.stop()
 
 ids = [e.name for e in exps]
-names = {e.name: common.exp_name(e) for e in exps}
+names = {e.name: views.exp_name(e) for e in exps}
 if ss.get("live_exp") not in ids:
     ss["live_exp"] = jm.current() if jm.current() in ids else ids[0]
 ss["w_live_pick"] = ss["live_exp"]
@@ -57,7 +57,7 @@ with c1:
                           on_change=_picked,
                           format_func=lambda i: f"{names[i]}  ({i})" if names[i] != i else i)
 with c2:
-    x = st.radio("x axis", list(common.X_LABELS), horizontal=True, key="w_live_x",
+    x = st.radio("x axis", list(figures.X_LABELS), horizontal=True, key="w_live_x",
                  persist_state="session",
                  format_func=lambda k: {"samples_seen": "samples seen"}.get(k, k),
                  help="samples seen counts forward passes: a distilling step forwards the "
@@ -77,8 +77,8 @@ run_every = 1.0 if active_at_start else None
 CHARTS_EVERY = 2.5   # seconds: charts need not move every second; status and progress do
 
 
-def _state_line(arms: list[common.Arm]) -> str:
-    return common.state_badge(common.exp_state([a.state for a in arms]))
+def _state_line(arms: list[views.Arm]) -> str:
+    return common.state_badge(views.exp_state([a.state for a in arms]))
 
 
 @st.fragment(run_every=run_every)
@@ -86,7 +86,7 @@ def live_status() -> None:
     """Status, progress, Stop/Resume, the runs table and the queue: always live."""
     cur = jm.current()
     exp = jm.runs_dir / exp_id
-    _, arms = common.load_arms_live(exp)
+    _, arms = views.load_arms_live(exp)
     if not arms:
         st.warning("This experiment has no runs (it may have been deleted).")
         return
@@ -95,13 +95,13 @@ def live_status() -> None:
         ss["live_followed"] = cur     # jump to each newly started experiment once
         ss["live_exp"] = cur
         st.rerun()
-    info = common.progress_info(arms)
+    info = progress.progress_info(arms)
 
     # -- status, progress, stop -----------------------------------------------------------
     top1, top2 = st.columns([4, 1])
     with top1:
-        state = common.exp_state([a.state for a in arms])
-        parts = [_state_line(arms), *common.progress_words(info)]
+        state = views.exp_state([a.state for a in arms])
+        parts = [_state_line(arms), *progress.progress_words(info)]
         if info["samples_per_s"]:
             parts.append(f"{info['samples_per_s']:.1f} samples/s per arm")
         if state == "running" and not info["latest"] and "loading…" not in parts:
@@ -117,8 +117,8 @@ def live_status() -> None:
         if latest:
             a, r = latest
             text = (f"latest step {r.get('step')} of {a.id} written at "
-                    f"{common.fmt_clock(r.get('time'))}; page updated "
-                    f"{common.fmt_clock(time.time())}")
+                    f"{progress.fmt_clock(r.get('time'))}; page updated "
+                    f"{progress.fmt_clock(time.time())}")
         else:
             text = "no step records yet"
         st.caption(text, help="Step records are written by the training thread; this page "
@@ -139,20 +139,20 @@ def live_status() -> None:
                 st.rerun()
 
     from dynsdpb.records import axis_title
-    val_key = common.primary_val_metric(arms)
+    val_key = views.primary_val_metric(arms)
     rows = []
     for a in arms:
         last = a.records[-1] if a.records else {}
         val = next((r.get(val_key) for r in reversed(a.records) if r.get(val_key) is not None),
                    None)
-        step, steps = common.arm_steps(a)
-        sps = common.samples_per_s(a)
+        step, steps = progress.arm_steps(a)
+        sps = progress.samples_per_s(a)
         # cells as text: "—" where a value does not apply (vanilla has no alpha), never None
-        rows.append({"run": a.id, "state": common.arm_phase(a), "step": f"{step}/{steps}",
-                     "loss": common.cell("loss", last.get("loss")),
-                     "alpha": common.cell("alpha", last.get("alpha")),
-                     "tau": common.cell("tau", last.get("tau")),
-                     axis_title(val_key): common.cell(val_key, val),
+        rows.append({"run": a.id, "state": progress.arm_phase(a), "step": f"{step}/{steps}",
+                     "loss": tables.cell("loss", last.get("loss")),
+                     "alpha": tables.cell("alpha", last.get("alpha")),
+                     "tau": tables.cell("tau", last.get("tau")),
+                     axis_title(val_key): tables.cell(val_key, val),
                      "samples/s": "—" if sps is None else f"{sps:.1f}"})
     st.dataframe(rows, hide_index=True, width="stretch")
     msgs = st.container()   # fixed slots keep the elements below in place between updates
@@ -168,16 +168,16 @@ def live_status() -> None:
     qbox = st.container()
     if q or (cur and cur != exp_id):
         with qbox.container(border=True):
-            st.markdown(f"**Queue**: {common.waiting_words(len(q))} (one experiment trains "
+            st.markdown(f"**Queue**: {progress.waiting_words(len(q))} (one experiment trains "
                         "at a time)")
             if cur and cur != exp_id:
                 st.markdown(f":material/play_circle: training now: "
-                            f"{common.exp_name(jm.runs_dir / cur)}")
+                            f"{views.exp_name(jm.runs_dir / cur)}")
             for i, qid in enumerate(q):
                 qc1, qc2 = st.columns([5, 1])
                 this = " (shown here)" if qid == exp_id else ""
                 qc1.markdown(f"{i + 1}. :material/hourglass_empty: "
-                             f"{common.exp_name(jm.runs_dir / qid)}{this}")
+                             f"{views.exp_name(jm.runs_dir / qid)}{this}")
                 if qc2.button("remove", key=f"btn_dequeue_{qid}"):
                     jm.stop(qid)
                     st.rerun()
@@ -190,12 +190,12 @@ def live_status() -> None:
 ss.setdefault("w_live_tok_show", "alpha")
 
 
-def decoder_views(arms: list[common.Arm]) -> None:
+def decoder_views(arms: list[views.Arm]) -> None:
     """Decoders: the latest evaluation's sample generations of every arm, and one carried
     sample's target tokens coloured by the alpha (or KD) each got. Both come from
-    samples.jsonl / tokens.jsonl, read with the metrics (common.load_arms_live)."""
+    samples.jsonl / tokens.jsonl, read with the metrics (views.load_arms_live)."""
     st.markdown("##### Sample generations (latest evaluation)")
-    rows = common.sample_rows(arms)
+    rows = samples.sample_rows(arms)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch",
                      column_config={"prompt": st.column_config.TextColumn(width="medium"),
@@ -214,20 +214,20 @@ def decoder_views(arms: list[common.Arm]) -> None:
                    "each evaluation (vanilla has no KD)." if distilling else
                    "Only distilling arms (dlb, dynsdpb) have per-token alpha and KD.")
         return
-    show = st.segmented_control("colour by", list(common.TOKEN_SHOW), key="w_live_tok_show",
-                                format_func=common.TOKEN_SHOW.get, persist_state="session",
+    show = st.segmented_control("colour by", list(samples.TOKEN_SHOW), key="w_live_tok_show",
+                                format_func=samples.TOKEN_SHOW.get, persist_state="session",
                                 required=True,
                                 help="alpha: the KD weight each target token got (one per "
                                 "sequence unless granularity is token). KD: alpha * tau^2 * "
                                 "KL at that token, in nats.") or "alpha"
-    vmax = common.token_scale([v for _, v in views], show, [a for a, _ in views])
+    vmax = samples.token_scale([v for _, v in views], show, [a for a, _ in views])
     for a, v in views:
         st.html(f"<div style='font-size:0.85em;color:#555'>{common.method_chip(a.method)} "
                 f"{a.id}: step {v.get('step')}, training sample {v.get('sample')}</div>"
-                + common.tokens_html(v, show, vmax, common.method_color(a.method),
+                + samples.tokens_html(v, show, vmax, common.method_color(a.method),
                                      legend=False))
     ms = {a.method for a, _ in views}   # the legend in the arms' colour when they share one
-    st.html(common.token_legend(show, vmax, common.method_color(ms.pop()) if len(ms) == 1
+    st.html(samples.token_legend(show, vmax, common.method_color(ms.pop()) if len(ms) == 1
                                 else common.METHOD_COLORS["vanilla"]))
     st.caption("The carried sample is the first of the step before the evaluation. KD is "
                "computed at target tokens only (the prompt is masked); hover a token for its "
@@ -237,15 +237,15 @@ def decoder_views(arms: list[common.Arm]) -> None:
 @st.fragment(run_every=None if (paused or not run_every) else CHARTS_EVERY)
 def live_charts() -> None:
     """The four charts, the schedule formulas and (when done) the test results."""
-    _, arms = common.load_arms_live(jm.runs_dir / exp_id)
+    _, arms = views.load_arms_live(jm.runs_dir / exp_id)
     if not arms:
         return
-    state = common.exp_state([a.state for a in arms])
+    state = views.exp_state([a.state for a in arms])
     methods = list(dict.fromkeys(a.method for a in arms))
     st.markdown("Colours: " + " &nbsp; ".join(common.method_chip(m) for m in methods)
                 + " &nbsp; (dash style = seed)", unsafe_allow_html=True)
     uirev = f"{exp_id}:{x}"
-    val_key = common.primary_val_metric(arms)
+    val_key = views.primary_val_metric(arms)
 
     decoder = any(a.decoder for a in arms)
     st.markdown("##### Validation " + val_key.removeprefix("val_").replace("_", " "))
@@ -255,19 +255,19 @@ def live_charts() -> None:
         # exact match moves in coarse jumps, perplexity shows learning before it does
         v1, v2 = st.columns(2)
         with v1:
-            live_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
+            live_chart(figures.figure(figures.fig_metric, arms, val_key, x, uirev=uirev + ":val",
                                      title=f"exact match, % ({every})"),
-                       key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
+                       key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
         with v2:
-            live_chart(common.figure(common.fig_metric, arms, "val_perplexity", x,
+            live_chart(figures.figure(figures.fig_metric, arms, "val_perplexity", x,
                                      uirev=uirev + ":ppl",
                                      title=f"perplexity on the targets ({every})"),
-                       key="chart_ppl", config=common.chart_config(f"{exp_id}-perplexity"))
+                       key="chart_ppl", config=figures.chart_config(f"{exp_id}-perplexity"))
         decoder_views(arms)
     else:
-        live_chart(common.figure(common.fig_metric, arms, val_key, x, uirev=uirev + ":val",
+        live_chart(figures.figure(figures.fig_metric, arms, val_key, x, uirev=uirev + ":val",
                                  title=f"{val_key} ({every})"),
-                   key="chart_val", config=common.chart_config(f"{exp_id}-{val_key}"))
+                   key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
 
     st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")
     for m in methods:
@@ -286,34 +286,34 @@ def live_charts() -> None:
                    "token); the band spans the carried sequences.")
     if "vanilla" in methods:
         st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
-    live_chart(common.figure(common.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
-               key="chart_alpha_tau", config=common.chart_config(f"{exp_id}-alpha-tau"))
+    live_chart(figures.figure(figures.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
+               key="chart_alpha_tau", config=figures.chart_config(f"{exp_id}-alpha-tau"))
 
     st.markdown("##### Drift: how far predictions move")
     st.caption("logit drift = KL(previous-step prediction ‖ current), on the carried half before "
                "the update; agreement = share of carried samples whose predicted class did not "
                "change. Only distilling arms have a carried half; probe drift (same KL on a fixed "
                "probe set, between evaluations) covers every arm, vanilla included.")
-    live_chart(common.figure(common.fig_drift, arms, x, uirev=uirev + ":drift"),
-               key="chart_drift", config=common.chart_config(f"{exp_id}-drift"))
+    live_chart(figures.figure(figures.fig_drift, arms, x, uirev=uirev + ":drift"),
+               key="chart_drift", config=figures.chart_config(f"{exp_id}-drift"))
     st.caption("The drift split, at each evaluation: **update part** = KL between the carried "
                "half's no-dropout (eval-mode) outputs one step ago and now: what the update "
                "alone moved (it grows as lr²). **dropout part** = KL between two train-mode "
                "passes with the same weights and last step's vs this step's dropout masks: "
                "noise, no learning. logit drift (train mode, DLB's teacher) holds both; with "
                "frozen weights it equals the dropout part, without dropout the update part.")
-    live_chart(common.figure(common.fig_drift_split, arms, x, uirev=uirev + ":dsplit"),
-               key="chart_drift_split", config=common.chart_config(f"{exp_id}-drift-split"))
+    live_chart(figures.figure(figures.fig_drift_split, arms, x, uirev=uirev + ":dsplit"),
+               key="chart_drift_split", config=figures.chart_config(f"{exp_id}-drift-split"))
 
     st.markdown("##### Loss parts")
-    live_chart(common.figure(common.fig_loss, arms, x, uirev=uirev + ":loss"),
-               key="chart_loss", config=common.chart_config(f"{exp_id}-loss"))
+    live_chart(figures.figure(figures.fig_loss, arms, x, uirev=uirev + ":loss"),
+               key="chart_loss", config=figures.chart_config(f"{exp_id}-loss"))
 
     finished = [a for a in arms if a.state == "finished"]
     if finished and state == "finished":
         from dynsdpb.compare import summarize_runs
         st.markdown("##### Test results")
-        st.dataframe(common.summary_rows(summarize_runs([a.rd for a in arms])), hide_index=True,
+        st.dataframe(tables.summary_rows(summarize_runs([a.rd for a in arms])), hide_index=True,
                      width="stretch")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import common
+from app import common, downloads, forms, samples, tables, views
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
 from dynsdpb.store import ExperimentDir, inside
@@ -21,7 +21,7 @@ ss = st.session_state
 jm = common.manager()
 
 st.title("Runs")
-exps = common.experiments()
+exps = views.experiments()
 if not exps:
     st.info(f"No runs in `{jm.runs_dir}` yet. Start one on the Setup page.")
     st.stop()
@@ -41,9 +41,9 @@ with c2:
 
 rows, shown = [], []
 for exp in exps:
-    meta = common.exp_meta(exp)
-    arms = common.load_arms(exp, with_records=False)
-    st_ = common.exp_state([a.state for a in arms])
+    meta = views.exp_meta(exp)
+    arms = views.load_arms(exp, with_records=False)
+    st_ = views.exp_state([a.state for a in arms])
     base = meta.get("base_config", {})
     hay = " ".join(map(str, [exp.name, meta.get("name", ""), base.get("dataset", ""),
                              base.get("model", ""), *meta.get("methods", [])])).lower()
@@ -58,11 +58,11 @@ for exp in exps:
         if pm and s.get(f"test_{pm}") is not None:
             best.setdefault(a.method, []).append(s[f"test_{pm}"])
     pm = next((a.rd.summary().get("primary_metric") for a in arms if a.rd.summary()), "")
-    res = "  ".join(f"{m}: {common.result_text(pm, sum(v) / len(v))}"
+    res = "  ".join(f"{m}: {tables.result_text(pm, sum(v) / len(v))}"
                     for m, v in best.items()) or "—"
     shown.append(exp)
     rows.append({
-        "name": common.exp_name(exp, meta), "state": st_,
+        "name": views.exp_name(exp, meta), "state": st_,
         "created": datetime.fromtimestamp(meta.get("created", 0)).strftime("%Y-%m-%d %H:%M"),
         "model": base.get("model", ""), "dataset": str(base.get("dataset", "")).split("/")[-1],
         "runs": ", ".join(a.id for a in arms),
@@ -78,13 +78,13 @@ if not shown:
 ids = [e.name for e in shown]
 if ss.get("w_runs_pick") not in ids:
     ss["w_runs_pick"] = ids[0]
-names = {e.name: common.exp_name(e) for e in shown}
+names = {e.name: views.exp_name(e) for e in shown}
 exp_id = st.selectbox("experiment", ids, key="w_runs_pick", persist_state="session",
                       format_func=lambda i: f"{names[i]}  ({i})" if names[i] != i else i)
 exp = jm.runs_dir / exp_id
-meta = common.exp_meta(exp)
-arms = common.load_arms(exp, with_records=False)
-state = common.exp_state([a.state for a in arms])
+meta = views.exp_meta(exp)
+arms = views.load_arms(exp, with_records=False)
+state = views.exp_state([a.state for a in arms])
 active = state in ("running", "queued") or exp_id in jm.queue() or jm.current() == exp_id
 
 arm_rows = []
@@ -94,9 +94,9 @@ for a in arms:
     arm_rows.append({
         "run": a.id, "state": a.state,
         "step": f"{a.status.get('step', 0)}/{a.status.get('steps', a.cfg.get('steps'))}",
-        "test": common.result_text(pm, s.get(f"test_{pm}")) if pm else "—",
+        "test": tables.result_text(pm, s.get(f"test_{pm}")) if pm else "—",
         "wall time (s)": "—" if s.get("wall_time") is None else f"{s['wall_time']:.0f}",
-        "model saved": common.saved_model_kind(a.rd.model_path) or "",
+        "model saved": downloads.saved_model_kind(a.rd.model_path) or "",
         "note": a.status.get("error") or a.status.get("message") or "",
     })
 st.dataframe(arm_rows, hide_index=True, width="stretch")
@@ -114,7 +114,7 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
                help="Load this experiment's config, methods and seeds into the Setup page; "
                     "change what you like and Start a new experiment."):
     base = meta.get("base_config") or (arms[0].cfg if arms else {})
-    common.prefill_setup(base, methods=meta.get("methods"), seeds=meta.get("seeds"))
+    forms.prefill_setup(base, methods=meta.get("methods"), seeds=meta.get("seeds"))
     ss["w_exp_name"] = ""
     seeds_ = ", ".join(map(str, meta.get("seeds") or []))
     ss["setup_msg"] = (f"Loaded the config of **{names[exp_id]}** (`{exp_id}`): methods "
@@ -126,7 +126,7 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
         # experiment keeps its own copy (and survives deleting this one).
         blob = data.read_bytes()
         ss["upload"] = {"name": data.name, "data": blob, "sha1": hashlib.sha1(blob).hexdigest()}
-        ss["w_data_source"] = common.DATA_UPLOAD
+        ss["w_data_source"] = forms.DATA_UPLOAD
     st.switch_page(common.ROOT / "pages" / "setup.py")
 if active:
     if b[3].button("Stop", key="btn_runs_stop", icon=":material/stop:", width="stretch"):
@@ -185,10 +185,10 @@ with st.expander("Downloads"):
         d1, d2, d3 = st.columns([2, 2, 2])
         d1.markdown(f"**{a.id}** {common.state_badge(a.state)}")
         model_dir = a.rd.model_path
-        kind = common.saved_model_kind(model_dir)
+        kind = downloads.saved_model_kind(model_dir)
         if kind:
             d2.download_button(f"fine-tuned {kind} (zip)",
-                               lambda p=model_dir: common.zip_folder(p),
+                               lambda p=model_dir: downloads.zip_folder(p),
                                icon=":material/download:",
                                file_name=f"{exp_id}-{a.id}-model.zip", mime="application/zip",
                                key=f"dl_model_{a.id}", on_click="ignore")
@@ -204,7 +204,7 @@ with st.expander("Downloads"):
                            disabled=not y)
 
 # -- decoders: the generations stored at each evaluation --------------------------------------
-dec_arms = [a for a in common.load_arms(exp) if a.samples or a.tokens]
+dec_arms = [a for a in views.load_arms(exp) if a.samples or a.tokens]
 if dec_arms:
     with st.expander("Generations (decoder runs)", expanded=True):
         st.caption("At each evaluation a decoder run stores a few greedy generations on "
@@ -242,7 +242,7 @@ if dec_arms:
         if view:
             st.html(f"<div style='font-size:0.85em;color:#555'>training sample "
                     f"{view.get('sample')}, coloured by alpha</div>"
-                    + common.tokens_html(view, "alpha", common.token_scale([view], "alpha", [a]),
+                    + samples.tokens_html(view, "alpha", samples.token_scale([view], "alpha", [a]),
                                          common.method_color(a.method)))
         if a.rd.samples_path.is_file():
             st.download_button("all generations of this run (JSONL)",

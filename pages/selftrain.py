@@ -11,7 +11,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import common
+from app import common, figures, views
 from dynsdpb import config as C
 from dynsdpb import selftrain as S
 from dynsdpb.errors import ConfigError
@@ -173,12 +173,12 @@ def watch() -> None:
             return
         names = [p.parent.name for p in rounds]
         r = st.selectbox("fine-tuning curves of", names, index=len(names) - 1, key="st_round")
-        arms = common.load_arms(path / r)
-        st.plotly_chart(common.fig_loss(arms, uirev=f"st-loss-{r}"), key="st_loss")
+        arms = views.load_arms(path / r)
+        st.plotly_chart(figures.fig_loss(arms, uirev=f"st-loss-{r}"), key="st_loss")
         cols = st.columns(2)
         for col, k in zip(cols, ("alpha", "val_exact_match")):
             with col:
-                st.plotly_chart(common.fig_metric(arms, k, uirev=f"st-{k}-{r}"), key=f"st_{k}")
+                st.plotly_chart(figures.fig_metric(arms, k, uirev=f"st-{k}-{r}"), key=f"st_{k}")
 
 
 watch()

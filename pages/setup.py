@@ -12,8 +12,8 @@ from pathlib import Path
 import streamlit as st
 import yaml
 
-from app import common
-from app.common import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, FORM_PREFIX, OTHER_MODEL
+from app import common, forms
+from app.forms import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, FORM_PREFIX, OTHER_MODEL
 from dynsdpb import config as C
 from dynsdpb.data import FILE_SUFFIXES, dataset_kind, read_table, rows_to_taskdata
 from dynsdpb.errors import ConfigError, Problem
@@ -29,9 +29,9 @@ DEFAULTS = C.RunConfig()
 # Widget state: defaults once, then whatever the user (or a loaded YAML / relaunch) set.
 
 for _name in C.FIELDS:
-    if _name not in common.SPECIAL_FIELDS:
+    if _name not in forms.SPECIAL_FIELDS:
         ss.setdefault(FORM_PREFIX + _name,
-                      common.field_widget_value(_name, getattr(DEFAULTS, _name)))
+                      forms.field_widget_value(_name, getattr(DEFAULTS, _name)))
 ss.setdefault("w_model_choice", DEFAULTS.model)
 ss.setdefault("w_model_other", "")
 ss.setdefault("w_data_source", DATA_BUILTIN)
@@ -40,7 +40,7 @@ ss.setdefault("w_data_path", "")
 ss.setdefault("w_text_column", DEFAULTS.text_column)
 ss.setdefault("w_text_pair_column", DEFAULTS.text_pair_column)
 ss.setdefault("w_label_column", DEFAULTS.label_column)
-for _k in common.LM_COLUMNS:   # a decoder's file: prompt/target/answer columns
+for _k in forms.LM_COLUMNS:   # a decoder's file: prompt/target/answer columns
     ss.setdefault(f"w_lm_{_k}", "")
 ss.setdefault("w_methods", ["vanilla", "dynsdpb"])
 ss.setdefault("w_seeds", "0")
@@ -55,7 +55,7 @@ def _on_upload() -> None:
         ss.pop("w_text_column", None)   # re-guess the mapping for the new file
         ss.pop("w_label_column", None)
         ss.pop("w_text_pair_column", None)
-        for k in common.LM_COLUMNS:
+        for k in forms.LM_COLUMNS:
             ss.pop(f"w_lm_{k}", None)
 
 
@@ -71,7 +71,7 @@ def _on_yaml() -> None:
     if not isinstance(d, dict):
         ss["yaml_msg"] = ("error", f"{f.name} must hold a mapping of field names to values")
         return
-    ss["yaml_msg"] = common.load_experiment_yaml(d, f.name)
+    ss["yaml_msg"] = forms.load_experiment_yaml(d, f.name)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -89,7 +89,7 @@ def _check_lm_rows(key: str, name: str, _data: bytes | None, prompt: str, target
     from dynsdpb.lm_task import AUTO_TEST, AUTO_VAL
     rows, _ = _rows(key, name, _data)
     cfg = C.from_dict(yaml.safe_load(cfg_yaml), check=False)
-    mapped = common.map_lm_rows(rows, {"prompt": prompt, "target": target, "answer": answer})
+    mapped = forms.map_lm_rows(rows, {"prompt": prompt, "target": target, "answer": answer})
     try:
         splits_from_records(mapped, name, cfg.split_seed, cfg.max_train_samples,
                             cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
@@ -139,10 +139,10 @@ def _guess_mapping() -> None:
     if not rows:
         return
     cols = [str(c) for c in rows[0].keys()]
-    lm_guess = common.guess_lm_columns(cols)
+    lm_guess = forms.guess_lm_columns(cols)
     new_file = ss.get("w_lm_guessed_for") != fs[0]   # a new file: guess all three again
     ss["w_lm_guessed_for"] = fs[0]
-    for k in common.LM_COLUMNS:
+    for k in forms.LM_COLUMNS:
         options = cols + ([""] if k == "answer" else [])
         if new_file or ss.get(f"w_lm_{k}") not in options:
             ss[f"w_lm_{k}"] = lm_guess[k]
@@ -176,7 +176,7 @@ def _is_decoder(raw: dict) -> bool:
 
 
 def lm_mapping() -> dict[str, str]:
-    return {k: str(ss.get(f"w_lm_{k}") or "") for k in common.LM_COLUMNS}
+    return {k: str(ss.get(f"w_lm_{k}") or "") for k in forms.LM_COLUMNS}
 
 
 def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str],
@@ -188,7 +188,7 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
         if all(q.fix != p.fix for q in lst):
             lst.append(p)
 
-    raw = {n: ss[FORM_PREFIX + n] for n in C.FIELDS if n not in common.SPECIAL_FIELDS}
+    raw = {n: ss[FORM_PREFIX + n] for n in C.FIELDS if n not in forms.SPECIAL_FIELDS}
     choice = ss["w_model_choice"]
     raw["model"] = ss["w_model_other"] if choice == OTHER_MODEL else choice
     src = ss["w_data_source"]
@@ -294,9 +294,9 @@ with st.expander("Load or save a config (YAML)"):
 # The built-in datasets offered follow the model: generation datasets for a decoder,
 # classification ones for an encoder, all of them when the kind is unknown (a hub id).
 _model = ss["w_model_other"] if ss["w_model_choice"] == OTHER_MODEL else ss["w_model_choice"]
-family = common.model_family(str(_model))
-BUILTINS = common.builtin_datasets()
-DATASETS = common.datasets_for(family)
+family = forms.model_family(str(_model))
+BUILTINS = forms.builtin_datasets()
+DATASETS = forms.datasets_for(family)
 if ss["w_data_builtin"] not in DATASETS:
     ss["w_data_builtin"] = DATASETS[0]
 
@@ -330,8 +330,8 @@ def field(name: str, where=st) -> None:
 
 
 def grid(names: list[str], ncols: int = 3) -> None:
-    """Fields in columns: only those this kind of model reads (common.field_applies)."""
-    names = [n for n in names if common.field_applies(n, decoder, VALUES)]
+    """Fields in columns: only those this kind of model reads (forms.field_applies)."""
+    names = [n for n in names if forms.field_applies(n, decoder, VALUES)]
     cols = st.columns(ncols)
     for i, n in enumerate(names):
         with cols[i % ncols]:
@@ -552,7 +552,7 @@ def _preset_summary(exp) -> str:
 
 def _load_preset(name: str, label: str) -> None:
     exp = PRESETS[name]
-    notes = common.prefill_setup(exp.base.to_dict(), methods=exp.methods, seeds=exp.seeds)
+    notes = forms.prefill_setup(exp.base.to_dict(), methods=exp.methods, seeds=exp.seeds)
     ss["preset_msg"] = (f"{label} loaded: {_preset_summary(exp)}. Change any of them below."
                         + "".join(" " + n for n in notes))
 
@@ -657,7 +657,7 @@ if start:
             same = {"prompt": "prompt", "target": "target",
                     "answer": "answer" if "answer" in cols else ""}
             if upload or m != same:
-                upload = (Path(fs[1]).stem + ".jsonl", common.mapped_jsonl(rows, m))
+                upload = (Path(fs[1]).stem + ".jsonl", forms.mapped_jsonl(rows, m))
         try:
             job = jm.submit(cfg, methods, seeds, name=str(ss["w_exp_name"]).strip(), upload=upload)
         except ConfigError as e:

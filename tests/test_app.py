@@ -398,10 +398,10 @@ def test_cut_off_run_shows_interrupted_with_its_metrics_and_resumes(runs_dir, cs
     # the model folder of a finished arm can be downloaded as a zip
     labels = [b.label for b in at.get("download_button")]
     assert "fine-tuned model (zip)" in labels
-    from app import common
+    from app import downloads
     import io
     import zipfile
-    names = zipfile.ZipFile(io.BytesIO(common.zip_folder(
+    names = zipfile.ZipFile(io.BytesIO(downloads.zip_folder(
         runs_dir / exp / "vanilla-s0" / "model"))).namelist()
     assert "model/config.json" in names and any(n.endswith(".safetensors") for n in names)
 
@@ -485,8 +485,8 @@ def test_saved_experiment_yaml_round_trips_methods_and_seeds(runs_dir, csv):
         import streamlit as st
         import yaml
 
-        from app import common
-        st.session_state["msg"] = common.load_experiment_yaml(yaml.safe_load(text), "saved.yaml")
+        from app import forms
+        st.session_state["msg"] = forms.load_experiment_yaml(yaml.safe_load(text), "saved.yaml")
 
     probe = AppTest.from_function(load, args=(text,), default_timeout=30)
     probe.run()
@@ -514,9 +514,9 @@ def test_the_app_root_opens_setup(runs_dir):
 
 
 def _arm(records, status, method="dynsdpb", **cfg):
-    from app import common
+    from app import views
     from dynsdpb.store import RunDir
-    return common.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp",
+    return views.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp",
                       {"method": method, "steps": 60, "val_size": 200, "test_size": 400, **cfg},
                       status, records)
 
@@ -530,13 +530,13 @@ def _steps(n, dt=1.0, eval_every=10, eval_s=5.0, t0=1000.0):
 
 
 def test_progress_counts_steps_per_arm_and_says_time_left_in_words():
-    from app import common
+    from app import progress
     recs = _steps(30)
     arms = [_arm(recs, {"state": "running", "phase": "training", "step": 30, "steps": 60},
                  "vanilla"),
             _arm(recs, {"state": "running", "phase": "training", "step": 30, "steps": 60})]
-    info = common.progress_info(arms, now=recs[-1]["time"])
-    words = common.progress_words(info)
+    info = progress.progress_info(arms, now=recs[-1]["time"])
+    words = progress.progress_words(info)
     assert words[0] == "30/60 steps per arm"                      # not 60/120
     # 30 steps at the mean recent interval (29 gaps, 3 of them with a 5 s evaluation), then
     # the test evaluation of each arm in turn: 400/200 x the measured 5 s
@@ -544,37 +544,37 @@ def test_progress_counts_steps_per_arm_and_says_time_left_in_words():
     assert info["left"] == pytest.approx(30 * (26 + 3 * 6) / 29 + 2 * 10.0)
     assert "about 70 s left (incl. ~10 s of testing per arm)" in words
     assert not any(":" in w for w in words)                       # never a clock like 15:24
-    assert common.fmt_left(130) == "about 2 min left"
+    assert progress.fmt_left(130) == "about 2 min left"
 
 
 def test_progress_shows_the_phase_and_a_resume():
-    from app import common
+    from app import progress
     recs = _steps(60)
     now = recs[-1]["time"] + 4
     arms = [_arm(recs, {"state": "running", "phase": "testing", "step": 60, "steps": 60,
                         "updated": now - 4, "resumed_from": 30}, "vanilla"),
             _arm(recs, {"state": "running", "phase": "training", "step": 60, "steps": 60,
                         "resumed_from": 30})]
-    info = common.progress_info(arms, now=now)
-    words = common.progress_words(info)
+    info = progress.progress_info(arms, now=now)
+    words = progress.progress_words(info)
     assert info["phases"] == {"vanilla-s0": "testing", "dynsdpb-s0": "waiting to test"}
     assert "vanilla-s0 testing, dynsdpb-s0 waiting to test" in words
     assert info["left"] == (10.0 - 4) + 10.0                      # the rest of one, then one
     assert "resumed from the step-30 checkpoint" in words
     # an older run without `phase` and without evaluations yet: say so honestly
     old = [_arm(recs, {"state": "running", "step": 60, "steps": 60}, "vanilla", val_size=0)]
-    w = common.progress_words(common.progress_info(old, now=now))
+    w = progress.progress_words(progress.progress_info(old, now=now))
     assert "testing…" in w
 
 
 def test_live_polls_reread_nothing_when_the_run_files_did_not_change(runs_dir, csv):
-    from app import common
+    from app import views
     exp = runs_dir / train_experiment(runs_dir, csv)
-    sig1, arms1 = common.load_arms_live(exp)
-    sig2, arms2 = common.load_arms_live(exp)
+    sig1, arms1 = views.load_arms_live(exp)
+    sig2, arms2 = views.load_arms_live(exp)
     assert arms2 is arms1                      # same objects: no file was read again
     with open(exp / "dynsdpb-s0" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 4, "time": time.time(), "loss": 0.5}) + "\n")
-    sig3, arms3 = common.load_arms_live(exp)
+    sig3, arms3 = views.load_arms_live(exp)
     assert sig3 != sig1 and arms3 is not arms1
     assert len(next(a for a in arms3 if a.id == "dynsdpb-s0").records) == 4

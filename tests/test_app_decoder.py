@@ -186,12 +186,12 @@ def write_qa_csv(path: Path, n: int = 40) -> Path:
 
 
 def test_decoder_upload_maps_prompt_target_answer(runs_dir, tiny):
-    from app import common
+    from app import forms
     model, _ = tiny
     at = new_app()
-    at.session_state["w_model_choice"] = common.OTHER_MODEL
+    at.session_state["w_model_choice"] = forms.OTHER_MODEL
     at.session_state["w_model_other"] = model
-    at.session_state["w_data_source"] = common.DATA_UPLOAD
+    at.session_state["w_data_source"] = forms.DATA_UPLOAD
     data = write_qa_csv(runs_dir.parent / "qa.csv").read_bytes()
     at.session_state["upload"] = {"name": "qa.csv", "data": data}
     for k, v in {"val_size": "4", "test_size": "4", "max_len": "32"}.items():
@@ -211,7 +211,7 @@ def test_decoder_upload_maps_prompt_target_answer(runs_dir, tiny):
     at.selectbox(key="w_lm_target").set_value("solution").run()
     assert not at.error
     # what the run gets: the engine's column names
-    rows = [json.loads(x) for x in common.mapped_jsonl(
+    rows = [json.loads(x) for x in forms.mapped_jsonl(
         [{"question": "q", "solution": "s", "final": "1"}],
         {"prompt": "question", "target": "solution", "answer": "final"}).splitlines()]
     assert rows == [{"prompt": "q", "target": "s", "answer": "1"}]
@@ -222,8 +222,8 @@ def test_decoder_upload_maps_prompt_target_answer(runs_dir, tiny):
 
 
 def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
-    from app import common
     from dynsdpb.records import axis_title
+    from dynsdpb.store import RunDir
     from tests.test_app import specs
     exp = run_decoder(runs_dir, *tiny)
     at = open_page(new_app(), "live.py")
@@ -244,7 +244,7 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
     assert gen["prompt"].iloc[0] == gen["prompt"].iloc[1]     # one prompt, both arms
 
     # the carried sample's tokens: one span per target token, coloured by alpha
-    view = common.RunDir(exp / "dynsdpb-s0").tokens()[-1]
+    view = RunDir(exp / "dynsdpb-s0").tokens()[-1]
     body = next(h for h in htmls(at) if "dyn-tok" in h)
     assert body.count("class='dyn-tok'") == len(view["tokens"])
     assert "dynsdpb-s0: step 4" in body
@@ -256,15 +256,15 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
 def test_token_text_is_escaped_and_new_token_views_are_picked_up(runs_dir, tiny):
     """tokens.jsonl is part of the Live page's stat signature: a new line is read on the next
     poll (and only then); a token is shown as text, never as HTML or Markdown."""
-    from app import common
+    from app import views
     exp = run_decoder(runs_dir, *tiny, methods=("dynsdpb",))
-    sig1, arms1 = common.load_arms_live(exp)
-    assert common.load_arms_live(exp)[1] is arms1
+    sig1, arms1 = views.load_arms_live(exp)
+    assert views.load_arms_live(exp)[1] is arms1
     evil = {"step": 5, "sample": 0, "tokens": ["<img src=x onerror=alert(1)>", "**b**", " $x$"],
             "token_ids": [1, 2, 3], "alpha": [0.5, None, 1.0], "kd": [0.1, None, 0.2]}
     with open(exp / "dynsdpb-s0" / "tokens.jsonl", "a") as f:
         f.write(json.dumps(evil) + "\n")
-    sig2, arms2 = common.load_arms_live(exp)
+    sig2, arms2 = views.load_arms_live(exp)
     assert sig2 != sig1 and arms2[0].tokens[-1]["step"] == 5
 
     at = open_page(new_app(), "live.py")

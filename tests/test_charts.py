@@ -1,10 +1,10 @@
 """Chart builders of the app, tested on their figure specs (no Streamlit run needed)."""
-from app import common
+from app import figures, tables, views
 from dynsdpb.store import RunDir
 
 
 def _arm(records, method="dynsdpb"):
-    return common.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp", {"method": method},
+    return views.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp", {"method": method},
                       {"state": "running"}, records)
 
 
@@ -14,7 +14,7 @@ def test_empty_drift_panel_note_sits_in_its_own_panel():
     inside the empty panel's domain."""
     recs = [{"step": s, "logit_drift": 1e-4 * s, "agreement": 1.0, "probe_drift": None}
             for s in range(2, 6)]
-    fig = common.fig_drift([_arm(recs)])
+    fig = figures.fig_drift([_arm(recs)])
     notes = [a for a in fig.layout.annotations if "no values yet" in (a.text or "")]
     assert len(notes) == 1
     note = notes[0]
@@ -31,8 +31,8 @@ def test_every_method_keeps_one_colour_across_charts():
              "agreement": 1.0, "probe_drift": 0.1, "val_accuracy": 0.5} for s in range(1, 4)]
     arms = [_arm(recs, "vanilla"), _arm(recs, "dynsdpb")]
     colours: dict[str, set] = {}
-    for fig in (common.fig_loss(arms), common.fig_drift(arms),
-                common.fig_metric(arms, "val_accuracy")):
+    for fig in (figures.fig_loss(arms), figures.fig_drift(arms),
+                figures.fig_metric(arms, "val_accuracy")):
         for t in fig.data:
             if t.line and t.line.color:
                 colours.setdefault(t.name.split("-")[0], set()).add(t.line.color)
@@ -49,7 +49,7 @@ def _ys(fig):
 def test_alpha_tau_band_spans_the_lowest_and_highest_carried_values():
     recs = [{"step": s, "alpha": 0.5, "alpha_lo": 0.25, "alpha_hi": 0.75, "tau": 2.0,
              "tau_lo": 1.5, "tau_hi": 3.0} for s in range(1, 4)]
-    ys = _ys(common.fig_alpha_tau([_arm(recs)]))
+    ys = _ys(figures.fig_alpha_tau([_arm(recs)]))
     for key in ("alpha_lo", "alpha_hi", "tau_lo", "tau_hi", "alpha", "tau"):
         assert [r[key] for r in recs] in ys, key
 
@@ -65,7 +65,7 @@ def test_old_metrics_files_still_chart_their_alpha_tau_band():
     recs = parse_records([json.dumps(r).encode() for r in old])
     assert all("alpha_min" not in r and r["alpha_lo"] == 0.25 and r["logit_drift"] == 0.1
                for r in recs)
-    ys = _ys(common.fig_alpha_tau([_arm(recs)]))
+    ys = _ys(figures.fig_alpha_tau([_arm(recs)]))
     assert [0.25] * 3 in ys and [0.75] * 3 in ys and [3.0] * 3 in ys
 
 
@@ -88,26 +88,26 @@ def test_decimation_caps_points_and_keeps_spikes_and_the_last_point():
     xs = list(range(5000))
     ys = [0.0] * 5000
     ys[1234], ys[4321] = 9.0, -9.0            # one spike up, one down
-    dx, dy = common.decimate(xs, ys)
-    assert len(dx) <= common.MAX_POINTS
+    dx, dy = figures.decimate(xs, ys)
+    assert len(dx) <= figures.MAX_POINTS
     assert 9.0 in dy and -9.0 in dy           # min/max per bucket: the shape survives
     assert dx[0] == 0 and dx[-1] == 4999      # first and always the last point
     assert dx == sorted(dx)
-    assert common.decimate(xs[:50], ys[:50]) == (xs[:50], ys[:50])   # short: untouched
+    assert figures.decimate(xs[:50], ys[:50]) == (xs[:50], ys[:50])   # short: untouched
 
 
 def test_long_runs_chart_at_most_max_points_per_trace():
     arms = [_arm(_recs(3000), "vanilla"), _arm(_recs(3000), "dynsdpb")]
-    for fig in (common.fig_loss(arms), common.fig_drift(arms), common.fig_alpha_tau(arms)):
-        assert all(len(t.y) <= common.MAX_POINTS for t in fig.data)
+    for fig in (figures.fig_loss(arms), figures.fig_drift(arms), figures.fig_alpha_tau(arms)):
+        assert all(len(t.y) <= figures.MAX_POINTS for t in fig.data)
         assert any(t.x[-1] == 3000 for t in fig.data)   # the newest step is drawn
 
 
 def test_every_panel_has_a_y_title_with_its_unit_and_no_si_ticks():
     arms = [_arm(_recs(30), "vanilla"), _arm(_recs(30), "dynsdpb")]
-    figs = {"loss": common.fig_loss(arms), "drift": common.fig_drift(arms),
-            "alpha_tau": common.fig_alpha_tau(arms),
-            "val": common.fig_metric(arms, "val_accuracy")}
+    figs = {"loss": figures.fig_loss(arms), "drift": figures.fig_drift(arms),
+            "alpha_tau": figures.fig_alpha_tau(arms),
+            "val": figures.fig_metric(arms, "val_accuracy")}
     titles = {}
     for name, fig in figs.items():
         for ax in ("yaxis", "yaxis2", "yaxis3"):
@@ -126,7 +126,7 @@ def test_every_panel_has_a_y_title_with_its_unit_and_no_si_ticks():
 
 
 def test_shares_are_plotted_in_percent():
-    fig = common.fig_metric([_arm(_recs(30))], "val_accuracy")
+    fig = figures.fig_metric([_arm(_recs(30))], "val_accuracy")
     assert list(fig.data[0].y) == [64.5, 64.5, 64.5]
     assert list(fig.layout.yaxis.range) == [-2, 102]
 
@@ -135,7 +135,7 @@ def test_arms_with_identical_curves_stay_visible_and_are_named():
     """dlb and dynsdpb can log the same values (same seed, same data): the later curve is
     drawn dotted with markers over a wide pale first one, and the chart says so."""
     arms = [_arm(_recs(60), "dlb"), _arm(_recs(60), "dynsdpb")]
-    fig = common.fig_loss(arms)
+    fig = figures.fig_loss(arms)
     ce = [t for t in fig.data if t.xaxis == "x"]
     assert ce[0].line.width > ce[1].line.width and ce[1].line.dash == "dot"
     assert "markers" in ce[1].mode
@@ -143,7 +143,7 @@ def test_arms_with_identical_curves_stay_visible_and_are_named():
     assert notes and "dlb-s0 and dynsdpb-s0 coincide" in notes[0]
     # different curves: no note
     other = _recs(60, "vanilla")
-    fig2 = common.fig_loss([_arm(other, "vanilla"),
+    fig2 = figures.fig_loss([_arm(other, "vanilla"),
                             _arm([dict(r, ce=2.0, kd=1.0, loss=3.0) for r in other])])
     assert not [a for a in fig2.layout.annotations if "coincide" in (a.text or "")]
 
@@ -152,11 +152,11 @@ def test_a_figure_is_serialised_once_and_the_same_bytes_are_reused():
     """A poll with nothing new must send the same bytes (Streamlit then sends a reference to
     the message the browser already holds)."""
     arms = [_arm(_recs(300))]
-    f1 = common.figure(common.fig_loss, arms, "step", uirev="t")
-    f2 = common.figure(common.fig_loss, arms, "step", uirev="t")
-    assert f1 is f2 and common.figure_json(f1) is common.figure_json(f2)
+    f1 = figures.figure(figures.fig_loss, arms, "step", uirev="t")
+    f2 = figures.figure(figures.fig_loss, arms, "step", uirev="t")
+    assert f1 is f2 and figures.figure_json(f1) is figures.figure_json(f2)
     arms[0].records.append(dict(arms[0].records[-1], step=301, time=2000.0))
-    assert common.figure(common.fig_loss, arms, "step", uirev="t") is not f1
+    assert figures.figure(figures.fig_loss, arms, "step", uirev="t") is not f1
 
 
 def test_building_the_four_live_charts_is_fast():
@@ -164,21 +164,21 @@ def test_building_the_four_live_charts_is_fast():
     ~16 ms after, on the 2-core machine. The bound leaves room for a loaded machine."""
     import time
     arms = [_arm(_recs(300), "vanilla"), _arm(_recs(300), "dynsdpb")]
-    common.fig_loss(arms)
+    figures.fig_loss(arms)
     t = time.perf_counter()
     for _ in range(3):
-        for fig in (common.fig_metric(arms, "val_accuracy"), common.fig_alpha_tau(arms),
-                    common.fig_drift(arms), common.fig_loss(arms)):
-            common.figure_json(fig)
+        for fig in (figures.fig_metric(arms, "val_accuracy"), figures.fig_alpha_tau(arms),
+                    figures.fig_drift(arms), figures.fig_loss(arms)):
+            figures.figure_json(fig)
     assert (time.perf_counter() - t) / 3 < 0.12
 
 
 def test_html_export_embeds_plotly_js_once_for_all_charts():
     from plotly.offline import get_plotlyjs
     arms = [_arm(_recs(3000), "vanilla"), _arm(_recs(3000), "dynsdpb")]
-    figs = [(k, common.fig_metric(arms, k)) for k in ("val_accuracy", "loss", "alpha",
+    figs = [(k, figures.fig_metric(arms, k)) for k in ("val_accuracy", "loss", "alpha",
                                                       "logit_drift")]
-    html = common.figures_html(figs)
+    html = figures.figures_html(figs)
     js = get_plotlyjs()
     assert html.count(js[:200]) == 1
     assert html.count("Plotly.newPlot") == 4
@@ -192,11 +192,11 @@ def test_summary_table_says_why_an_interval_is_missing():
         "dynsdpb": {"seeds": [0], "schedule": "dynsdpb-v1", "test_accuracy": {
             "mean": 0.65, "std": None, "per_seed": {"0": 0.65},
             "diff_vs_vanilla": {"mean": 0.005, "ci_low": None, "ci_high": None}}}}}
-    rows = {r["method"]: r for r in common.summary_rows(summary)}
+    rows = {r["method"]: r for r in tables.summary_rows(summary)}
     assert rows["vanilla"]["test_accuracy mean (%)"] == "64.50"
     assert rows["vanilla"]["std"] == "n/a: one seed"
     assert rows["dynsdpb"]["diff vs vanilla [95% CI]"] == "0.50 [n/a: one seed]"
     assert rows["vanilla"]["diff vs vanilla [95% CI]"] == "—"
     assert "None" not in str(rows)
-    assert common.result_text("test_accuracy", 0.645) == "accuracy 64.50 %"
-    assert common.cell("alpha", None) == "—"
+    assert tables.result_text("test_accuracy", 0.645) == "accuracy 64.50 %"
+    assert tables.cell("alpha", None) == "—"

@@ -1,0 +1,367 @@
+"""The chart builders: plotly figures built as plain dicts (one colour per method, one dash
+per seed, decimated traces, axis titles with units), the shared figure cache, the chart
+config and standalone HTML export.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+
+import plotly.graph_objects as go
+
+from app.common import method_color, rgba
+from app.views import Arm
+
+
+# ---------------------------------------------------------------------------------------
+# Charts. Every figure: x = step (or epoch / samples seen), one fixed colour per method,
+# one dash style per seed, layout.uirevision fixed so zoom survives live updates, a y-axis
+# title with its unit (records.axis_title), shares in % (records.display_value).
+#
+# The figures are built as plain dicts and wrapped with go.Figure(..., _validate=False):
+# plotly's validation and its template deep copy cost ~60 ms per figure, every update, in
+# the server process (measured: 230 ms for the four Live charts of 2 arms x 300 steps).
+
+X_LABELS = {"step": "step", "epoch": "epoch", "samples_seen": "samples seen (forward passes)"}
+MAX_POINTS = 300   # per trace: a class cannot see more on a 1000-px chart, the browser can
+SEED_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+RUN_PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+               "#17becf", "#bcbd22", "#5f6b7a"]
+
+
+def decimate(xs: list, ys: list, max_points: int = MAX_POINTS) -> tuple[list, list]:
+    """At most ~max_points points that keep the curve's shape: the lowest and the highest
+    point of each bucket (spikes stay), the first and always the last point."""
+    n = len(xs)
+    if n <= max_points:
+        return xs, ys
+    buckets = max(1, (max_points - 2) // 2)
+    size = (n - 2) / buckets
+    keep = [0]
+    for b in range(buckets):
+        lo, hi = 1 + int(b * size), 1 + int((b + 1) * size)
+        if hi <= lo:
+            continue
+        seg = range(lo, min(hi, n - 1))
+        i_min = min(seg, key=ys.__getitem__)
+        i_max = max(seg, key=ys.__getitem__)
+        keep.extend(sorted({i_min, i_max}))
+    keep.append(n - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def _series(recs: list[dict], key: str, x: str) -> tuple[list, list]:
+    """(x, y) of one record key, finite values only, shares in %, decimated."""
+    from dynsdpb.records import display_value
+    xs, ys = [], []
+    for r in recs:
+        v = r.get(key)
+        if v is None or r.get(x) is None or isinstance(v, bool):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        xs.append(r[x])
+        ys.append(display_value(key, v))
+    return decimate(xs, ys)
+
+
+def _style(arm: Arm, color_by: str, idx: int) -> tuple[str, str]:
+    if color_by == "run":
+        return RUN_PALETTE[idx % len(RUN_PALETTE)], "solid"
+    return method_color(arm.method), SEED_DASHES[arm.seed % len(SEED_DASHES)]
+
+
+def _name(arm: Arm, multi_exp: bool) -> str:
+    return f"{arm.exp_name}: {arm.id}" if multi_exp else arm.id
+
+
+def _multi_exp(arms: list[Arm]) -> bool:
+    return len({a.exp_id for a in arms}) > 1
+
+
+def _y_axis(key: str) -> dict:
+    """A y axis for one record key: title with unit, plain or scientific ticks (never SI
+    prefixes: '400µ' reads as micro-something to a class), 0-100 for shares."""
+    from dynsdpb.records import KEYS, axis_title
+    ax = {"title": {"text": axis_title(key), "standoff": 4}, "exponentformat": "e",
+          "zeroline": False}
+    if KEYS.get(key) is not None and KEYS[key].percent:
+        ax["range"] = [-2, 102]
+    return ax
+
+
+# plotly_white, once: assigning the template by name deep-copies it on every figure.
+_TEMPLATE: dict | None = None
+
+
+def _template() -> dict:
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        import plotly.io as pio
+        _TEMPLATE = pio.templates["plotly_white"].to_plotly_json()
+    return _TEMPLATE
+
+
+def _layout(uirev: str, x: str, keys: tuple[str, ...], titles: tuple[str, ...] = (),
+            height: int = 340) -> dict:
+    """Layout of 1..3 side-by-side panels (what make_subplots builds, without its cost)."""
+    n = len(keys)
+    gap = {1: 0.0, 2: 0.08, 3: 0.07}[n]
+    w = (1 - gap * (n - 1)) / n
+    lay: dict = {
+        "template": _template(), "uirevision": uirev, "height": height, "autosize": True,
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "hovermode": "x unified",
+        "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
+        "font": {"family": '"Source Sans", "Source Sans Pro", sans-serif'}, "annotations": [],
+    }
+    for i, key in enumerate(keys):
+        sfx = "" if i == 0 else str(i + 1)
+        lo = i * (w + gap)
+        lay["xaxis" + sfx] = {"domain": [lo, lo + w], "anchor": "y" + sfx,
+                              "title": {"text": X_LABELS.get(x, x), "standoff": 4}}
+        lay["yaxis" + sfx] = dict(_y_axis(key), anchor="x" + sfx)
+        if titles:
+            lay["annotations"].append({"text": titles[i], "showarrow": False, "xref": "paper",
+                                       "yref": "paper", "x": lo + w / 2, "y": 1.0,
+                                       "xanchor": "center", "yanchor": "bottom",
+                                       "font": {"size": 16}})
+    return lay
+
+
+def _trace(xs: list, ys: list, color: str, dash: str, name: str, key: str, col: int = 1,
+           markers: bool = False, **kw) -> dict:
+    sfx = "" if col == 1 else str(col)
+    t = {"type": "scatter", "x": xs, "y": ys, "xaxis": "x" + sfx, "yaxis": "y" + sfx,
+         "mode": "lines+markers" if (markers or len(xs) < 40) else "lines",
+         "marker": {"size": 5}, "line": {"color": color, "dash": dash, "width": 2},
+         "name": name, "legendgroup": name, "hovertemplate": f"{key} %{{y:.4g}}"}
+    t.update(kw)
+    return t
+
+
+def _mark_coinciding(spec: dict) -> None:
+    """Arms whose curves are identical would hide each other (e.g. dlb and dynsdpb with the
+    same alpha): draw the later ones dotted with markers over a wide pale first one, and say
+    so on the chart."""
+    groups: dict = {}
+    for t in spec["data"]:
+        if t.get("fill") or t.get("hoverinfo") == "skip" or len(t["y"]) < 2:
+            continue
+        sig = (t["xaxis"], tuple(t["x"]), tuple(round(float(v), 9) for v in t["y"]))
+        groups.setdefault(sig, []).append(t)
+    said: list[str] = []
+    for ts in groups.values():
+        names = list(dict.fromkeys(t["name"] for t in ts))
+        if len(names) < 2:
+            continue
+        first = ts[0]
+        first["line"] = dict(first["line"], width=6)
+        first["opacity"] = 0.45
+        for t in ts[1:]:
+            t["line"] = dict(t["line"], dash="dot", width=2)
+            t["mode"] = "lines+markers"
+        text = " and ".join(names) + " coincide"
+        if text not in said:
+            said.append(text)
+    if said:
+        spec["layout"]["annotations"].append({
+            "text": "; ".join(said) + " (drawn on top of each other)", "showarrow": False,
+            "xref": "paper", "yref": "paper", "x": 1.0, "y": 1.12, "xanchor": "right",
+            "font": {"size": 12, "color": "#555"}})
+
+
+def _note(spec: dict, text: str, col: int = 1, n: int = 1) -> None:
+    """A grey note in the middle of panel `col` (paper coordinates: plotly.js drops an axis
+    without traces, and a note tied to it would land in the first panel, stretching it)."""
+    sfx = "" if col == 1 else str(col)
+    lo, hi = spec["layout"]["xaxis" + sfx]["domain"]
+    spec["layout"]["annotations"].append({"text": text, "showarrow": False, "xref": "paper",
+                                          "yref": "paper", "x": (lo + hi) / 2, "y": 0.5,
+                                          "font": {"color": "#888"}})
+
+
+def _finish(spec: dict) -> go.Figure:
+    _mark_coinciding(spec)
+    return go.Figure(spec, _validate=False)
+
+
+def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
+                  color_by: str = "method") -> go.Figure:
+    """alpha and tau per step: mean line with the lowest-highest band over the carried half."""
+    spec = {"data": [], "layout": _layout(uirev, x, ("alpha", "tau"),
+                                          ("alpha (KD weight)", "tau (temperature)"))}
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        color, dash = _style(a, color_by, i)
+        name = _name(a, multi)
+        for col, key in ((1, "alpha"), (2, "tau")):
+            xs, ys = _series(a.records, key, x)
+            if not xs:
+                continue
+            xl, lo = _series(a.records, f"{key}_lo", x)
+            xh, hi = _series(a.records, f"{key}_hi", x)
+            if xl and xh:
+                spec["data"].append(_trace(xh, hi, color, dash, f"{name} {key} highest", key, col,
+                                           line={"width": 0, "color": color},
+                                           showlegend=False, hoverinfo="skip",
+                                           mode="lines"))
+                spec["data"].append(_trace(xl, lo, color, dash, f"{name} {key} lowest", key, col,
+                                           line={"width": 0, "color": color}, fill="tonexty",
+                                           fillcolor=rgba(color, 0.18), showlegend=False,
+                                           hoverinfo="skip", mode="lines"))
+            spec["data"].append(_trace(xs, ys, color, dash, name, key, col, marker={"size": 4},
+                                       showlegend=(col == 1)))
+    if not spec["data"]:
+        _note(spec, "no distilling arm has logged alpha/tau yet (vanilla has none)")
+        spec["layout"]["annotations"][-1]["x"] = 0.5
+    return _finish(spec)
+
+
+def _panel_traces(spec: dict, arms: list[Arm], keys: tuple[str, ...], x: str,
+                  color_by: str, markers_always: tuple[str, ...] = ()) -> None:
+    """One trace per arm and key, key k in column k+1; one legend entry per arm."""
+    multi = _multi_exp(arms)
+    for i, a in enumerate(arms):
+        color, dash = _style(a, color_by, i)
+        name = _name(a, multi)
+        shown = False
+        for col, key in enumerate(keys, start=1):
+            xs, ys = _series(a.records, key, x)
+            if not xs:
+                continue
+            spec["data"].append(_trace(xs, ys, color, dash, name, key, col,
+                                       markers=key in markers_always, showlegend=not shown))
+            shown = True
+
+
+def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
+              color_by: str = "method") -> go.Figure:
+    """logit drift and agreement on the carried half; probe drift at evaluations, every arm."""
+    keys = ("logit_drift", "agreement", "probe_drift")
+    spec = {"data": [], "layout": _layout(uirev, x, keys, (
+        "logit drift, carried half (KL)", "agreement, carried half", "probe drift at "
+        "evaluations (KL)"))}
+    _panel_traces(spec, arms, keys, x, color_by, markers_always=("probe_drift",))
+    have = {t["xaxis"] for t in spec["data"]}
+    for col, axis, what in ((1, "x", "distilling arms log it from step 2"),
+                            (2, "x2", "distilling arms log it from step 2"),
+                            (3, "x3", "first point at the first evaluation")):
+        if axis not in have:
+            _note(spec, f"no values yet:<br>{what}", col)
+    return _finish(spec)
+
+
+def fig_drift_split(arms: list[Arm], x: str = "step", uirev: str = "drift-split",
+                    color_by: str = "method") -> go.Figure:
+    """logit_drift split at evaluations: the update alone (eval mode) and dropout alone."""
+    keys = ("logit_drift", "update_drift", "dropout_drift")
+    spec = {"data": [], "layout": _layout(uirev, x, keys, (
+        "logit drift, train mode (KL)", "update part: eval mode, no dropout (KL)",
+        "dropout part: same weights, two masks (KL)"))}
+    _panel_traces(spec, arms, keys, x, color_by,
+                  markers_always=("update_drift", "dropout_drift"))
+    have = {t["xaxis"] for t in spec["data"]}
+    for col, axis in ((2, "x2"), (3, "x3")):
+        if axis not in have:
+            _note(spec, "no values yet:<br>distilling arms, at evaluations", col)
+    return _finish(spec)
+
+
+def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
+             color_by: str = "method") -> go.Figure:
+    keys = ("ce", "kd", "loss")
+    spec = {"data": [], "layout": _layout(uirev, x, keys, (
+        "CE (hard labels)", "KD term (alpha·tau²·KL)", "total loss"))}
+    _panel_traces(spec, arms, keys, x, color_by)
+    return _finish(spec)
+
+
+def fig_metric(arms: list[Arm], key: str, x: str = "step", uirev: str = "metric",
+               color_by: str = "method", title: str | None = None) -> go.Figure:
+    """One metric against x for every arm (eval metrics have points at eval steps only)."""
+    spec = {"data": [], "layout": _layout(uirev, x, (key,))}
+    spec["layout"]["title"] = {"text": title or key, "x": 0, "font": {"size": 14}}
+    multi = _multi_exp(arms)
+    eval_only = key.startswith("val_") or key == "probe_drift"
+    for i, a in enumerate(arms):
+        xs, ys = _series(a.records, key, x)
+        if not xs:
+            continue
+        color, dash = _style(a, color_by, i)
+        spec["data"].append(_trace(xs, ys, color, dash, _name(a, multi), key,
+                                   markers=eval_only, marker={"size": 6}))
+    if not spec["data"]:
+        when = " (first point at the first evaluation)" if eval_only else ""
+        _note(spec, f"no {key} values yet{when}")
+    return _finish(spec)
+
+
+_FIGS: OrderedDict = OrderedDict()
+_FIGS_LOCK = threading.Lock()
+
+
+def figure(fn, arms: list[Arm], *args, **kw) -> go.Figure:
+    """fn(arms, *args, **kw), reused while no arm has a new record.
+
+    Shared by every session: with N tabs open on one run, each new record costs one build,
+    not N. Callers must not modify the returned figure.
+    """
+    key = (fn.__name__, args, tuple(sorted(kw.items())),
+           tuple((a.key, a.exp_name, a.method, a.seed, len(a.records),
+                  a.records[-1].get("time") if a.records else None) for a in arms))
+    with _FIGS_LOCK:
+        fig = _FIGS.get(key)
+        if fig is not None:
+            _FIGS.move_to_end(key)
+            return fig
+    fig = fn(arms, *args, **kw)
+    with _FIGS_LOCK:
+        _FIGS[key] = fig
+        while len(_FIGS) > 64:
+            _FIGS.popitem(last=False)
+    return fig
+
+
+def figure_json(fig: go.Figure) -> str:
+    """The figure as JSON, computed once per figure (figures from `figure` are reused)."""
+    cached = getattr(fig, "_dynsdpb_json", None)
+    if cached is None:
+        import plotly.io as pio
+        cached = pio.to_json(fig, validate=False)
+        fig._dynsdpb_json = cached
+    return cached
+
+
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},
+                 "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+
+
+def chart_config(filename: str) -> dict:
+    cfg = dict(PLOTLY_CONFIG)
+    cfg["toImageButtonOptions"] = dict(PLOTLY_CONFIG["toImageButtonOptions"], filename=filename)
+    return cfg
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML file (plotly.js embedded: works offline)."""
+    return figures_html([(None, fig)])
+
+
+def figures_html(figs: list[tuple[str | None, go.Figure]], title: str = "DynSDPB") -> str:
+    """Several charts in one standalone HTML file: plotly.js (4.8 MB, most of the file) is
+    embedded once, not once per chart, and every trace is already decimated."""
+    import html
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             "</title><script>", get_plotlyjs(), "</script></head>"
+             "<body style='font-family:sans-serif'>"]
+    for i, (heading, fig) in enumerate(figs):
+        if heading:
+            parts.append(f"<h3>{html.escape(heading)}</h3>")
+        parts.append(pio.to_html(fig, include_plotlyjs=False, full_html=False,
+                                 div_id=f"chart{i}", validate=False,
+                                 config={"displaylogo": False}))
+    parts.append("</body></html>")
+    return "".join(parts)

@@ -1,0 +1,209 @@
+"""The Setup form's helpers: field widgets and their values, prefilling the form from a
+config or an experiment file, which fields apply to which model, built-in datasets by model
+family, and a decoder file's column mapping.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from dynsdpb import config as C
+from dynsdpb.errors import ConfigError
+
+
+# ---------------------------------------------------------------------------------------
+# Handing a config to the Setup page (relaunch, YAML load)
+
+FORM_PREFIX = "f_"
+SPECIAL_FIELDS = ("model", "dataset", "text_column", "text_pair_column", "label_column",
+                  "method", "seed", "name")
+
+
+def field_widget_value(name: str, value):
+    """What a field's widget holds for a config value (text for numbers, raw for the rest)."""
+    f = C.FIELDS[name]
+    if f.metadata.get("choices") or f.type in (bool, "bool"):
+        return value
+    return "" if value is None else str(value)
+
+
+def prefill_setup(cfg: dict, methods: list[str] | None = None, seeds: list[int] | None = None,
+                  name: str = "") -> list[str]:
+    """Put a config (a dict as saved, or typed in a YAML) into the Setup page's widgets.
+
+    Call it before the widgets are drawn (a callback, or another page). Values that cannot
+    go into a widget (unknown fields, a choice that does not exist) are reported back; other
+    invalid values are loaded as they are, so the form shows them with what to change.
+    """
+    ss = st.session_state
+    notes: list[str] = []
+    for k, v in cfg.items():
+        if k not in C.FIELDS:
+            notes.append(f"Ignored unknown field {k!r}.")
+            continue
+        if k in SPECIAL_FIELDS:
+            continue
+        f = C.FIELDS[k]
+        choices = f.metadata.get("choices")
+        if choices and v not in choices:
+            notes.append(f"{k}: {v!r} is not one of {', '.join(choices)}; kept the default.")
+            continue
+        if f.type in (bool, "bool"):
+            try:
+                v = C.from_dict({k: v}, check=False).to_dict()[k]
+            except ConfigError:
+                notes.append(f"{k}: {v!r} is not true/false; kept the default.")
+                continue
+        ss[FORM_PREFIX + k] = field_widget_value(k, v)
+    from dynsdpb.models import BUILTIN_MODELS
+    if "model" in cfg:
+        model = str(cfg.get("model") or "")
+        if model in BUILTIN_MODELS:
+            ss["w_model_choice"] = model
+        else:
+            ss["w_model_choice"] = OTHER_MODEL
+            ss["w_model_other"] = model
+    if "dataset" in cfg:
+        ds = str(cfg.get("dataset") or "")
+        if ds in builtin_datasets():
+            ss["w_data_source"] = DATA_BUILTIN
+            ss["w_data_builtin"] = ds
+        else:
+            ss["w_data_source"] = DATA_PATH
+            ss["w_data_path"] = ds
+    for k in ("text_column", "text_pair_column", "label_column"):
+        if k in cfg:
+            ss["w_" + k] = str(cfg[k] or "")
+    if methods:
+        ss["w_methods"] = [m for m in methods if m in C.METHODS]
+    elif cfg.get("method") in C.METHODS:
+        cur = [m for m in (ss.get("w_methods") or ["vanilla"]) if m in C.METHODS]
+        if cfg["method"] not in cur:
+            cur.append(cfg["method"])
+        ss["w_methods"] = cur
+    if seeds:
+        ss["w_seeds"] = ",".join(str(s) for s in seeds)
+    elif "seed" in cfg:
+        ss["w_seeds"] = str(cfg["seed"])
+    if name:
+        ss["w_exp_name"] = name
+    return notes
+
+
+
+def load_experiment_yaml(d: dict, source: str) -> tuple[str, str]:
+    """Put a loaded experiment file (parsed YAML) into the Setup form; (st kind, message).
+
+    A whole experiment (dynsdpb/presets.py): every field plus `methods` and `seeds`. An older
+    single-run file (`method: dlb`, `seed: 0`) adds its method to those picked (vanilla stays
+    the baseline). Fields the file leaves out keep the form's values.
+    """
+    from dynsdpb.presets import experiment_from_dict
+    try:
+        exp = experiment_from_dict(d, source, check=False)
+    except ConfigError as e:
+        # Values the form can still show (a wrong type, an unknown field): load what fits, so
+        # each field shows its problem and fix next to it, and say what was left out.
+        rest = {k: v for k, v in d.items() if k not in ("methods", "seeds", "description")}
+        notes = prefill_setup(rest) + [f"{p.field}: {p.fix}." for p in e.problems]
+    else:
+        base = {k: v for k, v in exp.base.to_dict().items() if k in d}
+        notes = prefill_setup(base, methods=exp.methods if "methods" in d else None,
+                              seeds=exp.seeds if "seeds" in d else None, name=exp.name)
+    msg = f"Loaded {source}." + (" " + " ".join(notes) if notes else "")
+    return ("warning" if notes else "success", msg)
+
+OTHER_MODEL = "other: local folder or hub id"
+DATA_BUILTIN = "built-in"
+DATA_UPLOAD = "upload a file"
+DATA_PATH = "local file path or hub id"
+
+
+# ---------------------------------------------------------------------------------------
+# Encoders and decoders on one Setup form. RunConfig fields in the group "decoder" (their
+# metadata) are read by decoder models only; ENCODER_ONLY_FIELDS by encoders only (a decoder
+# reads prompt/target columns, and min_confidence belongs to tweets-sentiment). FIELD_NEEDS:
+# fields that matter only under another field's value. The form draws a field only where
+# `field_applies` says so; everything else about a field comes from RunConfig.
+
+ENCODER_ONLY_FIELDS = ("text_column", "text_pair_column", "label_column", "min_confidence")
+FIELD_NEEDS = {"lora_r": ("finetune", "lora"), "lora_alpha": ("finetune", "lora"),
+               "lora_dropout": ("finetune", "lora"), "lora_target_modules": ("finetune", "lora"),
+               "save_format": ("finetune", "lora"), "top_k": ("kd_cache", "topk")}
+GENERATION = "generation"
+CLASSIFICATION = "classification"
+
+
+def field_family(name: str) -> str | None:
+    """"decoder" or "encoder" for a field only that kind of model reads, None for both."""
+    if C.FIELDS[name].metadata.get("group") == "decoder":
+        return "decoder"
+    return "encoder" if name in ENCODER_ONLY_FIELDS else None
+
+
+def field_applies(name: str, decoder: bool, values: dict | None = None) -> bool:
+    """Does the Setup form show this field for a decoder (or an encoder) model, given the
+    other fields' `values` (e.g. the LoRA settings only with finetune=lora)?"""
+    fam = field_family(name)
+    if fam is not None and (fam == "decoder") != decoder:
+        return False
+    need = FIELD_NEEDS.get(name)
+    return not (need and values is not None and values.get(need[0]) != need[1])
+
+
+def builtin_datasets() -> dict[str, tuple[str, str]]:
+    """Every built-in dataset the engine lists: name -> (kind, description); kind is
+    "classification" (encoders) or "generation" (prompt -> target text, decoders)."""
+    from dynsdpb.data import BUILTIN_DATASETS
+    from dynsdpb.lm_data import BUILTIN_LM_DATASETS
+    out = {n: (CLASSIFICATION, d.description) for n, d in BUILTIN_DATASETS.items()}
+    out.update({n: (GENERATION, desc) for n, desc in BUILTIN_LM_DATASETS.items()})
+    return out
+
+
+def model_family(model: str) -> str | None:
+    """"decoder", "encoder", or None when it cannot be told offline (a hub id)."""
+    from dynsdpb.models import BUILTIN_MODELS
+    if model in BUILTIN_MODELS:
+        return getattr(BUILTIN_MODELS[model], "kind", "encoder")
+    return C.model_family(model.strip()) if model.strip() else None
+
+
+def datasets_for(family: str | None) -> list[str]:
+    """The built-in datasets a model of this family trains on (all when it is unknown)."""
+    want = {"decoder": GENERATION, "encoder": CLASSIFICATION}.get(family or "")
+    return [n for n, (kind, _) in builtin_datasets().items() if want in (None, kind)]
+
+
+# A decoder's file: which columns hold the prompt, the target text and (optionally) the
+# final answer for exact match. The engine reads columns named prompt/target/answer, so the
+# app hands it the file with its columns renamed (mapped_jsonl).
+LM_COLUMNS = ("prompt", "target", "answer")
+
+
+def guess_lm_columns(cols: list[str]) -> dict[str, str]:
+    lower = {c.lower(): c for c in cols}
+
+    def pick(names, default):
+        return next((lower[n] for n in names if n in lower), default)
+    prompt = pick(("prompt", "question", "input", "instruction", "query", "text"), cols[0])
+    target = pick(("target", "completion", "output", "response", "answer_cot", "solution",
+                   "label"), cols[min(1, len(cols) - 1)])
+    answer = pick(("answer", "final_answer", "final", "gold", "solution_number"), "")
+    return {"prompt": prompt, "target": target, "answer": "" if answer == target else answer}
+
+
+def map_lm_rows(rows: list[dict], mapping: dict[str, str]) -> list[dict]:
+    """Rows with the columns the engine reads: prompt, target and (when mapped) answer."""
+    out = []
+    for r in rows:
+        m = {"prompt": r.get(mapping["prompt"]), "target": r.get(mapping["target"])}
+        if mapping.get("answer"):
+            m["answer"] = r.get(mapping["answer"])
+        out.append(m)
+    return out
+
+
+def mapped_jsonl(rows: list[dict], mapping: dict[str, str]) -> bytes:
+    import json
+    return b"".join((json.dumps(r, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+                    for r in map_lm_rows(rows, mapping))

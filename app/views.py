@@ -1,0 +1,231 @@
+"""Experiments and runs as the pages see them: the Arm (a run folder plus what the pages
+need from it), reading its metrics, samples and tokens incrementally, and the polling cache
+(an experiment re-read only when the stat signature of its files changed).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.common import runs_dir
+from dynsdpb import config as C
+from dynsdpb.errors import ConfigError
+from dynsdpb.store import ExperimentDir, RunDir, find_experiments, parse_records
+
+
+@dataclass
+class Arm:
+    """One run folder plus what the charts need from it."""
+    rd: RunDir
+    exp_id: str
+    exp_name: str
+    cfg: dict
+    status: dict
+    records: list[dict]
+    # Decoders only (empty for encoders): samples.jsonl (sample generations per evaluation)
+    # and tokens.jsonl (one carried sample's tokens with the alpha and KD each got).
+    samples: list[dict] = field(default_factory=list)
+    tokens: list[dict] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.rd.id
+
+    @property
+    def method(self) -> str:
+        return self.cfg.get("method", "?")
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.get("seed", 0))
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "?")
+
+    @property
+    def label(self) -> str:
+        return f"{self.exp_name} / {self.id}"
+
+    @property
+    def key(self) -> str:
+        """A stable id across pages: experiment folder / arm folder."""
+        return f"{self.exp_id}/{self.id}"
+
+    @property
+    def decoder(self) -> bool:
+        """A decoder (causal LM) run: its config, or what it logged (older configs)."""
+        if self.cfg.get("task") == "causal-lm" or self.samples or self.tokens:
+            return True
+        try:
+            return C.is_causal_lm(C.from_dict(self.cfg, check=False))
+        except ConfigError:
+            return False
+
+    def latest_samples(self) -> list[dict]:
+        """The sample generations of the latest evaluation that stored some."""
+        if not self.samples:
+            return []
+        step = self.samples[-1].get("step")
+        return [r for r in self.samples if r.get("step") == step]
+
+
+def exp_meta(exp: Path) -> dict:
+    return ExperimentDir(exp).meta()
+
+
+def exp_name(exp: Path, meta: dict | None = None) -> str:
+    return ExperimentDir(exp).name(meta)
+
+
+def arm_dirs(exp: Path, meta: dict | None = None) -> list[RunDir]:
+    return ExperimentDir(exp).arms(meta)
+
+
+# The pages re-read metrics.jsonl about once a second per open tab, in the same process as
+# the training thread. Parsing only the bytes appended since the last read keeps that cheap
+# (and off the GIL the trainer needs). Same rules as the engine's read_metrics: a torn last
+# line waits for its newline, a garbled line is skipped.
+_RECORDS: dict[str, tuple[int, int, list[dict]]] = {}
+_RECORDS_LOCK = threading.Lock()
+
+
+def read_records(path: Path) -> list[dict]:
+    key = str(path)
+    try:
+        st_ = os.stat(path)
+    except FileNotFoundError:
+        with _RECORDS_LOCK:
+            _RECORDS.pop(key, None)
+        return []
+    with _RECORDS_LOCK:
+        ino, offset, recs = _RECORDS.get(key, (st_.st_ino, 0, []))
+        if ino != st_.st_ino or st_.st_size < offset:   # replaced or truncated: start over
+            offset, recs = 0, []
+        if st_.st_size > offset:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(st_.st_size - offset)
+            end = chunk.rfind(b"\n") + 1   # a torn last line waits for its newline
+            recs = list(recs) + parse_records(chunk[:end].splitlines())
+            offset += end
+        _RECORDS[key] = (st_.st_ino, offset, recs)
+        return recs
+
+
+def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
+    ed = ExperimentDir(exp)
+    meta = ed.meta()
+    name = ed.name(meta)
+    out = []
+    for rd in ed.arms(meta):
+        if not rd.exists():
+            continue
+        out.append(Arm(rd, exp.name, name, rd.config(), rd.status(),
+                       read_records(rd.metrics_path) if with_records else [],
+                       *(_decoder_logs(rd) if with_records else ([], []))))
+    return out
+
+
+def _decoder_logs(rd: RunDir) -> tuple[list[dict], list[dict]]:
+    """samples.jsonl and tokens.jsonl of a run, read incrementally like metrics.jsonl (both
+    only grow, a few lines per evaluation); encoders have neither."""
+    return (read_records(rd.path / "samples.jsonl"), read_records(rd.path / "tokens.jsonl"))
+
+
+def exp_signature(exp: Path) -> tuple:
+    """What changed in an experiment folder, from stat calls only (no file is read): size and
+    mtime of experiment.json and of each arm's status.json, metrics.jsonl and (decoders)
+    samples.jsonl and tokens.jsonl."""
+    out = []
+    for p in [exp / "experiment.json", *sorted(exp.glob("*/status.json")),
+              *sorted(exp.glob("*/metrics.jsonl")), *sorted(exp.glob("*/samples.jsonl")),
+              *sorted(exp.glob("*/tokens.jsonl"))]:
+        try:
+            s = os.stat(p)
+        except OSError:
+            continue
+        out.append((p.parent.name, p.name, s.st_size, s.st_mtime_ns))
+    return tuple(out)
+
+
+_LIVE_ARMS: OrderedDict = OrderedDict()
+_LIVE_ARMS_LOCK = threading.Lock()
+
+
+def load_arms_live(exp: Path) -> tuple[tuple, list[Arm]]:
+    """(signature, arms) of an experiment, re-read only when its files changed.
+
+    The Live page polls every second in every open tab; with nothing new this is a few stat
+    calls, shared by all tabs. Every 5 s the arms are read anyway: a run whose process died
+    shows as interrupted without writing anything.
+    """
+    sig = exp_signature(exp) + (int(time.time() // 5),)
+    key = str(exp)
+    with _LIVE_ARMS_LOCK:
+        hit = _LIVE_ARMS.get(key)
+        if hit is not None and hit[0] == sig:
+            return hit
+    arms = load_arms(exp)
+    with _LIVE_ARMS_LOCK:
+        _LIVE_ARMS[key] = (sig, arms)
+        _LIVE_ARMS.move_to_end(key)
+        while len(_LIVE_ARMS) > 16:
+            _LIVE_ARMS.popitem(last=False)
+    return sig, arms
+
+def exp_state(states: list[str]) -> str:
+    """One word for an experiment from its arms' states (the most urgent one wins)."""
+    s = set(states)
+    for k in ("running", "queued", "failed", "interrupted", "stopped", "finished"):
+        if k in s:
+            return k
+    return "?"
+
+
+def experiments() -> list[Path]:
+    return find_experiments(runs_dir())
+
+
+def find_arm(key: str) -> Arm | None:
+    exp_id, _, arm = key.partition("/")
+    exp = runs_dir() / exp_id
+    rd = RunDir(exp / arm)
+    if not rd.exists():
+        return None
+    return Arm(rd, exp_id, exp_name(exp), rd.config(), rd.status(),
+               read_records(rd.metrics_path), *_decoder_logs(rd))
+
+
+def all_arm_keys() -> list[tuple[str, str]]:
+    """(key, label) of every run, newest experiment first."""
+    out = []
+    for exp in map(ExperimentDir, experiments()):
+        meta = exp.meta()
+        name = exp.name(meta)
+        for rd in exp.arms(meta):
+            if rd.exists():
+                out.append((f"{exp.id}/{rd.id}", f"{name} / {rd.id} "
+                             f"({rd.status().get('state', '?')})"))
+    return out
+
+
+PRIMARY_VAL = ("val_accuracy", "val_pearson", "val_exact_match")
+
+
+def primary_val_metric(arms: list[Arm]) -> str:
+    """The validation metric the charts lead with: accuracy (classification), Pearson
+    (regression), exact match (decoders)."""
+    for a in arms:
+        for r in a.records:
+            for k in PRIMARY_VAL:
+                if r.get(k) is not None:
+                    return k
+    if any(a.decoder for a in arms):
+        return "val_exact_match"
+    task = next((a.cfg.get("task") for a in arms), "auto")
+    return "val_pearson" if task == "regression" else "val_accuracy"
