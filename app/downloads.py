@@ -7,7 +7,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from app.views import Arm
+from app.views import ArmView
 
 
 def saved_model_kind(model_dir: Path) -> str | None:
@@ -29,7 +29,7 @@ def zip_folder(folder: Path) -> bytes:
     return buf.getvalue()
 
 
-def records_frame(arms: list[Arm]):
+def records_frame(arms: list[ArmView]):
     import pandas as pd
     rows = []
     for a in arms:

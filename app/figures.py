@@ -11,7 +11,7 @@ from collections import OrderedDict
 import plotly.graph_objects as go
 
 from app.common import method_color, rgba
-from app.views import Arm
+from app.views import ArmView
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,17 +66,17 @@ def _series(recs: list[dict], key: str, x: str) -> tuple[list, list]:
     return decimate(xs, ys)
 
 
-def _style(arm: Arm, color_by: str, idx: int) -> tuple[str, str]:
+def _style(arm: ArmView, color_by: str, idx: int) -> tuple[str, str]:
     if color_by == "run":
         return RUN_PALETTE[idx % len(RUN_PALETTE)], "solid"
     return method_color(arm.method), SEED_DASHES[arm.seed % len(SEED_DASHES)]
 
 
-def _name(arm: Arm, multi_exp: bool) -> str:
+def _name(arm: ArmView, multi_exp: bool) -> str:
     return f"{arm.exp_name}: {arm.id}" if multi_exp else arm.id
 
 
-def _multi_exp(arms: list[Arm]) -> bool:
+def _multi_exp(arms: list[ArmView]) -> bool:
     return len({a.exp_id for a in arms}) > 1
 
 
@@ -186,7 +186,7 @@ def _finish(spec: dict) -> go.Figure:
     return go.Figure(spec, _validate=False)
 
 
-def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
+def fig_alpha_tau(arms: list[ArmView], x: str = "step", uirev: str = "alpha_tau",
                   color_by: str = "method") -> go.Figure:
     """alpha and tau per step: mean line with the lowest-highest band over the carried half."""
     spec = {"data": [], "layout": _layout(uirev, x, ("alpha", "tau"),
@@ -218,7 +218,7 @@ def fig_alpha_tau(arms: list[Arm], x: str = "step", uirev: str = "alpha_tau",
     return _finish(spec)
 
 
-def _panel_traces(spec: dict, arms: list[Arm], keys: tuple[str, ...], x: str,
+def _panel_traces(spec: dict, arms: list[ArmView], keys: tuple[str, ...], x: str,
                   color_by: str, markers_always: tuple[str, ...] = ()) -> None:
     """One trace per arm and key, key k in column k+1; one legend entry per arm."""
     multi = _multi_exp(arms)
@@ -235,7 +235,7 @@ def _panel_traces(spec: dict, arms: list[Arm], keys: tuple[str, ...], x: str,
             shown = True
 
 
-def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
+def fig_drift(arms: list[ArmView], x: str = "step", uirev: str = "drift",
               color_by: str = "method") -> go.Figure:
     """logit drift and agreement on the carried half; probe drift at evaluations, every arm."""
     keys = ("logit_drift", "agreement", "probe_drift")
@@ -252,7 +252,7 @@ def fig_drift(arms: list[Arm], x: str = "step", uirev: str = "drift",
     return _finish(spec)
 
 
-def fig_drift_split(arms: list[Arm], x: str = "step", uirev: str = "drift-split",
+def fig_drift_split(arms: list[ArmView], x: str = "step", uirev: str = "drift-split",
                     color_by: str = "method") -> go.Figure:
     """logit_drift split at evaluations: the update alone (eval mode) and dropout alone."""
     keys = ("logit_drift", "update_drift", "dropout_drift")
@@ -268,7 +268,7 @@ def fig_drift_split(arms: list[Arm], x: str = "step", uirev: str = "drift-split"
     return _finish(spec)
 
 
-def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
+def fig_loss(arms: list[ArmView], x: str = "step", uirev: str = "loss",
              color_by: str = "method") -> go.Figure:
     keys = ("ce", "kd", "loss")
     spec = {"data": [], "layout": _layout(uirev, x, keys, (
@@ -277,7 +277,7 @@ def fig_loss(arms: list[Arm], x: str = "step", uirev: str = "loss",
     return _finish(spec)
 
 
-def fig_metric(arms: list[Arm], key: str, x: str = "step", uirev: str = "metric",
+def fig_metric(arms: list[ArmView], key: str, x: str = "step", uirev: str = "metric",
                color_by: str = "method", title: str | None = None) -> go.Figure:
     """One metric against x for every arm (eval metrics have points at eval steps only)."""
     spec = {"data": [], "layout": _layout(uirev, x, (key,))}
@@ -301,11 +301,15 @@ _FIGS: OrderedDict = OrderedDict()
 _FIGS_LOCK = threading.Lock()
 
 
-def figure(fn, arms: list[Arm], *args, **kw) -> go.Figure:
+def figure(fn, arms: list[ArmView], *args, **kw) -> go.Figure:
     """fn(arms, *args, **kw), reused while no arm has a new record.
 
     Shared by every session: with N tabs open on one run, each new record costs one build,
     not N. Callers must not modify the returned figure.
+
+    This memo does not keep zoom: that is app/livechart.py's job alone (one plot div per key,
+    Plotly.react, layout.uirevision). The memo saves the build and makes an unchanged poll
+    send the same bytes, which the component then skips.
     """
     key = (fn.__name__, args, tuple(sorted(kw.items())),
            tuple((a.key, a.exp_name, a.method, a.seed, len(a.records),

@@ -7,7 +7,7 @@ import math
 import time
 from datetime import datetime
 
-from app.views import PRIMARY_VAL, Arm
+from app.views import PRIMARY_VAL, ArmView
 
 
 def fmt_clock(t: float | None) -> str:
@@ -25,7 +25,7 @@ def fmt_duration(s: float | None) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
-def samples_per_s(arm: Arm, window: int = 10) -> float | None:
+def samples_per_s(arm: ArmView, window: int = 10) -> float | None:
     """Training throughput of an arm over its last `window` steps (one step's own
     samples_per_s is noisy): samples seen over training wall time, evaluation excluded."""
     recs = [r for r in arm.records[-(window + 1):]
@@ -38,7 +38,7 @@ def samples_per_s(arm: Arm, window: int = 10) -> float | None:
     return arm.records[-1].get("samples_per_s") if arm.records else None
 
 
-def arm_steps(a: Arm) -> tuple[int, int]:
+def arm_steps(a: ArmView) -> tuple[int, int]:
     """(steps done, steps planned) of one arm."""
     return int(a.status.get("step") or 0), int(a.status.get("steps") or a.cfg.get("steps") or 0)
 
@@ -46,7 +46,7 @@ def arm_steps(a: Arm) -> tuple[int, int]:
 PHASES = ("loading", "training", "testing", "saving")
 
 
-def arm_phase(a: Arm) -> str:
+def arm_phase(a: ArmView) -> str:
     """What an arm is doing: while running, its status.json `phase` (loading | training |
     testing | saving); otherwise its state. Runs written before `phase` existed: guessed."""
     if a.state != "running":
@@ -63,12 +63,12 @@ def arm_phase(a: Arm) -> str:
     return "testing" if steps and step >= steps else "training"
 
 
-def _intervals(a: Arm) -> list[float]:
+def _intervals(a: ArmView) -> list[float]:
     ts = [r["time"] for r in a.records[-31:] if r.get("time")]
     return [b - t for t, b in zip(ts, ts[1:]) if b > t]
 
 
-def step_seconds(a: Arm) -> float | None:
+def step_seconds(a: ArmView) -> float | None:
     """Seconds between an arm's step records lately: in lockstep one round of every arm,
     evaluations included (they are part of the time left). A pause longer than 20 typical
     steps (a stop and resume) is left out."""
@@ -80,7 +80,7 @@ def step_seconds(a: Arm) -> float | None:
     return sum(kept) / len(kept)
 
 
-def eval_seconds(a: Arm) -> float | None:
+def eval_seconds(a: ArmView) -> float | None:
     """Measured seconds of one validation evaluation: the extra time of the steps that
     evaluated over a typical step (median over the evaluations seen)."""
     recs = [r for r in a.records if r.get("time")]
@@ -95,7 +95,7 @@ def eval_seconds(a: Arm) -> float | None:
     return extra[len(extra) // 2] if extra else None
 
 
-def test_seconds(a: Arm) -> float | None:
+def test_seconds(a: ArmView) -> float | None:
     """Estimated seconds of the test evaluation after the last step: a validation
     evaluation's measured time scaled by test_size / val_size (both from the config)."""
     ev = eval_seconds(a)
@@ -121,7 +121,7 @@ def fmt_left(s: float) -> str:
     return f"about {h} h {m} min left"
 
 
-def progress_info(arms: list[Arm], now: float | None = None) -> dict:
+def progress_info(arms: list[ArmView], now: float | None = None) -> dict:
     """Steps per arm, each arm's phase, the time left (training, then the test evaluation of
     each arm, one after another) as words, and where a resume started."""
     now = now or time.time()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from app.common import rgba
-from app.views import Arm
+from app.views import ArmView
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def token_legend(show: str, vmax: float, color: str = "#d62728") -> str:
               "newline</div>")
 
 
-def token_scale(views: list[dict], show: str, arms: list[Arm] | None = None) -> float:
+def token_scale(views: list[dict], show: str, arms: list[ArmView] | None = None) -> float:
     """One colour scale for several arms' tokens: alpha up to the largest alpha any of the
     arms can give (alpha_max, or dlb's alpha), KD up to the largest value shown."""
     vals = [v for view in views for v in (view.get(show) or [])
@@ -90,7 +90,7 @@ def token_scale(views: list[dict], show: str, arms: list[Arm] | None = None) -> 
     return top
 
 
-def sample_rows(arms: list[Arm]) -> list[dict]:
+def sample_rows(arms: list[ArmView]) -> list[dict]:
     """The latest sample generations of each arm, one table: the same prompts of every arm
     next to each other, correct as ✓/✗."""
     rows = []

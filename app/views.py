@@ -1,4 +1,4 @@
-"""Experiments and runs as the pages see them: the Arm (a run folder plus what the pages
+"""Experiments and runs as the pages see them: the ArmView (a run folder plus what the pages
 need from it), reading its metrics, samples and tokens incrementally, and the polling cache
 (an experiment re-read only when the stat signature of its files changed).
 """
@@ -18,8 +18,9 @@ from dynsdpb.store import ExperimentDir, RunDir, find_experiments, parse_records
 
 
 @dataclass
-class Arm:
-    """One run folder plus what the charts need from it."""
+class ArmView:
+    """One run folder plus what the charts need from it (read-only; named apart from the
+    engine's dynsdpb.train.Arm, which trains)."""
     rd: RunDir
     exp_id: str
     exp_name: str
@@ -117,7 +118,7 @@ def read_records(path: Path) -> list[dict]:
         return recs
 
 
-def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
+def load_arms(exp: Path, with_records: bool = True) -> list[ArmView]:
     ed = ExperimentDir(exp)
     meta = ed.meta()
     name = ed.name(meta)
@@ -125,7 +126,7 @@ def load_arms(exp: Path, with_records: bool = True) -> list[Arm]:
     for rd in ed.arms(meta):
         if not rd.exists():
             continue
-        out.append(Arm(rd, exp.name, name, rd.config(), rd.status(),
+        out.append(ArmView(rd, exp.name, name, rd.config(), rd.status(),
                        read_records(rd.metrics_path) if with_records else [],
                        *(_decoder_logs(rd) if with_records else ([], []))))
     return out
@@ -157,7 +158,7 @@ _LIVE_ARMS: OrderedDict = OrderedDict()
 _LIVE_ARMS_LOCK = threading.Lock()
 
 
-def load_arms_live(exp: Path) -> tuple[tuple, list[Arm]]:
+def load_arms_live(exp: Path) -> tuple[tuple, list[ArmView]]:
     """(signature, arms) of an experiment, re-read only when its files changed.
 
     The Live page polls every second in every open tab; with nothing new this is a few stat
@@ -191,13 +192,13 @@ def experiments() -> list[Path]:
     return find_experiments(runs_dir())
 
 
-def find_arm(key: str) -> Arm | None:
+def find_arm(key: str) -> ArmView | None:
     exp_id, _, arm = key.partition("/")
     exp = runs_dir() / exp_id
     rd = RunDir(exp / arm)
     if not rd.exists():
         return None
-    return Arm(rd, exp_id, exp_name(exp), rd.config(), rd.status(),
+    return ArmView(rd, exp_id, exp_name(exp), rd.config(), rd.status(),
                read_records(rd.metrics_path), *_decoder_logs(rd))
 
 
@@ -217,7 +218,7 @@ def all_arm_keys() -> list[tuple[str, str]]:
 PRIMARY_VAL = ("val_accuracy", "val_pearson", "val_exact_match")
 
 
-def primary_val_metric(arms: list[Arm]) -> str:
+def primary_val_metric(arms: list[ArmView]) -> str:
     """The validation metric the charts lead with: accuracy (classification), Pearson
     (regression), exact match (decoders)."""
     for a in arms:

@@ -157,7 +157,7 @@ any_active = any(RunDir(common.runs_dir() / k).status().get("state") in
                  ("running", "queued") for k in picked)
 
 
-def _picked_arms() -> list[views.Arm]:
+def _picked_arms() -> list[views.ArmView]:
     """The picked runs, re-read only when their experiment's files changed (stat signature)."""
     by_exp: dict[str, list[str]] = {}
     for k in picked:

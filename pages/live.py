@@ -77,7 +77,7 @@ run_every = 1.0 if active_at_start else None
 CHARTS_EVERY = 2.5   # seconds: charts need not move every second; status and progress do
 
 
-def _state_line(arms: list[views.Arm]) -> str:
+def _state_line(arms: list[views.ArmView]) -> str:
     return common.state_badge(views.exp_state([a.state for a in arms]))
 
 
@@ -190,7 +190,7 @@ def live_status() -> None:
 ss.setdefault("w_live_tok_show", "alpha")
 
 
-def decoder_views(arms: list[views.Arm]) -> None:
+def decoder_views(arms: list[views.ArmView]) -> None:
     """Decoders: the latest evaluation's sample generations of every arm, and one carried
     sample's target tokens coloured by the alpha (or KD) each got. Both come from
     samples.jsonl / tokens.jsonl, read with the metrics (views.load_arms_live)."""

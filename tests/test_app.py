@@ -516,7 +516,7 @@ def test_the_app_root_opens_setup(runs_dir):
 def _arm(records, status, method="dynsdpb", **cfg):
     from app import views
     from dynsdpb.store import RunDir
-    return views.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp",
+    return views.ArmView(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp",
                       {"method": method, "steps": 60, "val_size": 200, "test_size": 400, **cfg},
                       status, records)
 

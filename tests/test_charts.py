@@ -4,7 +4,7 @@ from dynsdpb.store import RunDir
 
 
 def _arm(records, method="dynsdpb"):
-    return views.Arm(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp", {"method": method},
+    return views.ArmView(RunDir(f"/nonexistent/{method}-s0"), "exp", "exp", {"method": method},
                       {"state": "running"}, records)
 
 
