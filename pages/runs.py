@@ -85,7 +85,11 @@ exp = jm.runs_dir / exp_id
 meta = views.exp_meta(exp)
 arms = views.load_arms(exp, with_records=False)
 state = views.exp_state([a.state for a in arms])
-active = state in ("running", "queued") or exp_id in jm.queue() or jm.current() == exp_id
+# A queued experiment has no process yet: it can leave the queue (or be deleted) at once.
+# Only one that is training needs Stop first (it finishes its step and saves).
+queued = exp_id in jm.queue()
+training = jm.current() == exp_id or (state == "running" and not queued)
+active = training or queued or state in ("running", "queued")
 
 arm_rows = []
 for a in arms:
@@ -128,7 +132,14 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
         ss["upload"] = {"name": data.name, "data": blob, "sha1": hashlib.sha1(blob).hexdigest()}
         ss["w_data_source"] = forms.DATA_UPLOAD
     st.switch_page(common.ROOT / "pages" / "setup.py")
-if active:
+if queued:
+    if b[3].button("Remove from queue", key="btn_runs_dequeue", icon=":material/remove:",
+                   width="stretch", help="It has not started: take it out of the queue (its "
+                   "runs are marked stopped; Resume starts them later)."):
+        jm.stop(exp_id)
+        ss["flash"] = f"Removed {names[exp_id]} from the queue; Resume starts it later."
+        st.rerun()
+elif active:
     if b[3].button("Stop", key="btn_runs_stop", icon=":material/stop:", width="stretch"):
         jm.stop(exp_id)
         ss["flash"] = "Stopping after the current step; it can be resumed later."
@@ -145,8 +156,10 @@ elif state in ("stopped", "interrupted", "failed"):
             ss["live_exp"] = exp_id
             st.switch_page(common.ROOT / "pages" / "live.py")
 if b[4].button("Delete…", key="btn_runs_delete", icon=":material/delete:", width="stretch",
-               disabled=active,
-               help="Stop it first." if active else "Asks for confirmation."):
+               disabled=training,
+               help="It is training: press Stop first (it finishes the current step and "
+                    "saves), then Delete." if training else
+                    "Asks for confirmation." + (" It leaves the queue first." if queued else "")):
     ss["confirm_delete"] = exp_id
 
 if ss.get("confirm_delete") == exp_id:
@@ -156,8 +169,13 @@ if ss.get("confirm_delete") == exp_id:
         d1, d2, _ = st.columns([1, 1, 4])
         if d1.button("Yes, delete", type="primary", key="btn_runs_delete_yes"):
             ss.pop("confirm_delete", None)
-            if jm.current() == exp_id or exp_id in jm.queue():
-                st.error("It is training; stop it first.")
+            if exp_id in jm.queue():
+                jm.stop(exp_id)      # dequeued: nothing of it runs, its folder can go
+            if jm.current() == exp_id:
+                # training (or it left the queue for the worker just now): the worker holds
+                # its files until the current step is saved
+                st.error(f"{names[exp_id]} is training: press Stop first (it finishes the "
+                         "current step and saves), then Delete.")
             else:
                 ExperimentDir(exp).delete(jm.runs_dir)
                 ss.pop("w_runs_pick", None)

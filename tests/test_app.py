@@ -139,8 +139,9 @@ def test_setup_starts_run_live_shows_it_finished_with_points(runs_dir, csv):
     assert "latest step 3 of" in page
 
     ch = specs(at)
-    assert len(ch) == 4
-    val, alpha_tau, drift, loss = ch
+    assert len(ch) == 5                     # + the drift split (update vs dropout part)
+    val, alpha_tau, drift, drift_split, loss = ch
+    assert {t["name"].split(" ")[0] for t in drift_split["data"]} >= {"dynsdpb-s0"}
     for arm in ("vanilla-s0", "dynsdpb-s0"):
         assert points(val, arm) == 3                  # eval_every = 1: steps 1..3
         assert points(loss, arm) == 3 * 3             # ce, kd, total: one point per step each
@@ -408,7 +409,7 @@ def test_cut_off_run_shows_interrupted_with_its_metrics_and_resumes(runs_dir, cs
     at.switch_page(str(PAGES / "live.py")).run()
     assert "interrupted]" in at.markdown[0].value
     assert any("ended before it finished" in w.value for w in at.warning)
-    assert points(specs(at)[3], "dynsdpb-s0") == 9          # its metrics are intact
+    assert points(specs(at)[4], "dynsdpb-s0") == 9          # its metrics are intact (loss)
 
     at.button(key="btn_resume").click().run()
     deadline = time.time() + 60
@@ -578,3 +579,52 @@ def test_live_polls_reread_nothing_when_the_run_files_did_not_change(runs_dir, c
     sig3, arms3 = views.load_arms_live(exp)
     assert sig3 != sig1 and arms3 is not arms1
     assert len(next(a for a in arms3 if a.id == "dynsdpb-s0").records) == 4
+
+
+# ---------------------------------------------------------------------------------------
+# Issue #8, the rest: a queued experiment leaves the queue without Stop, the upload guess,
+# fields that do not mislead.
+
+
+def test_runs_page_removes_and_deletes_a_queued_experiment_without_stop(runs_dir, csv):
+    from app import common
+    from dynsdpb.config import RunConfig
+    jm = common.manager()
+    cfg = RunConfig(model="tiny-random-bert", dataset=str(csv), steps=400, batch_size=4,
+                    val_size=10, test_size=10, max_len=16, eval_every=200, probe_size=8,
+                    checkpoint_every=0, save_model=False)
+    first = jm.submit(cfg, ["vanilla"], [0], name="training").id
+    deadline = time.time() + 60
+    while time.time() < deadline and jm.current() != first:
+        time.sleep(0.2)
+    assert jm.current() == first
+    waiting = jm.submit(cfg, ["vanilla"], [0], name="waiting").id
+    doomed = jm.submit(cfg, ["vanilla"], [0], name="doomed").id
+    assert jm.queue() == [waiting, doomed]
+    try:
+        at = new_app()
+        at.switch_page(str(PAGES / "runs.py")).run()
+        # the training one: Delete stays off and says what to do
+        at.selectbox(key="w_runs_pick").set_value(first).run()
+        delete = at.button(key="btn_runs_delete")
+        assert delete.disabled and "press Stop first" in delete.help
+        # a queued one leaves the queue with one click, no Stop needed
+        at.selectbox(key="w_runs_pick").set_value(waiting).run()
+        at.button(key="btn_runs_dequeue").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert jm.queue() == [doomed]
+        st_ = json.loads((runs_dir / waiting / "vanilla-s0" / "status.json").read_text())
+        assert st_["state"] == "stopped"
+        # another queued one is deleted directly: dequeued first, then its folder goes
+        at.selectbox(key="w_runs_pick").set_value(doomed).run()
+        delete = at.button(key="btn_runs_delete")
+        assert not delete.disabled
+        delete.click().run()
+        at.button(key="btn_runs_delete_yes").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        assert jm.queue() == [] and not (runs_dir / doomed).exists()
+        assert jm.current() == first and (runs_dir / first).is_dir()
+    finally:
+        jm.stop(first)
+        assert jm.wait_idle(60)
