@@ -150,7 +150,7 @@ def test_every_page_runs_from_the_installed_files(installed):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     ran = [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("ran ")]
-    assert ran == ["compare.py", "learn.py", "live.py", "runs.py", "setup.py"]
+    assert ran == ["compare.py", "learn.py", "live.py", "runs.py", "selftrain.py", "setup.py"]
     app_file = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("app "))
     assert Path(app_file).is_relative_to(site)
 
