@@ -174,6 +174,44 @@ def datasets_for(family: str | None) -> list[str]:
     return [n for n, (kind, _) in builtin_datasets().items() if want in (None, kind)]
 
 
+# An encoder's file: which column holds the text. Guessing by name alone picked `id` for an
+# `id,review,sentiment` file; the text is the column with the longest free text.
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v).strip())
+    except ValueError:
+        return False
+    return bool(str(v).strip())
+
+
+def numeric_column(rows: list[dict], col: str) -> object | None:
+    """A sample value when every non-empty value of `col` is a number (an id, a score: not
+    text to classify), else None."""
+    vals = [r.get(col) for r in rows if r.get(col) is not None and str(r.get(col)).strip()]
+    if vals and all(_is_number(v) for v in vals):
+        return vals[0]
+    return None
+
+
+def guess_text_column(rows: list[dict], cols: list[str], exclude=()) -> str | None:
+    """The non-numeric column with the longest mean string length (the label and pair
+    columns excluded); None when every column is numeric or excluded."""
+    best, best_len = None, -1.0
+    for c in cols:
+        if c in exclude or numeric_column(rows, c) is not None:
+            continue
+        lens = [len(str(r.get(c) or "")) for r in rows]
+        mean = sum(lens) / max(len(lens), 1)
+        if mean > best_len:
+            best, best_len = c, mean
+    return best
+
+
 # A decoder's file: which columns hold the prompt, the target text and (optionally) the
 # final answer for exact match. The engine reads columns named prompt/target/answer, so the
 # app hands it the file with its columns renamed (mapped_jsonl).

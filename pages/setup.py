@@ -99,15 +99,22 @@ def _check_lm_rows(key: str, name: str, _data: bytes | None, prompt: str, target
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _check_rows(key: str, name: str, _data: bytes | None, cfg_yaml: str) -> list[Problem]:
-    """The engine's data checks (columns, labels, split sizes) on the chosen file."""
+def _check_rows(key: str, name: str, _data: bytes | None, cfg_yaml: str
+                ) -> tuple[list[Problem], str, list[tuple[str, int]]]:
+    """The engine's data checks (columns, labels, split sizes) on the chosen file, and what
+    it read: (problems, task, [(class, rows)] over all splits; [] for regression)."""
     rows, _ = _rows(key, name, _data)
     cfg = C.from_dict(yaml.safe_load(cfg_yaml), check=False)
     try:
-        rows_to_taskdata(rows, cfg, name)
+        td = rows_to_taskdata(rows, cfg, name)
     except ConfigError as e:
-        return e.problems
-    return []
+        return e.problems, "", []
+    if td.task != "classification":
+        return [], td.task, []
+    import numpy as np
+    counts = np.bincount(np.concatenate([td.train.labels, td.val.labels, td.test.labels]),
+                         minlength=len(td.label_names))
+    return [], td.task, [(n, int(c)) for n, c in zip(td.label_names, counts)]
 
 
 def _file_source() -> tuple[str, str, bytes | None] | None:
@@ -147,15 +154,16 @@ def _guess_mapping() -> None:
         if new_file or ss.get(f"w_lm_{k}") not in options:
             ss[f"w_lm_{k}"] = lm_guess[k]
     lower = {c.lower(): c for c in cols}
-    guesses = {
-        "w_text_column": next((lower[c] for c in ("text", "sentence", "sentence1", "question",
-                                                  "premise", "content") if c in lower), cols[0]),
-        "w_label_column": next((lower[c] for c in ("label", "labels", "target", "class",
-                                                   "sentiment", "y", "score") if c in lower),
-                               cols[-1]),
-        "w_text_pair_column": next((lower[c] for c in ("text_pair", "sentence2", "hypothesis")
-                                    if c in lower), ""),
-    }
+    label = next((lower[c] for c in ("label", "labels", "target", "class", "sentiment", "y",
+                                     "score") if c in lower), cols[-1])
+    pair = next((lower[c] for c in ("text_pair", "sentence2", "hypothesis") if c in lower), "")
+    # The text: a pair's first half by its name (sentence1, premise), otherwise the column
+    # with the longest free text (not a numeric id).
+    named = next((lower[c] for c in ("sentence1", "premise", "question") if c in lower), None)
+    text = (named if pair and named else None) \
+        or forms.guess_text_column(rows, cols, exclude={label, pair}) \
+        or next((lower[c] for c in ("text", "sentence", "content") if c in lower), cols[0])
+    guesses = {"w_text_column": text, "w_label_column": label, "w_text_pair_column": pair}
     for k, options in (("w_text_column", cols), ("w_label_column", cols),
                        ("w_text_pair_column", [""] + cols)):
         if ss.get(k) not in options:
@@ -264,7 +272,7 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
                                             yaml.safe_dump(cfg.to_dict())):
                         add(p)
             else:
-                for p in _check_rows(*fs, yaml.safe_dump(cfg.to_dict())):
+                for p in _check_rows(*fs, yaml.safe_dump(cfg.to_dict()))[0]:
                     add(p)
         except ConfigError as e:
             for p in e.problems:
@@ -434,6 +442,15 @@ if src != DATA_BUILTIN:
             st.selectbox("text_column", cols, key="w_text_column", persist_state="session",
                          help=C.field_help("text_column"))
             show_problems("text_column")
+            number = forms.numeric_column(rows, ss["w_text_column"])
+            if number is not None:
+                # Numbers train nothing useful (an id column is the usual mistake), but the
+                # engine would accept them as text: warn rather than refuse.
+                other = forms.guess_text_column(rows, cols, exclude={ss["w_label_column"]})
+                st.warning(f"**text_column** = `{ss['w_text_column']}` holds numbers only "
+                           f"(e.g. `{number}`), not text: pick the column with the text"
+                           + (f", e.g. `{other}`." if other else "."),
+                           icon=":material/warning:")
         with c2:
             st.selectbox("text_pair_column", [""] + cols, key="w_text_pair_column",
                          persist_state="session",
@@ -446,6 +463,17 @@ if src != DATA_BUILTIN:
             show_problems("label_column")
         st.dataframe(rows[:5], hide_index=True, width="stretch")
         st.caption(f"{len(rows)} rows; the first 5 are shown.")
+        if not any(problems.get(n) for n in ("dataset", "text_column", "label_column",
+                                             "text_pair_column", "task")):
+            # What the engine itself read from this mapping (rows_to_taskdata), before Start
+            _, task, classes = _check_rows(*fs, yaml.safe_dump(cfg.to_dict()))
+            if classes:
+                st.markdown(f"**Detected classes** in `{ss['w_label_column']}` ({len(classes)}, "
+                            f"rows per class after dropping empty and repeated rows): "
+                            + " · ".join(f"`{n}` {c}" for n, c in classes))
+            elif task == "regression":
+                st.markdown(f"**Regression**: `{ss['w_label_column']}` holds numeric targets "
+                            "(more than 20 distinct values or not whole numbers).")
         for w in data_warnings:
             st.info(w)
     elif decoder:

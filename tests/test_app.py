@@ -628,3 +628,31 @@ def test_runs_page_removes_and_deletes_a_queued_experiment_without_stop(runs_dir
     finally:
         jm.stop(first)
         assert jm.wait_idle(60)
+
+
+def test_upload_guesses_the_text_column_warns_on_numbers_and_shows_the_classes(runs_dir):
+    """A 200-row id,review,sentiment file: text_column was guessed as `id` (integers)."""
+    rng = random.Random(1)
+    words = ["plot", "acting", "music", "ending", "story", "cast", "pace", "script"]
+    lines = ["id,review,sentiment"]
+    for i in range(200):
+        lab = ("positive", "negative", "neutral")[i % 3 if i < 150 else 0]
+        lines.append(f"{1000 + i},the {' '.join(rng.choice(words) for _ in range(8))} "
+                     f"was {lab} {i},{lab}")
+    data = ("\n".join(lines) + "\n").encode()
+    at = new_app()
+    at.session_state["w_data_source"] = "upload a file"
+    at.session_state["upload"] = {"name": "reviews.csv", "data": data}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="w_text_column").value == "review"
+    assert at.selectbox(key="w_label_column").value == "sentiment"
+    assert not [w.value for w in at.warning if "holds numbers" in w.value]
+    # the engine's own reading, before Start: classes with their row counts
+    shown = next(m.value for m in at.markdown if "Detected classes" in m.value)
+    assert "`negative` 50" in shown and "`neutral` 50" in shown and "`positive` 100" in shown
+
+    # choosing the id column as text is allowed (the engine reads it) but warned about
+    at.selectbox(key="w_text_column").set_value("id").run()
+    warned = [w.value for w in at.warning if "holds numbers" in w.value]
+    assert warned and "`id`" in warned[0] and "e.g. `review`" in warned[0]
