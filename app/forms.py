@@ -128,9 +128,64 @@ DATA_PATH = "local file path or hub id"
 ENCODER_ONLY_FIELDS = ("text_column", "text_pair_column", "label_column", "min_confidence")
 FIELD_NEEDS = {"lora_r": ("finetune", "lora"), "lora_alpha": ("finetune", "lora"),
                "lora_dropout": ("finetune", "lora"), "lora_target_modules": ("finetune", "lora"),
-               "save_format": ("finetune", "lora"), "top_k": ("kd_cache", "topk")}
+               "save_format": ("finetune", "lora"), "top_k": ("kd_cache", "topk"),
+               "warmup_alpha_steps": ("schedule", "warmup")}
 GENERATION = "generation"
 CLASSIFICATION = "classification"
+
+
+# Fields whose widget must not look like another's. warmup_ratio warms the learning rate up;
+# warmup_alpha_steps belongs to the dlb arm's `warmup` alpha schedule. The config keys stay
+# (old configs load); the form gives them labels and help that say which warm-up they are.
+FIELD_LABELS = {"warmup_ratio": "lr warm-up share (warmup_ratio)",
+                "warmup_alpha_steps": "alpha warm-up steps (warmup_alpha_steps)"}
+FIELD_HELP_PREFIX = {
+    "warmup_ratio": "Learning-rate warm-up of the optimiser, for every arm; not the dlb "
+                    "arm's `warmup` alpha schedule. ",
+    "warmup_alpha_steps": "For the dlb arm's `warmup` schedule: how long the distillation "
+                          "weight alpha stays 0; not the learning-rate warm-up. "}
+# The schedule list is the dlb arm's: `auto` means static there, and dynsdpb-v1 is the dynsdpb
+# arm's own schedule (validate refuses it for dlb). Configs with `auto` still load (as static).
+DLB_SCHEDULES = ("static", "warmup", "linear")
+FIELD_CHOICES = {"schedule": DLB_SCHEDULES}
+FIELD_DEFAULTS = {"schedule": "static"}
+
+
+def field_label(name: str) -> str:
+    return FIELD_LABELS.get(name, name)
+
+
+def field_help(name: str) -> str:
+    return FIELD_HELP_PREFIX.get(name, "") + C.FIELDS[name].metadata.get("help", "")
+
+
+def dlb_schedule(value) -> str:
+    """The dlb schedule a loaded value means on the form (auto and dynsdpb-v1: static; the
+    dynsdpb arm ignores `schedule`, so this changes no run the form can start)."""
+    return value if value in DLB_SCHEDULES else "static"
+
+
+def formula_fields(method: str, schedule: str) -> list[str]:
+    """The RunConfig fields the formula text (schedules.describe) of this arm shows."""
+    import string
+
+    from dynsdpb.schedules import FORMULAS
+    sched = "dynsdpb-v1" if method == "dynsdpb" else ("static" if schedule == "auto"
+                                                       else schedule)
+    names = [f for _, f, _, _ in string.Formatter().parse(FORMULAS.get(sched, "")) if f]
+    extra = ["tau_direction"] if "tau_term" in names else []
+    return ["schedule"] + [n for n in names if n in C.FIELDS] + extra
+
+
+def formula_text(cfg, method: str, problems: dict) -> tuple[bool, str]:
+    """(ok, text): the arm's formula with its values, or, when a value it shows is invalid,
+    that field's problem (the formula would echo a bad or a default value)."""
+    from dynsdpb.schedules import describe
+    for name in formula_fields(method, cfg.schedule):
+        for p in problems.get(name, []):
+            return False, (f"Formula shown once **{field_label(name)}** is fixed: "
+                           f"`{p.value}`: {p.fix}")
+    return True, describe(cfg.replace(method=method))
 
 
 def field_family(name: str) -> str | None:

@@ -20,7 +20,6 @@ from dynsdpb.errors import ConfigError, Problem
 from dynsdpb.models import BUILTIN_MODELS, model_kind
 from dynsdpb.paths import ASSETS
 from dynsdpb.presets import dump_experiment, list_presets, load_preset
-from dynsdpb.schedules import describe
 
 ss = st.session_state
 DEFAULTS = C.RunConfig()
@@ -32,6 +31,8 @@ for _name in C.FIELDS:
     if _name not in forms.SPECIAL_FIELDS:
         ss.setdefault(FORM_PREFIX + _name,
                       forms.field_widget_value(_name, getattr(DEFAULTS, _name)))
+# The schedule list is the dlb arm's (static, warmup, linear): a loaded `auto` means static.
+ss[FORM_PREFIX + "schedule"] = forms.dlb_schedule(ss.get(FORM_PREFIX + "schedule"))
 ss.setdefault("w_model_choice", DEFAULTS.model)
 ss.setdefault("w_model_other", "")
 ss.setdefault("w_data_source", DATA_BUILTIN)
@@ -324,16 +325,16 @@ def field(name: str, where=st) -> None:
     """One RunConfig field as a widget, with its help text and its problems under it."""
     f = C.FIELDS[name]
     key = FORM_PREFIX + name
-    help_ = f.metadata.get("help", "")
-    choices = f.metadata.get("choices")
+    label, help_ = forms.field_label(name), forms.field_help(name)
+    choices = forms.FIELD_CHOICES.get(name) or f.metadata.get("choices")
     if choices:
         if ss.get(key) not in choices:
-            ss[key] = getattr(DEFAULTS, name)
-        where.selectbox(name, list(choices), key=key, persist_state="session", help=help_)
+            ss[key] = forms.FIELD_DEFAULTS.get(name, getattr(DEFAULTS, name))
+        where.selectbox(label, list(choices), key=key, persist_state="session", help=help_)
     elif f.type in (bool, "bool"):
-        where.checkbox(name, key=key, persist_state="session", help=help_)
+        where.checkbox(label, key=key, persist_state="session", help=help_)
     else:
-        where.text_input(name, key=key, persist_state="session", help=help_)
+        where.text_input(label, key=key, persist_state="session", help=help_)
     show_problems(name, where)
 
 
@@ -345,6 +346,46 @@ def grid(names: list[str], ncols: int = 3) -> None:
         with cols[i % ncols]:
             field(n)
 
+
+# Presets: whole experiments shipped as YAML in assets/presets/ (dynsdpb/presets.py). The
+# quick demo makes MiniLM on tweets finish in a few minutes on a laptop CPU (measured: 111 s
+# for vanilla + dynsdpb, 2-core CPU), for a class to watch.
+PRESETS = {n: load_preset(n) for n in list_presets()}
+
+
+def _preset_summary(exp) -> str:
+    """The preset's values that differ from the defaults, plus its methods and seeds."""
+    d = exp.base.to_dict()
+    changed = [f"{k}={v}" for k, v in d.items()
+               if k not in ("method", "seed", "name") and v != getattr(DEFAULTS, k)]
+    return ", ".join(changed + [f"methods={','.join(exp.methods)}",
+                                f"seeds={','.join(map(str, exp.seeds))}"])
+
+
+def _load_preset(name: str, label: str) -> None:
+    exp = PRESETS[name]
+    notes = forms.prefill_setup(exp.base.to_dict(), methods=exp.methods, seeds=exp.seeds)
+    ss["preset_msg"] = (f"{label} loaded: {_preset_summary(exp)}. Change any of them below."
+                        + "".join(" " + n for n in notes))
+
+
+# At the top: a preset sets every field below, so it is the first choice, not the last.
+c1, c2, c3 = st.columns([3, 1, 1.4], vertical_alignment="bottom")
+c1.selectbox("preset", list(PRESETS), key="w_preset",
+             format_func=lambda n: f"{n}: {PRESETS[n].description}",
+             help="A whole experiment (model, data, methods, seeds, every field) from "
+             "assets/presets/; `dynsdpb compare --preset NAME` runs the same.")
+c2.button("Load preset", key="btn_load_preset", width="stretch",
+          on_click=lambda: _load_preset(ss["w_preset"], f"Preset {ss['w_preset']}"))
+# The quick demo follows the model kind: with a decoder picked, the decoder demo (when the
+# engine ships one) instead of MiniLM on tweets.
+QUICK = "decoder-quick-demo" if decoder and "decoder-quick-demo" in PRESETS else "quick-demo"
+c3.button("Quick demo settings", key="btn_quick_demo", on_click=_load_preset,
+          args=(QUICK, "Quick demo settings"), icon=":material/bolt:", width="stretch",
+          help="Fewer steps, shorter inputs and smaller splits, so a pretrained model finishes "
+          "in a few minutes on a CPU: " + _preset_summary(PRESETS[QUICK]))
+if ss.get("preset_msg"):
+    st.caption(ss.pop("preset_msg"))
 
 # -- model -------------------------------------------------------------------------------
 st.subheader("1 · Model")
@@ -528,15 +569,22 @@ if "dlb" in methods or "dynsdpb" in methods:
                         "[static: paper (DLB); warmup, linear: ours]",
                         unsafe_allow_html=True)
             grid(["schedule", "alpha", "tau", "warmup_alpha_steps"], 2 if both else 4)
-            if not problems.get("schedule"):
-                st.caption(describe(cfg.replace(method="dlb")))
+            ok, text = forms.formula_text(cfg, "dlb", problems)
+            if ok:
+                st.caption(text)
+            else:
+                st.warning(text, icon=":material/functions:")
     if "dynsdpb" in methods:
         with dy:
             st.markdown(common.method_chip("dynsdpb") + " &nbsp; dynamic alpha and tau "
                         "[paper: the idea; formulas: ours]", unsafe_allow_html=True)
             grid(["alpha_max", "tau_0", "tau_min", "tau_max", "granularity", "tau_direction"],
                  2 if both else 3)
-            st.caption(describe(cfg.replace(method="dynsdpb", schedule="auto")))
+            ok, text = forms.formula_text(cfg, "dynsdpb", problems)
+            if ok:
+                st.caption(text)
+            else:
+                st.warning(text, icon=":material/functions:")
 
 # -- decoder models only: how the arms are fine-tuned, the teacher cache, generation --------
 DECODER_ROWS = [
@@ -563,44 +611,8 @@ if decoder:
 
 # -- optimisation and bookkeeping ----------------------------------------------------------
 st.subheader("4 · Training")
-# Presets: whole experiments shipped as YAML in assets/presets/ (dynsdpb/presets.py). The
-# quick demo makes MiniLM on tweets finish in a few minutes on a laptop CPU (measured: 111 s
-# for vanilla + dynsdpb, 2-core CPU), for a class to watch.
-PRESETS = {n: load_preset(n) for n in list_presets()}
-
-
-def _preset_summary(exp) -> str:
-    """The preset's values that differ from the defaults, plus its methods and seeds."""
-    d = exp.base.to_dict()
-    changed = [f"{k}={v}" for k, v in d.items()
-               if k not in ("method", "seed", "name") and v != getattr(DEFAULTS, k)]
-    return ", ".join(changed + [f"methods={','.join(exp.methods)}",
-                                f"seeds={','.join(map(str, exp.seeds))}"])
-
-
-def _load_preset(name: str, label: str) -> None:
-    exp = PRESETS[name]
-    notes = forms.prefill_setup(exp.base.to_dict(), methods=exp.methods, seeds=exp.seeds)
-    ss["preset_msg"] = (f"{label} loaded: {_preset_summary(exp)}. Change any of them below."
-                        + "".join(" " + n for n in notes))
-
-
-c1, c2, c3 = st.columns([3, 1, 1.4], vertical_alignment="bottom")
-c1.selectbox("preset", list(PRESETS), key="w_preset",
-             format_func=lambda n: f"{n}: {PRESETS[n].description}",
-             help="A whole experiment (model, data, methods, seeds, every field) from "
-             "assets/presets/; `dynsdpb compare --preset NAME` runs the same.")
-c2.button("Load preset", key="btn_load_preset", width="stretch",
-          on_click=lambda: _load_preset(ss["w_preset"], f"Preset {ss['w_preset']}"))
-# The quick demo follows the model kind: with a decoder picked, the decoder demo (when the
-# engine ships one) instead of MiniLM on tweets.
-QUICK = "decoder-quick-demo" if decoder and "decoder-quick-demo" in PRESETS else "quick-demo"
-c3.button("Quick demo settings", key="btn_quick_demo", on_click=_load_preset,
-          args=(QUICK, "Quick demo settings"), icon=":material/bolt:", width="stretch",
-          help="Fewer steps, shorter inputs and smaller splits, so a pretrained model finishes "
-          "in a few minutes on a CPU: " + _preset_summary(PRESETS[QUICK]))
-if ss.get("preset_msg"):
-    st.caption(ss.pop("preset_msg"))
+st.caption("Optimisation, the same for every arm: AdamW with a learning rate that warms up "
+           "over the first `lr warm-up share` of the steps, then decays linearly to 0.")
 grid(["steps", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip"])
 with st.expander("Evaluation, checkpoints, device", expanded=any(problems.get(n) for n in (
         "eval_every", "probe_size", "checkpoint_every", "save_model", "device"))):

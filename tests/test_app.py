@@ -656,3 +656,48 @@ def test_upload_guesses_the_text_column_warns_on_numbers_and_shows_the_classes(r
     at.selectbox(key="w_text_column").set_value("id").run()
     warned = [w.value for w in at.warning if "holds numbers" in w.value]
     assert warned and "`id`" in warned[0] and "e.g. `review`" in warned[0]
+
+
+def _in_page_order(node):
+    """Every node of an AppTest tree, depth first in page order."""
+    yield node
+    children = getattr(node, "children", None) or {}
+    for k in sorted(children):
+        yield from _in_page_order(children[k])
+
+
+def test_setup_fields_do_not_mislead(runs_dir):
+    at = new_app()
+    # the preset picker and Quick demo come first, before section 1
+    order = list(_in_page_order(at.main))
+    quick = next(i for i, n in enumerate(order) if getattr(n, "key", None) == "btn_quick_demo")
+    model = next(i for i, n in enumerate(order)
+                 if n.type == "subheader" and "1 · Model" in n.value)
+    assert quick < model
+
+    # the dlb arm's schedule list: only what it can use; an old `auto` loads as static
+    at.session_state["w_methods"] = ["vanilla", "dlb", "dynsdpb"]
+    at.session_state["f_schedule"] = "auto"
+    at.run()
+    sched = at.selectbox(key="f_schedule")
+    assert sched.options == ["static", "warmup", "linear"] and sched.value == "static"
+    assert not at.error, [e.value for e in at.error]
+
+    # the two warm-ups cannot be taken for each other
+    lr = at.text_input(key="f_warmup_ratio")
+    assert lr.label.startswith("lr warm-up") and "not the dlb" in lr.help
+    assert not [t for t in at.text_input if t.key == "f_warmup_alpha_steps"]
+    sched.set_value("warmup").run()
+    steps = at.text_input(key="f_warmup_alpha_steps")
+    assert steps.label.startswith("alpha warm-up steps") and "not the learning-rate" in steps.help
+    assert any("first 50 steps" in c.value for c in at.caption)     # the dlb formula
+
+    # an invalid value is never echoed into (or silently replaced in) the formula text
+    at.text_input(key="f_alpha_max").set_value("abc").run()
+    at.text_input(key="f_tau").set_value("-2").run()
+    formulas = [c.value for c in at.caption if "DLB" in c.value or "DynSDPB" in c.value]
+    assert not formulas, formulas
+    notes = [w.value for w in at.warning if w.value.startswith("Formula shown once")]
+    assert any("**alpha_max** is fixed: `abc`" in n for n in notes), notes
+    assert any("**tau** is fixed: `-2" in n and "> 0" in n for n in notes), notes
+    assert at.button(key="btn_start").disabled
