@@ -181,6 +181,10 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                 result["phases"][str(n)] = {"median_step_s": med, "n": len(dts), **cores}
                 log(f"{n} Live tab(s): median step {med:.3f} s over {len(dts)} steps; "
                     + ", ".join(f"{k} {v}" for k, v in cores.items()))
+                if open_pages:   # what the viewers saw, to look at afterwards
+                    shot = tmp / f"live-{n}-tabs.png"
+                    open_pages[-1].screenshot(path=str(shot), full_page=True)
+                    result.setdefault("screenshots", []).append(str(shot))
             for pg in open_pages:
                 pg.close()
             browser.close()
