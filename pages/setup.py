@@ -32,7 +32,12 @@ for _name in C.FIELDS:
         ss.setdefault(FORM_PREFIX + _name,
                       forms.field_widget_value(_name, getattr(DEFAULTS, _name)))
 # The schedule list is the dlb arm's (static, warmup, linear): a loaded `auto` means static.
-ss[FORM_PREFIX + "schedule"] = forms.dlb_schedule(ss.get(FORM_PREFIX + "schedule"))
+_sched = ss.get(FORM_PREFIX + "schedule")
+ss[FORM_PREFIX + "schedule"] = forms.dlb_schedule(_sched)
+if _sched not in (None, "auto", *forms.DLB_SCHEDULES):
+    # e.g. dynsdpb-v1 from an old config: the dynsdpb arm's own schedule, refused for dlb
+    ss["schedule_note"] = (f"schedule `{_sched}` is not a dlb schedule (the dynsdpb arm always "
+                           "uses dynsdpb-v1); the dlb arm's schedule was set to static.")
 ss.setdefault("w_model_choice", DEFAULTS.model)
 ss.setdefault("w_model_other", "")
 ss.setdefault("w_data_source", DATA_BUILTIN)
@@ -569,6 +574,8 @@ if "dlb" in methods or "dynsdpb" in methods:
                         "[static: paper (DLB); warmup, linear: ours]",
                         unsafe_allow_html=True)
             grid(["schedule", "alpha", "tau", "warmup_alpha_steps"], 2 if both else 4)
+            if ss.get("schedule_note"):
+                st.info(ss.pop("schedule_note"))
             ok, text = forms.formula_text(cfg, "dlb", problems)
             if ok:
                 st.caption(text)

@@ -191,7 +191,8 @@ def test_invalid_input_is_shown_and_starts_nothing(runs_dir, csv):
     at.run()
     assert any("whole numbers separated by commas" in e.value for e in at.error)
 
-    # a model folder that does not exist, and dynsdpb-v1 picked as the dlb arm's schedule
+    # a model folder that does not exist, and dynsdpb-v1 (an old config) as the dlb arm's
+    # schedule: the form offers only dlb schedules, so it is set to static and says so
     at.session_state["w_seeds"] = "0,1"
     at.session_state["w_model_choice"] = "other: local folder or hub id"
     at.session_state["w_model_other"] = "./no/such/model"
@@ -200,7 +201,8 @@ def test_invalid_input_is_shown_and_starts_nothing(runs_dir, csv):
     at.run()
     errors = "\n".join(e.value for e in at.error)
     assert "no such folder" in errors
-    assert "use method=dynsdpb" in errors
+    assert at.session_state["f_schedule"] == "static"
+    assert any("`dynsdpb-v1` is not a dlb schedule" in i.value for i in at.info)
     assert at.button(key="btn_start").disabled
     assert not any((p / "experiment.json").exists() for p in runs_dir.glob("*"))
 
