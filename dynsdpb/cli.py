@@ -586,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads OpenMP: waiting threads sleep instead of spinning, so a run on a
+    # shared CPU is not starved by any other busy process (jobs.py says what it measured).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     p = build_parser()
     if argv and argv[0] == "app":
