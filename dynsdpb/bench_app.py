@@ -89,8 +89,19 @@ def _training_pid(runs: Path, arm: str) -> int | None:
     return None
 
 
+def _run_over(runs: Path, arm: str) -> bool:
+    for exp in runs.iterdir():
+        try:
+            st = json.loads((exp / arm / "status.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return st.get("state") not in ("queued", "running")
+    return False
+
+
 def _window(runs: Path, arm: str, n: int, timeout: float) -> list[float]:
-    """Wait for `n` more records of `arm`; return the intervals between them (seconds)."""
+    """Wait for `n` more records of `arm`; return the intervals between them (seconds).
+    Returns early (with what there is) if the run ended or failed meanwhile."""
     start = len(_record_times(runs, arm))
     end = time.time() + timeout
     while time.time() < end:
@@ -98,6 +109,8 @@ def _window(runs: Path, arm: str, n: int, timeout: float) -> list[float]:
         if len(t) >= start + n + 1:
             seg = t[start:start + n + 1]
             return [b - a for a, b in zip(seg, seg[1:])]
+        if _run_over(runs, arm):
+            break
         time.sleep(0.2)
     t = _record_times(runs, arm)[start:]
     return [b - a for a, b in zip(t, t[1:])]
@@ -110,7 +123,9 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
     from playwright.sync_api import sync_playwright
     tmp = Path(tempfile.mkdtemp(prefix="dynsdpb-bench-app-"))
     runs = tmp / "runs"
-    total = (len(tabs) + 1) * (steps_per_phase + 4) + 10
+    # Steps enough that the run never ends while the phases are measured (a tiny model does
+    # hundreds a minute); the run is cut off with the app at the end, as a class would.
+    total = 100_000
     cfg = _config_yaml(tmp, model, dataset, total)
     port = port or _free_port()
     env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
