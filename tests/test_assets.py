@@ -18,7 +18,7 @@ def test_sample_csv_loads_as_a_three_class_dataset():
 
 def test_learn_figures_are_svg():
     names = sorted(f.name for f in (ASSETS / "figures").glob("*.svg"))
-    assert names == ["dlb-batch-layout.svg", "dynsdpb-step.svg"]
+    assert names == ["dlb-batch-layout.svg", "dynsdpb-step.svg", "token-kd-alignment.svg"]
     for n in names:
         doc = xml.dom.minidom.parse(str(ASSETS / "figures" / n))
         assert doc.documentElement.tagName == "svg"
