@@ -149,7 +149,7 @@ def _experiment_file(a):
         exp = PR.load_preset(a.preset)
         return exp, True
     if a.config:
-        d = PR.read_mapping(a.config)
+        d = C.read_mapping(a.config)
         return PR.experiment_from_dict(d, a.config, check=False), isinstance(d, dict) and (
             "methods" in d or "seeds" in d)
     return None, False

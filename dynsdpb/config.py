@@ -344,7 +344,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def load(path: str | Path) -> RunConfig:
+def read_mapping(path: str | Path):
+    """The parsed content of a .yaml/.json config file (JSON parsed as JSON, so a broken JSON
+    file is reported as such instead of read as some YAML); {} for an empty file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError.one("config", str(path), "no such file; give the path of a .yaml or "
@@ -355,7 +357,11 @@ def load(path: str | Path) -> RunConfig:
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError.one("config", str(path), f"not valid YAML/JSON ({str(e).splitlines()[0]})"
                               ) from None
-    return from_dict(d or {})
+    return d if d is not None else {}
+
+
+def load(path: str | Path) -> RunConfig:
+    return from_dict(read_mapping(path))
 
 
 def dumps(cfg: RunConfig, fmt: str = "yaml") -> str:

@@ -21,7 +21,6 @@ YAML tags such as !!python/object are refused: only `yaml.safe_load` reads these
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,24 +161,8 @@ def load_experiment(text: str, source: str = "experiment") -> Experiment:
     return experiment_from_dict(d if d is not None else {}, source)
 
 
-def read_mapping(path: str | Path):
-    """The parsed content of a .yaml/.json config file (JSON parsed as JSON, so a broken JSON
-    file is reported as such instead of read as some YAML)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError.one("config", str(path), "no such file; give the path of a .yaml or "
-                              ".json config (save one with the app or `dynsdpb train --dump`)")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    try:
-        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError.one("config", str(path), f"not valid YAML/JSON ({str(e).splitlines()[0]})"
-                              ) from None
-    return d if d is not None else {}
-
-
 def load_experiment_file(path: str | Path, check: bool = True) -> Experiment:
-    return experiment_from_dict(read_mapping(path), str(path), check)
+    return experiment_from_dict(C.read_mapping(path), str(path), check)
 
 
 def list_presets() -> list[str]:
