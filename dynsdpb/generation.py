@@ -31,31 +31,41 @@ def extract_answer(text: str) -> str | None:
 
 
 @torch.no_grad()
+def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
+           temperature: float = 0.0, n: int = 1, batch_size: int = 16) -> list[list[str]]:
+    """n completions per prompt (greedy when temperature is 0), each prompt through the chat
+    template as in training. Sampling draws from torch's global RNG (the caller seeds it)."""
+    if tokenizer.padding_side != "left":
+        raise ValueError("generation needs tokenizer.padding_side == 'left'")
+    was = model.training
+    model.eval()
+    out: list[list[str]] = []
+    kw = (dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+          if temperature > 0 else dict(do_sample=False))
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [prompt_text(tokenizer, p) for p in prompts[i:i + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **kw)
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:],
+                                           skip_special_tokens=True)
+            out.extend(texts[j:j + n] for j in range(0, len(texts), n))
+    finally:
+        model.train(was)
+    return out
+
+
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
              batch_size: int = 16) -> list[str]:
     """Greedy completions (special tokens dropped) for raw prompts, in order.
 
     Each prompt goes through the chat template as in training (lm_data.prompt_text).
     """
-    if tokenizer.padding_side != "left":
-        raise ValueError("generation needs tokenizer.padding_side == 'left' "
-                         "(lm_models.prepare_tokenizer sets it)")
-    was_training = model.training
-    model.eval()
-    out: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [prompt_text(tokenizer, p) for p in prompts[i:i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return out
+    return [c[0] for c in sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size)]
 
 
 @dataclass

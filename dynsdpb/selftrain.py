@@ -59,13 +59,13 @@ import torch
 from .config import RunConfig, check_config, from_dict, is_causal_lm
 from .errors import ConfigError, Problem
 from .experiment import arm_name, check_experiment, create_experiment, run_arms
-from .generation import extract_answer
+from .generation import extract_answer, sample
 from .layout import BatchLayout
-from .lm_data import IGNORE, LMExample, prompt_text
+from .lm_data import IGNORE, LMExample
 from .lm_loss import TokenTeacher, common_prefix, token_loss
 from .lm_task import CausalLMTask, _fingerprint
 from .metrics import mean_std, paired_diff
-from .store import (ExperimentDir, RunDir, append_jsonl, atomic_write_bytes,
+from .store import (ExperimentDir, RunDir, atomic_write_bytes,
                     atomic_write_json, read_json, read_metrics)
 from .train import Arm
 
@@ -202,34 +202,6 @@ CPU_DEMO = {
 # Generation
 
 GenerateFn = Callable[..., list[list[str]]]
-
-
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
-           temperature: float = 0.0, n: int = 1, batch_size: int = 16) -> list[list[str]]:
-    """n completions per prompt (greedy when temperature is 0), each prompt through the chat
-    template as in training. Sampling draws from torch's global RNG (the caller seeds it)."""
-    if tokenizer.padding_side != "left":
-        raise ValueError("generation needs tokenizer.padding_side == 'left'")
-    was = model.training
-    model.eval()
-    out: list[list[str]] = []
-    kw = (dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-          if temperature > 0 else dict(do_sample=False))
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [prompt_text(tokenizer, p) for p in prompts[i:i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                                 pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **kw)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:],
-                                           skip_special_tokens=True)
-            out.extend(texts[j:j + n] for j in range(0, len(texts), n))
-    finally:
-        model.train(was)
-    return out
 
 
 def _right(score, got: str | None, gold: str) -> bool:
