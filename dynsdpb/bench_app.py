@@ -27,13 +27,15 @@ CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
 from .paths import APP_MAIN as APP  # the checkout's app/ or the installed copy
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free localhost port (the tests start apps and process groups on it too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_health(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the app on `port` answers its health check; fail if `proc` exits."""
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
@@ -127,7 +129,7 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
     # hundreds a minute); the run is cut off with the app at the end, as a class would.
     total = 100_000
     cfg = _config_yaml(tmp, model, dataset, total)
-    port = port or _free_port()
+    port = port or free_port()
     env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     server_log = open(tmp / "server.log", "wb")
@@ -141,7 +143,7 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
     result: dict = {"model": model, "dataset": dataset, "steps_per_phase": steps_per_phase,
                     "server_pid": proc.pid, "phases": {}}
     try:
-        _wait_health(port, proc)
+        wait_health(port, proc)
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,

@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from dynsdpb.bench_app import free_port, wait_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
@@ -44,27 +44,6 @@ ALL_FIVE = ("() => { const p = (" + JS_POINTS + ")(); "
             "return p.length === 5 && p.every(n => n > 0); }")
 AT_LEAST_FOUR = ("() => { const p = (" + JS_POINTS + ")(); "
                  "return p.length >= 4 && p.every(n => n > 0); }")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("the app did not come up")
 
 
 def _zoom_loss_chart(page) -> dict:
@@ -109,7 +88,7 @@ def test_browser_live_run_and_compare(tmp_path, report):
     steps = 60
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     log = open(tmp_path / "server.log", "wb")
@@ -120,7 +99,7 @@ def test_browser_live_run_and_compare(tmp_path, report):
     ARTIFACTS.mkdir(exist_ok=True)
     seen: dict[tuple[str, int], float] = {}
     try:
-        _wait_health(port, proc)
+        wait_health(port, proc)
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,
@@ -244,7 +223,7 @@ def test_browser_direct_page_urls(tmp_path):
             f"{CHROMIUM} missing: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DYNSDPB_RUNS_DIR=str(tmp_path / "runs"), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     log = open(tmp_path / "server.log", "wb")
@@ -253,7 +232,7 @@ def test_browser_direct_page_urls(tmp_path):
          "--server.headless", "true", "--server.address", "127.0.0.1"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_health(port, proc)
+        wait_health(port, proc)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM,
                                         args=["--no-sandbox", "--disable-gpu"])

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from dynsdpb.bench_app import free_port
 
 from dynsdpb import cli
 from dynsdpb.store import RunDir
@@ -50,18 +51,12 @@ def _args(model: Path, csv: Path, out: Path, batch: int) -> list[str]:
             "--warmup-ratio", "0", "--probe-size", "8", "--no-save-model", "--out", str(out)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     torchrun = Path(sys.executable).parent / "torchrun"
     return subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), "-m",
+                           "127.0.0.1", "--master_port", str(free_port()), "-m",
                            "dynsdpb.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from dynsdpb.bench_app import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -39,12 +40,6 @@ def _set_writable(path: Path, writable: bool) -> None:
         mode = p.stat().st_mode
         w = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
         p.chmod(mode | stat.S_IWUSR if writable else mode & ~w)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -98,7 +93,7 @@ def test_installed_package_is_the_one_imported(installed):
 
 def test_dynsdpb_app_serves_from_another_folder(installed):
     site, elsewhere, env = installed
-    port = _free_port()
+    port = free_port()
     log = open(elsewhere.parent / "server.log", "wb")
     proc = subprocess.Popen([str(site / "bin" / "dynsdpb"), "app", "--server.port", str(port)],
                             cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT)
