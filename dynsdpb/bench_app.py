@@ -48,6 +48,17 @@ def wait_health(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError("the app did not come up")
 
 
+def stop_server(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Terminate the app (its JobManager stops the training child with a checkpoint); kill
+    it if it has not exited after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _config_yaml(tmp: Path, model: str, dataset: str, steps: int) -> Path:
     p = tmp / "bench.yaml"
     p.write_text("\n".join([
@@ -206,12 +217,7 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                 pg.close()
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
         server_log.close()
     ph = result["phases"]
     none = ph.get("0", {}).get("median_step_s")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench_app import free_port, wait_health
+from dynsdpb.bench_app import free_port, stop_server, wait_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
@@ -189,12 +189,7 @@ def test_browser_live_run_and_compare(tmp_path, report):
             page.screenshot(path=str(ARTIFACTS / "compare.png"))
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc, grace=10)
         log.close()
 
     # Delay between a record being written (its `time`) and the page showing it.
@@ -253,12 +248,7 @@ def test_browser_direct_page_urls(tmp_path):
                 page.close()
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc, grace=10)
         log.close()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench_app import free_port
+from dynsdpb.bench_app import free_port, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -115,11 +115,7 @@ def test_dynsdpb_app_serves_from_another_folder(installed):
             status, html = _get(f"{base}/{page}")
             assert status == 200 and b"<div id=\"root\">" in html
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.close()
 
 
