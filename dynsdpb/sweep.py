@@ -432,6 +432,32 @@ def queue_grid(jm, path: str | Path) -> list[str]:
     return queued
 
 
+def overview(path: str | Path) -> dict:
+    """One line of a sweep for a listing: what it varies and how many of its unique runs
+    (shared baselines counted once) have finished, which are running, and which failed."""
+    path = Path(path)
+    spec = load_sweep(path)
+    if spec["kind"] == "grid":
+        keys = list(plan_runs(path))
+    else:
+        root = path / "runs"
+        keys = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    states = {"finished": 0, "running": 0, "queued": 0, "failed": 0}
+    for key in keys:
+        m, s, _ = key.rsplit("-", 2)
+        st = RunDir(run_dir(path, key) / f"{m}-{s}").status().get("state")
+        if st in states:
+            states[st] += 1
+    return {"name": spec.get("name") or path.name, "folder": path.name, "kind": spec["kind"],
+            "axes": list(spec.get("grid") or spec.get("search") or {}),
+            "methods": spec["methods"], "seeds": spec["seeds"], "target": spec.get("target"),
+            "created": spec.get("created", 0),
+            "trials": spec.get("trials"),
+            "runs_total": len(keys) if spec["kind"] == "grid" else None,   # a search: unknown
+            "runs_finished": states["finished"], "runs_running": states["running"],
+            "runs_queued": states["queued"], "runs_failed": states["failed"], "keys": keys}
+
+
 def find_sweeps(runs_dir: str | Path) -> list[Path]:
     """Sweep folders directly under runs_dir, newest first."""
     root = Path(runs_dir)

@@ -15,12 +15,62 @@ import streamlit as st
 from app import common, downloads, forms, samples, tables, views
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.store import ExperimentDir, inside
+from dynsdpb.store import ExperimentDir, delete_run_or_experiment, inside
 
 ss = st.session_state
 jm = common.manager()
 
 st.title("Runs")
+
+
+def sweeps() -> None:
+    """Sweep folders (dynsdpb/sweep.py) in the runs directory: progress, stop, delete. Their
+    heatmaps and reports are on Compare."""
+    from dynsdpb import sweep as SW
+    found = SW.find_sweeps(jm.runs_dir)
+    if not found:
+        return
+    ovs = {p.name: SW.overview(p) for p in found}
+    with st.expander(f"Sweeps ({len(found)}): heatmaps and reports are on Compare"):
+        st.dataframe([{
+            "sweep": o["name"], "kind": o["kind"], "varies": ", ".join(o["axes"]),
+            "methods": ", ".join(o["methods"]), "seeds": len(o["seeds"]),
+            "runs finished": (f"{o['runs_finished']} of {o['runs_total']}"
+                              if o["runs_total"] is not None else str(o["runs_finished"])),
+            "running": o["runs_running"], "queued": o["runs_queued"], "failed": o["runs_failed"],
+            "created": datetime.fromtimestamp(o["created"]).strftime("%Y-%m-%d %H:%M"),
+            "folder": o["folder"]} for o in ovs.values()], hide_index=True, width="stretch")
+        pick = st.selectbox("sweep", list(ovs), key="w_runs_sweep")
+        o = ovs[pick]
+        mine = [k for k in jm.queue() if k in o["keys"]]
+        busy = o["runs_running"] > 0 or bool(mine) or o["runs_queued"] > 0
+        c1, c2, _ = st.columns([1, 1, 3])
+        if c1.button("Stop its queued runs", key="btn_sweep_stop", disabled=not mine,
+                     help="Takes this sweep's runs off the queue (a run already training "
+                          "finishes its step and stops with Stop on Live)."):
+            for k in mine:
+                jm.stop(k)
+            ss["flash"] = f"Took {len(mine)} runs of {o['name']} off the queue."
+            st.rerun()
+        if c2.button("Delete…", key="btn_sweep_delete", disabled=busy,
+                     help="A run of it is training or queued: stop those first." if busy
+                     else "Asks for confirmation."):
+            ss["confirm_sweep_delete"] = pick
+        if ss.get("confirm_sweep_delete") == pick:
+            st.warning(f"Delete the sweep **{o['name']}** and its {o['runs_finished']} "
+                       f"finished runs (`{jm.runs_dir / pick}`)? This cannot be undone.")
+            d1, d2, _ = st.columns([1, 1, 4])
+            if d1.button("Yes, delete", type="primary", key="btn_sweep_delete_yes"):
+                ss.pop("confirm_sweep_delete", None)
+                delete_run_or_experiment(jm.runs_dir, jm.runs_dir / pick)
+                ss["flash"] = f"Deleted the sweep {o['name']}."
+                st.rerun()
+            if d2.button("Cancel", key="btn_sweep_delete_no"):
+                ss.pop("confirm_sweep_delete", None)
+                st.rerun()
+
+
+sweeps()
 exps = views.experiments()
 if not exps:
     st.info(f"No runs in `{jm.runs_dir}` yet. Start one on the Setup page.")
