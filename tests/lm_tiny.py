@@ -44,3 +44,19 @@ def arith_rows(n: int, seed: int = 0):
         a, b = rng.randrange(10), rng.randrange(10)
         out.append(LMExample(f"what is {a} plus {b}", f"the answer is {a + b}", str(a + b)))
     return out
+
+
+def tiny_decoder_files(root, n_rows: int = 48) -> tuple[str, str]:
+    """(model folder, arith.jsonl): the tiny random Llama and its tokenizer saved as a model
+    folder, and n_rows prompt/target/answer rows, for runs through the real engine."""
+    import json
+    from pathlib import Path
+    root = Path(root)
+    model = root / "tiny-llama"
+    tiny_llama(seed=0).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    data = root / "arith.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "target": e.target,
+                                        "answer": e.answer}) + "\n"
+                            for e in arith_rows(n_rows)))
+    return str(model), str(data)

@@ -18,6 +18,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from tests.lm_tiny import tiny_decoder_files
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -39,20 +41,7 @@ def runs_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model folder, arith.jsonl) for a decoder run."""
-    from tests.lm_tiny import tiny_llama, tiny_tokenizer
-    root = tmp_path_factory.mktemp("tiny-decoder")
-    model = root / "tiny-llama"
-    tiny_llama(seed=0).save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
-    rng = random.Random(0)
-    lines = []
-    for _ in range(40):
-        a, b = rng.randrange(10), rng.randrange(10)
-        lines.append(json.dumps({"prompt": f"what is {a} plus {b}",
-                                 "target": f"the answer is {a + b}", "answer": str(a + b)}))
-    data = root / "arith.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    return str(model), str(data)
+    return tiny_decoder_files(tmp_path_factory.mktemp("tiny-decoder"), 40)
 
 
 def decoder_config(model: str, data: str, **kw):

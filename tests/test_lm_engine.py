@@ -3,8 +3,6 @@
 tokens.jsonl, summaries, validate messages and CLI flags of the decoder fields."""
 from __future__ import annotations
 
-import json
-import random
 import threading
 
 import pytest
@@ -19,26 +17,14 @@ from dynsdpb.lm_data import BUILTIN_LM_DATASETS
 from dynsdpb.lm_task import AdapterView, CausalLMTask
 from dynsdpb.store import ExperimentDir, RunDir
 from dynsdpb.tasks import prepare
-from tests.lm_tiny import tiny_llama, tiny_tokenizer
+from tests.lm_tiny import tiny_decoder_files, tiny_llama
 
 VOLATILE = {"time", "wall_time", "samples_per_s"}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-lm")
-    d = root / "tiny-llama"
-    tiny_llama(seed=0).save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    rng = random.Random(0)
-    lines = []
-    for _ in range(48):
-        a, b = rng.randrange(10), rng.randrange(10)
-        lines.append(json.dumps({"prompt": f"what is {a} plus {b}",
-                                 "target": f"the answer is {a + b}", "answer": str(a + b)}))
-    data = root / "arith.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    return str(d), str(data)
+    return tiny_decoder_files(tmp_path_factory.mktemp("tiny-lm"), 48)
 
 
 def lm_cfg(tiny, **kw):
