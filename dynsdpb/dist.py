@@ -11,6 +11,11 @@ the highs, sums of counts); rank 0 alone writes metrics, status, checkpoints and
 A checkpoint holds every rank's cache and RNG state, so a resume with the same world size
 continues exactly; another world size is refused.
 
+A fault on one rank reaches the others at once: before the backward pass every rank says
+whether its step so far went well (`first_failed`, the one small all-reduce a step costs), so
+they all fail that arm with the failing rank's reason. A fault later in the step ends the
+failing process, and the others see its connections close (gloo) or the launcher stops them.
+
 Without the launcher's environment (WORLD_SIZE unset or 1) everything here is a no-op.
 """
 from __future__ import annotations
@@ -51,15 +56,31 @@ class Dist:
         torch_dist.all_gather_object(out, obj)
         return out
 
-    def all_true(self, flag: bool) -> bool:
-        """True on every rank only if `flag` is true on every rank."""
-        if not self.active:
-            return flag
+    def _flag_device(self):
+        """Where a collective's small tensor lives: nccl reduces CUDA tensors only."""
         import torch
         import torch.distributed as torch_dist
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        if torch_dist.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def all_true(self, flag: bool) -> bool:
+        """True on every rank only if `flag` is true on every rank."""
+        return self.first_failed(not flag) is None
+
+    def first_failed(self, failed: bool) -> int | None:
+        """The lowest rank on which `failed` is true (every rank gets the same answer), or
+        None when it is false everywhere. One 1-element all-reduce (MIN over the ranks, each
+        giving its rank if it failed and `world` if not); no collective in one process."""
+        if not self.active:
+            return self.rank if failed else None
+        import torch
+        import torch.distributed as torch_dist
+        t = torch.tensor([self.rank if failed else self.world], dtype=torch.int64,
+                         device=self._flag_device())
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
-        return bool(t.item())
+        r = int(t.item())
+        return None if r >= self.world else r
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""

@@ -26,13 +26,14 @@ from .errors import ConfigError, TrainingFault
 from .store import (ExperimentDir, MirrorRunDir, RunDir, atomic_write_json, check_not_busy,
                     unique_dir)
 from .tasks import prepare
-from .train import OOM_HINT, Arm, _is_oom
+from .train import BUG_HINT, OOM_HINT, Arm, _is_oom
 
 ProgressFn = Callable[[str, dict], None]
 
 DISK_HINT = ("a file could not be written (is the disk full?); free space, then resume from "
              "the last checkpoint")
-BUG_HINT = "this looks like a bug; the metrics so far are kept"
+PEER_HINT = ("data parallel: another rank failed or exited (its output in the launcher's log "
+             "says why); resume from the last checkpoint")
 
 
 def arm_name(cfg: RunConfig) -> str:
@@ -48,6 +49,8 @@ def _fault(e: BaseException, a: Arm) -> tuple[str, str, int | None]:
         return str(e), e.hint, e.step
     if _is_oom(e):
         return f"out of memory after step {a.step_idx}", OOM_HINT, a.step_idx
+    if a.dist.active and ("closed by peer" in str(e) or type(e).__name__.startswith("Dist")):
+        return f"{type(e).__name__}: {e}", PEER_HINT, None
     if isinstance(e, OSError):
         return f"{type(e).__name__}: {e}", DISK_HINT, None
     return f"{type(e).__name__}: {e}", BUG_HINT, None
@@ -121,6 +124,19 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
             except Exception as e:  # noqa: BLE001 - one arm's fault must not stop the others
                 final[a.rd.id] = _fail(a, e, progress)
                 live.remove(a)
+                if d.active and not getattr(e, "all_ranks", False):
+                    # A fault on this rank alone after the ranks' agreement in the step (in
+                    # the backward pass, the optimizer step, an evaluation, a checkpoint):
+                    # its collectives no longer pair with the other ranks', so no arm can go
+                    # on. This process ends; the others see its connections close (gloo) or
+                    # are stopped by the launcher.
+                    for b in live:
+                        final[b.rd.id] = _fail(b, TrainingFault(
+                            f"stopped: {a.rd.id} failed on rank {d.rank} ({e})",
+                            "data parallel: one rank's fault ends every arm; resume from "
+                            "the last checkpoint", None), progress)
+                    live.clear()
+                    break
                 continue
             if progress:
                 progress(a.rd.id, rec)

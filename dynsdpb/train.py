@@ -14,6 +14,7 @@ Order of one step (`Arm.step`), as in nanoGPT's train.py:
 from __future__ import annotations
 
 import io
+import os
 import time
 from contextlib import contextmanager
 
@@ -56,6 +57,29 @@ def _is_oom(e: BaseException) -> bool:
 
 OOM_HINT = "lower batch_size or max_len (or use a smaller model)"
 NAN_HINT = "lower lr (e.g. halve it), keep grad_clip on, or lower alpha/alpha_max"
+BUG_HINT = "this looks like a bug; the metrics so far are kept"
+
+# Test-only: "RANK:STEP" makes that rank raise inside that 1-based step, before its forward
+# pass; "RANK:STEP:after" after its optimizer step. Tests fail one data-parallel rank with it;
+# never set it for real runs.
+TEST_FAIL_ENV = "DYNSDPB_TEST_FAIL_RANK_STEP"
+
+
+def _test_fault_at() -> tuple[int, int, str] | None:
+    raw = os.environ.get(TEST_FAIL_ENV, "")
+    if not raw:
+        return None
+    rank, step, *where = raw.split(":")
+    return int(rank), int(step), (where or ["forward"])[0]
+
+
+def _describe_fault(e: BaseException, step: int) -> tuple[str, str]:
+    """(error, hint) of an exception inside a step, as the run's status reports them."""
+    if isinstance(e, TrainingFault):
+        return str(e), e.hint
+    if _is_oom(e):
+        return f"out of memory at step {step}", OOM_HINT
+    return f"{type(e).__name__}: {e}", BUG_HINT
 
 
 class Arm:
@@ -72,6 +96,7 @@ class Arm:
         # Data parallel (torchrun / accelerate launch; dist.py): this rank's shard of every
         # global chunk, its own carried half and teacher cache. One process: rank 0 of 1.
         self.dist = dist.current()
+        self._test_fail = _test_fault_at()
         self.layout = BatchLayout(n, cfg.chunk_size, cfg.seed, distill=cfg.distills,
                                   rank=self.dist.rank, world=self.dist.world)
         # Probe set for probe_drift: fixed training samples, the same for every arm.
@@ -206,6 +231,36 @@ class Arm:
                 if saved[1] is not None:
                     torch.cuda.set_rng_state(saved[1], self.device)
 
+    def _test_fault(self, step: int, where: str) -> None:
+        if self._test_fail == (self.dist.rank, step, where):
+            raise RuntimeError(f"{TEST_FAIL_ENV}: injected fault on rank {self.dist.rank} "
+                               f"at step {step}")
+
+    @contextmanager
+    def _ranks_agree(self, step: int):
+        """Data parallel: every rank leaves the block, or every rank raises the same
+        TrainingFault naming the lowest rank that raised in it and its reason. The cost per
+        step is one 1-element all-reduce (`Dist.first_failed`), the one that already checked
+        the loss for non-finite values; the reason travels (one all_gather_object) only after
+        a fault. One process: nothing is added, an exception passes through as it is."""
+        err = None
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - every fault must reach the other ranks
+            if not self.dist.active:
+                raise
+            err = e
+        if not self.dist.active:
+            return
+        bad = self.dist.first_failed(err is not None)
+        if bad is None:
+            return
+        reasons = self.dist.gather(None if err is None else _describe_fault(err, step))
+        error, hint = reasons[bad]
+        fault = TrainingFault(f"{error} (on rank {bad} of {self.dist.world})", hint, step)
+        fault.all_ranks = True    # every rank raised it at the same collective
+        raise fault from err
+
     @property
     def checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint_every
@@ -230,59 +285,64 @@ class Arm:
     def _step(self) -> dict:
         cfg, task, t = self.cfg, self.task, self.step_idx
         t0 = time.perf_counter()
-        # 1) batch: the carried half (new at step t-1) first, then this step's new chunk
-        b = self.layout.batch(t)
-        batch = task.batch(task.train, b.ids, self.device)
-        n_car = len(b.carried)
+        # Steps 1-4 end at one agreement of the ranks (`_ranks_agree`), before the backward
+        # pass and its gradient all-reduce: a fault on one rank (a bad batch, out of memory, a
+        # non-finite loss) fails this arm on every rank with that rank's reason, instead of
+        # leaving the others waiting in the all-reduce until the launcher's timeout.
+        with self._ranks_agree(t + 1):
+            self._test_fault(t + 1, "forward")
+            # 1) batch: the carried half (new at step t-1) first, then this step's new chunk
+            b = self.layout.batch(t)
+            batch = task.batch(task.train, b.ids, self.device)
+            n_car = len(b.carried)
 
-        # 2) teacher: what these carried samples got one step ago, with alpha/tau fixed then
-        #    (position j of the carried half is position j of last step's new chunk)
-        entries = self.cache
-        assert len(entries) == n_car, (len(entries), n_car)
-        teacher = task.unpack(entries, batch, self.device) if n_car else None
+            # 2) teacher: what these carried samples got one step ago, with alpha/tau fixed then
+            #    (position j of the carried half is position j of last step's new chunk)
+            entries = self.cache
+            assert len(entries) == n_car, (len(entries), n_car)
+            teacher = task.unpack(entries, batch, self.device) if n_car else None
 
-        # 3) forward, all samples in one pass (DLB concatenates the two halves too)
-        lr = get_lr(t, cfg)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        split = cfg.distills and hasattr(task, "drift_of")
-        rng_fwd = self._rng_now() if split and self._evaluates_after(t + 1) else None
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            logits = task.forward(self.train_model, batch)
-        logits = logits.float()   # CUDA bf16 autocast: the loss and the KD math run in fp32
-        # 3b) drift split, at steps that end with an evaluation (no grad, same weights as the
-        #     forward, before the update; the dropout RNG stream is left as it was):
-        #     update_drift = KL(no-dropout output of the carried half one step ago || now);
-        #     dropout_drift = KL(last step's batch re-run now with last step's dropout masks
-        #     || this step's train-mode output). Frozen weights: logit_drift = dropout_drift;
-        #     no dropout: logit_drift = update_drift.
-        drift_parts = {}
-        prev = self.split_prev
-        if split and n_car and self._evaluates_after(t) and prev is not None:
-            pb = task.batch(task.train, prev["ids"], self.device)
-            now_eval = self._forward_nograd(batch, False)[:n_car]
-            replay = self._forward_nograd(pb, True, (prev["rng"], prev["cuda_rng"]))
-            cur = logits[:n_car].detach().float()
-            drift_parts = {"update_drift": task.drift_of(prev["eval_new"], now_eval),
-                           "dropout_drift": task.drift_of(replay[prev["n_car"]:], cur)}
-        if rng_fwd is not None:   # the next step evaluates: keep what its split needs
-            self.split_prev = {"ids": list(b.ids), "n_car": n_car, "rng": rng_fwd[0],
-                               "cuda_rng": rng_fwd[1],
-                               "eval_new": self._forward_nograd(batch, False)[n_car:].cpu()}
-        # 3c) the teacher for the next step: this forward's new-chunk logits (DLB), or with
-        #     teacher_mode eval [ours] one more no-grad forward of the new chunk without
-        #     dropout (same weights, before the update)
-        teach_logits, teach_labels = logits[n_car:], batch.labels[n_car:]
-        if cfg.distills and t + 1 < cfg.steps and cfg.teacher_mode == "eval":
-            nb = task.batch(task.train, b.new, self.device)
-            teach_logits, teach_labels = self._forward_nograd(nb, False), nb.labels
+            # 3) forward, all samples in one pass (DLB concatenates the two halves too)
+            lr = get_lr(t, cfg)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            split = cfg.distills and hasattr(task, "drift_of")
+            rng_fwd = self._rng_now() if split and self._evaluates_after(t + 1) else None
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                logits = task.forward(self.train_model, batch)
+            logits = logits.float()   # CUDA bf16 autocast: the loss and the KD math run in fp32
+            # 3b) drift split, at steps that end with an evaluation (no grad, same weights as the
+            #     forward, before the update; the dropout RNG stream is left as it was):
+            #     update_drift = KL(no-dropout output of the carried half one step ago || now);
+            #     dropout_drift = KL(last step's batch re-run now with last step's dropout masks
+            #     || this step's train-mode output). Frozen weights: logit_drift = dropout_drift;
+            #     no dropout: logit_drift = update_drift.
+            drift_parts = {}
+            prev = self.split_prev
+            if split and n_car and self._evaluates_after(t) and prev is not None:
+                pb = task.batch(task.train, prev["ids"], self.device)
+                now_eval = self._forward_nograd(batch, False)[:n_car]
+                replay = self._forward_nograd(pb, True, (prev["rng"], prev["cuda_rng"]))
+                cur = logits[:n_car].detach().float()
+                drift_parts = {"update_drift": task.drift_of(prev["eval_new"], now_eval),
+                               "dropout_drift": task.drift_of(replay[prev["n_car"]:], cur)}
+            if rng_fwd is not None:   # the next step evaluates: keep what its split needs
+                self.split_prev = {"ids": list(b.ids), "n_car": n_car, "rng": rng_fwd[0],
+                                   "cuda_rng": rng_fwd[1],
+                                   "eval_new": self._forward_nograd(batch, False)[n_car:].cpu()}
+            # 3c) the teacher for the next step: this forward's new-chunk logits (DLB), or with
+            #     teacher_mode eval [ours] one more no-grad forward of the new chunk without
+            #     dropout (same weights, before the update)
+            teach_logits, teach_labels = logits[n_car:], batch.labels[n_car:]
+            if cfg.distills and t + 1 < cfg.steps and cfg.teacher_mode == "eval":
+                nb = task.batch(task.train, b.new, self.device)
+                teach_logits, teach_labels = self._forward_nograd(nb, False), nb.labels
 
-        # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
-        parts = task.loss(logits, batch, teacher)
-        # (every rank must agree, or the others would wait in the gradient all-reduce)
-        if not self.dist.all_true(bool(torch.isfinite(parts.total))):
-            raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}",
-                                NAN_HINT, t + 1)
+            # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
+            parts = task.loss(logits, batch, teacher)
+            if not bool(torch.isfinite(parts.total)):
+                raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}",
+                                    NAN_HINT, t + 1)
 
         # 5) backward, clip, step
         self.opt.zero_grad(set_to_none=True)
@@ -295,6 +355,7 @@ class Arm:
         if not torch.isfinite(gn):
             raise TrainingFault(f"gradient norm is {float(gn)} at step {t + 1}", NAN_HINT, t + 1)
         self.opt.step()
+        self._test_fault(t + 1, "after")
 
         # 6) this step's logits for the new chunk teach at step t+1. They come from this same
         #    forward pass, before the update (DLB: pre_out = out); the task detaches them.

@@ -51,14 +51,15 @@ def _args(model: Path, csv: Path, out: Path, batch: int) -> list[str]:
             "--warmup-ratio", "0", "--probe-size", "8", "--no-save-model", "--out", str(out)]
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, timeout: float = 600,
+              **env_extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env_extra)
     torchrun = Path(sys.executable).parent / "torchrun"
     return subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr",
                            "127.0.0.1", "--master_port", str(free_port()), "-m",
                            "dynsdpb.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=timeout)
 
 
 def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path, no_dropout_model):
@@ -85,6 +86,61 @@ def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path, no_dro
     assert len(ck["ranks"]) == 2 and ck["step"] == 6
     assert json.loads(ddp.summary_path.read_text())["test_accuracy"] == pytest.approx(
         json.loads(one.summary_path.read_text())["test_accuracy"])
+
+
+def test_a_fault_on_one_rank_fails_the_run_on_every_rank_at_once(tmp_path, no_dropout_model):
+    """Rank 1 raises inside step 5 (the test-only hook). Rank 0 must not wait in the gradient
+    all-reduce until gloo's timeout (30 min): both ranks agree before the backward pass, the
+    arm fails with rank 1's reason (rank 0 writes it), both exit non-zero, and the step-3
+    checkpoint is the last good one, intact. (The whole run, start-up included, takes ~20 s
+    here; it is given 120 s on a loaded machine.)"""
+    import time
+
+    import torch
+
+    from dynsdpb.train import TEST_FAIL_ENV
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    t0 = time.monotonic()
+    try:
+        p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path,
+                      timeout=120, **{TEST_FAIL_ENV: "1:5"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank hung after rank 1's fault")
+    took = time.monotonic() - t0
+    assert p.returncode != 0, p.stderr[-3000:]
+    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    st = rd.status()
+    assert st["state"] == "failed", st
+    assert "injected fault on rank 1 at step 5" in st["error"], st
+    assert "(on rank 1 of 2)" in st["error"] and st["failed_step"] == 5, st
+    assert [r["step"] for r in rd.metrics()] == [1, 2, 3, 4]
+    ck = torch.load(rd.checkpoint_path, map_location="cpu", weights_only=True)
+    assert ck["step"] == 3 and len(ck["ranks"]) == 2
+    assert all(bool(torch.isfinite(v).all()) for v in ck["model"].values()
+               if v.is_floating_point())
+    print(f"fault on rank 1: both ranks exited after {took:.1f} s in all")
+
+
+def test_a_fault_after_the_agreement_ends_both_ranks_too(tmp_path, no_dropout_model):
+    """Rank 1 raises after its optimizer step 5, where no agreement follows: it fails every
+    arm and exits rather than pairing its next collectives with the wrong ones of rank 0;
+    rank 0 sees the closed connection (gloo) and ends too. The step-3 checkpoint stays."""
+    import torch
+
+    from dynsdpb.train import TEST_FAIL_ENV
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    try:
+        p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path,
+                      timeout=120, **{TEST_FAIL_ENV: "1:5:after"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank hung after rank 1's fault")
+    assert p.returncode != 0, p.stderr[-3000:]
+    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    st = rd.status()      # rank 0 writes why it ended, unless the launcher stopped it first
+    assert st["state"] == "running" or (st["state"] == "failed"
+                                        and "another rank" in st["hint"]), st
+    ck = torch.load(rd.checkpoint_path, map_location="cpu", weights_only=True)
+    assert ck["step"] == 3 and len(ck["ranks"]) == 2
 
 
 def test_a_resume_with_another_world_size_is_refused(tmp_path, no_dropout_model, capsys):
