@@ -23,18 +23,10 @@ round r before any starts round r+1, so per-round numbers are paired like `compa
                     common prefix of the cached and the regenerated target (lm_loss's
                     alignment); round.json logs the cached tokens kept and dropped.
 
-Folder (`DIR`):
-    selftrain.json              loop options, methods, seeds, base config (what resume reads)
-    status.json                 state, round, phase (the CLI and the app read it)
-    summary.json                per round and metric: mean/std/per seed/paired difference
-    round-00/baseline.json      the base model on the test split (every arm's start)
-    round-XX/                   an engine experiment: experiment.json, one run folder per arm
-        <method>-s<seed>/       the engine's files (config, status, metrics, checkpoint, ...)
-            traces.jsonl        every generated trace (correct, kept, rationalized)
-            train.jsonl         the kept set (prompt, target, answer, question): the training data
-            eval.jsonl          the test generations of the round's final model
-            cache.pt            continue mode, distilling arms: the cache carried to round r+1
-            round.json          this arm's numbers for the round; written last (= round done)
+The folder it writes (`DIR`) and its read-back are selftrain_store.py's; the prompts, loop
+options, traces and evaluation are selftrain_loops.py's; each round's engine task and the
+carried teacher cache are selftrain_round.py's. This module is the import surface of the
+loops (`__all__`: what the CLI, the job queue, the worker and the app use).
 
 Resume works at every point: a finished round (round.json) is never redone; generation cut
 off is redone from the same seed (its files are written only when complete); training cut off
@@ -44,429 +36,34 @@ test.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
 from .config import RunConfig, check_config, from_dict, is_causal_lm
-from .errors import ConfigError, Problem
+from .errors import ConfigError
 from .experiment import arm_name, check_experiment, create_experiment, run_arms
-from .generation import extract_answer, sample
+from .generation import sample
 from .layout import BatchLayout
-from .lm_data import IGNORE, LMExample
-from .lm_loss import TokenTeacher, common_prefix, token_loss
-from .lm_task import CausalLMTask, _fingerprint
-from .metrics import mean_std, paired_diff
-from .store import (ExperimentDir, RunDir, atomic_write_bytes,
-                    atomic_write_json, read_json, read_metrics)
+from .lm_data import LMExample
+from .lm_task import CausalLMTask
+from .selftrain_loops import (CPU_DEMO, LOOP_HELP, LOOPS, ROUND_STARTS, GenerateFn, LoopConfig,
+                              check_loop, evaluate, loop_from_dict, selfcorrect_traces,
+                              star_prompt, star_traces, training_rows)
+from .selftrain_round import RoundTask, first_appearance, teacher_cache
+from .selftrain_store import (META, _carried, _end_state, _read_jsonl, _state, _write_jsonl,
+                              format_rounds, is_selftrain, read_meta, round_dir, summarize,
+                              write_summary)
+from .store import ExperimentDir, RunDir, atomic_write_bytes, atomic_write_json, read_json
 from .train import Arm
 
-META = "selftrain.json"
-LOOPS = ("star", "selfcorrect")
-ROUND_STARTS = ("continue", "base")
-
-# Prompts. The STaR suffix asks for a short rationale; the answer is the last number.
-STAR_SUFFIX = ("\nExplain your reasoning in one short sentence, then give the final answer "
-               "as a number.")
-HINT = "\n(Hint: the correct answer is {answer}.)"
-CORRECT = ("{question}\n\nA first attempt answered:\n{attempt}\n\nCheck this answer. If it "
-           "is wrong, correct it. End with the final answer as a number.")
-
-
-def star_prompt(question: str) -> str:
-    return question + STAR_SUFFIX
-
-
-def correct_prompt(question: str, attempt: str) -> str:
-    return CORRECT.format(question=question, attempt=attempt.strip())
-
-
-# ----------------------------------------------------------------------------------------
-# Loop options
-
-LOOP_HELP = {
-    "loop": "star: generate a rationale + answer, keep the right ones, fine-tune on them. "
-            "selfcorrect: answer, then check and correct; train on (question + first attempt "
-            "-> correction) where the correction is right.",
-    "rounds": "Rounds of generate -> filter -> fine-tune -> evaluate.",
-    "questions": "Training questions per round (the first ones of the training split, the same "
-                 "every round, as STaR revisits its training set); 0 = all.",
-    "samples": "Generations per question and round (more than 1 needs temperature > 0).",
-    "temperature": "Sampling temperature of the training-data generations (0 = greedy). "
-                   "Evaluation is always greedy.",
-    "rationalize": "star only: ask the questions with no right sample again with the gold "
-                   "answer as a hint; keep right answers (the hint is not in the training "
-                   "prompt).",
-    "round_start": "continue: each round fine-tunes the previous round's weights and carries "
-                   "the teacher cache; base: each round fine-tunes the base model again (as "
-                   "STaR does), generating with the previous round's model.",
-}
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    loop: str = "star"
-    rounds: int = 2
-    questions: int = 32
-    samples: int = 1
-    temperature: float = 0.7
-    rationalize: bool = False
-    round_start: str = "continue"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def loop_from_dict(d: dict) -> LoopConfig:
-    """LoopConfig from a mapping (the CLI's strings, the app's widgets, selftrain.json), typed
-    and checked: every problem at once, each naming the field and the fix."""
-    names = {f.name: f for f in dataclasses.fields(LoopConfig)}
-    unknown = [k for k in d if k not in names]
-    if unknown:
-        raise ConfigError.one(unknown[0], d[unknown[0]], f"unknown loop option; use "
-                              f"{', '.join(names)}")
-    vals, P = {}, []
-    for k, v in d.items():
-        typ = names[k].type
-        try:
-            if typ in (bool, "bool"):
-                s = str(v).strip().lower()
-                if s not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                    raise ValueError
-                vals[k] = s in ("1", "true", "yes", "on")
-            elif typ in (int, "int"):
-                vals[k] = int(str(v).strip()) if not isinstance(v, int) else v
-            elif typ in (float, "float"):
-                vals[k] = float(v)
-            else:
-                vals[k] = str(v).strip()
-        except (TypeError, ValueError):
-            P.append(Problem(k, v, {bool: "use true or false", int: "use a whole number",
-                                    float: "use a number such as 0.7"}.get(
-                                        {"bool": bool, "int": int, "float": float}.get(typ, typ),
-                                        "use text")))
-    if P:
-        raise ConfigError(P)
-    return check_loop(LoopConfig(**vals))
-
-
-def check_loop(opt: LoopConfig) -> LoopConfig:
-    P: list[Problem] = []
-    if opt.loop not in LOOPS:
-        P.append(Problem("loop", opt.loop, f"use one of {', '.join(LOOPS)}"))
-    if opt.round_start not in ROUND_STARTS:
-        P.append(Problem("round_start", opt.round_start, f"use one of {', '.join(ROUND_STARTS)}"))
-    if opt.rounds < 1:
-        P.append(Problem("rounds", opt.rounds, "run at least 1 round"))
-    if opt.questions < 0:
-        P.append(Problem("questions", opt.questions, "use 0 (all) or a positive count, e.g. 32"))
-    if opt.samples < 1:
-        P.append(Problem("samples", opt.samples, "generate at least 1 sample per question"))
-    if not (opt.temperature >= 0 and opt.temperature == opt.temperature):
-        P.append(Problem("temperature", opt.temperature, "use 0 (greedy) or a number > 0, "
-                         "e.g. 0.7"))
-    elif opt.samples > 1 and opt.temperature == 0:
-        P.append(Problem("samples", opt.samples, "greedy generation (temperature 0) gives the "
-                         "same answer every time; use samples 1 or a temperature > 0"))
-    if opt.rationalize and opt.loop != "star":
-        P.append(Problem("rationalize", True, "rationalization is a STaR step; use loop star "
-                         "or turn it off"))
-    if P:
-        raise ConfigError(P)
-    return opt
-
-
-# The CPU demo (the app's preset, `dynsdpb selftrain --demo`): arith-easy on smollm2-135m with
-# LoRA, small enough for a few minutes per round on 2 (shared) cores.
-CPU_DEMO = {
-    "config": dict(model="smollm2-135m", dataset="arith-easy", steps=8, batch_size=8,
-                   lr=5e-4, max_len=96, max_new_tokens=16, val_size=4, test_size=16,
-                   max_train_samples=64, eval_every=8, checkpoint_every=4, probe_size=4,
-                   eval_generations=2, save_model=False, warmup_ratio=0.1),
-    "loop": dict(loop="star", rounds=2, questions=32, samples=1, temperature=0.7,
-                 rationalize=False, round_start="continue"),
-    "methods": ["vanilla", "dynsdpb"],
-    "seeds": [0],
-}
-
-
-# ----------------------------------------------------------------------------------------
-# Generation
-
-GenerateFn = Callable[..., list[list[str]]]
-
-
-def _right(score, got: str | None, gold: str) -> bool:
-    return got is not None and score(got, gold) == 1.0
-
-
-def star_traces(gen: GenerateFn, model, tok, questions: list[LMExample], opt: LoopConfig,
-                max_new_tokens: int, score) -> list[dict]:
-    """Every STaR generation of one round: rationale + answer per sample, then (rationalize)
-    one hinted generation for each question with no right sample."""
-    comps = gen(model, tok, [star_prompt(q.prompt) for q in questions],
-                max_new_tokens=max_new_tokens, temperature=opt.temperature, n=opt.samples)
-    traces = []
-    for q, cs in zip(questions, comps, strict=True):
-        for c in cs:
-            got = extract_answer(c)
-            traces.append(dict(question=q.prompt, answer=q.answer, completion=c, extracted=got,
-                               correct=_right(score, got, q.answer), rationalized=False))
-    if opt.rationalize:
-        solved = {t["question"] for t in traces if t["correct"]}
-        wrong = [q for q in questions if q.prompt not in solved]
-        hinted = gen(model, tok, [star_prompt(q.prompt) + HINT.format(answer=q.answer)
-                                  for q in wrong],
-                     max_new_tokens=max_new_tokens, temperature=opt.temperature, n=1) if wrong \
-            else []
-        for q, cs in zip(wrong, hinted, strict=True):
-            got = extract_answer(cs[0])
-            traces.append(dict(question=q.prompt, answer=q.answer, completion=cs[0],
-                               extracted=got, correct=_right(score, got, q.answer),
-                               rationalized=True))
-    return traces
-
-
-def selfcorrect_traces(gen: GenerateFn, model, tok, questions: list[LMExample],
-                       opt: LoopConfig, max_new_tokens: int, score) -> list[dict]:
-    """First attempts (samples per question), then one check-and-correct of each."""
-    firsts = gen(model, tok, [q.prompt for q in questions], max_new_tokens=max_new_tokens,
-                 temperature=opt.temperature, n=opt.samples)
-    pairs = [(q, f) for q, fs in zip(questions, firsts, strict=True) for f in fs]
-    corrs = gen(model, tok, [correct_prompt(q.prompt, f) for q, f in pairs],
-                max_new_tokens=max_new_tokens, temperature=opt.temperature, n=1)
-    traces = []
-    for (q, f), cs in zip(pairs, corrs, strict=True):
-        g1, g2 = extract_answer(f), extract_answer(cs[0])
-        traces.append(dict(question=q.prompt, answer=q.answer, first=f, first_extracted=g1,
-                           first_correct=_right(score, g1, q.answer), completion=cs[0],
-                           extracted=g2, correct=_right(score, g2, q.answer),
-                           rationalized=False))
-    return traces
-
-
-def training_rows(loop: str, traces: list[dict]) -> list[dict]:
-    """The kept set: right traces, one row per distinct (prompt, target). The prompt never
-    holds the hint; self-correction's holds the question and the first attempt."""
-    rows, seen = [], set()
-    for t in traces:
-        if not t["correct"]:
-            continue
-        prompt = (star_prompt(t["question"]) if loop == "star"
-                  else correct_prompt(t["question"], t["first"]))
-        target = t["completion"].strip()
-        if (prompt, target) in seen:
-            continue
-        seen.add((prompt, target))
-        t["kept"] = True
-        rows.append(dict(prompt=prompt, target=target, answer=t["answer"],
-                         question=t["question"], rationalized=t["rationalized"]))
-    return rows
-
-
-def evaluate(loop: str, gen: GenerateFn, model, tok, tests: list[LMExample], score,
-             max_new_tokens: int) -> tuple[dict, list[dict]]:
-    """Greedy exact match on the test questions: (metrics, one row per question).
-    star: test_exact_match. selfcorrect: test_first_exact_match (first attempt),
-    test_exact_match (after correction), test_fixed / test_broken (share of questions whose
-    answer the correction turned right / wrong)."""
-    n = max(len(tests), 1)
-    if loop == "star":
-        comps = gen(model, tok, [star_prompt(e.prompt) for e in tests],
-                    max_new_tokens=max_new_tokens, temperature=0.0, n=1)
-        rows = []
-        for e, cs in zip(tests, comps, strict=True):
-            got = extract_answer(cs[0])
-            rows.append(dict(question=e.prompt, answer=e.answer, completion=cs[0],
-                             extracted=got, correct=_right(score, got, e.answer)))
-        return {"test_exact_match": sum(r["correct"] for r in rows) / n}, rows
-    firsts = gen(model, tok, [e.prompt for e in tests], max_new_tokens=max_new_tokens,
-                 temperature=0.0, n=1)
-    corrs = gen(model, tok, [correct_prompt(e.prompt, f[0]) for e, f in zip(tests, firsts)],
-                max_new_tokens=max_new_tokens, temperature=0.0, n=1)
-    rows = []
-    for e, f, c in zip(tests, firsts, corrs, strict=True):
-        g1, g2 = extract_answer(f[0]), extract_answer(c[0])
-        rows.append(dict(question=e.prompt, answer=e.answer, first=f[0], first_extracted=g1,
-                         first_correct=_right(score, g1, e.answer), completion=c[0],
-                         extracted=g2, correct=_right(score, g2, e.answer)))
-    return {"test_first_exact_match": sum(r["first_correct"] for r in rows) / n,
-            "test_exact_match": sum(r["correct"] for r in rows) / n,
-            "test_fixed": sum(r["correct"] and not r["first_correct"] for r in rows) / n,
-            "test_broken": sum(r["first_correct"] and not r["correct"] for r in rows) / n}, rows
-
-
-# ----------------------------------------------------------------------------------------
-# One arm's task for one round
-
-def first_appearance(layout: BatchLayout, steps: int) -> dict[int, list[tuple[int, int]]]:
-    """step -> [(position in the new half, row)] for each training row's first appearance as
-    new within `steps` steps: the first epoch of the stream (every row exactly once). The
-    carried cache teaches there; the loss and the logged counts both use this."""
-    n, c = layout.n, layout.chunk_size
-    out: dict[int, list[tuple[int, int]]] = {}
-    for k in range(min(steps, -(-n // c))):
-        for j, row in enumerate(layout.chunk(k)):
-            if k * c + j < n:
-                out.setdefault(k, []).append((j, row))
-    return out
-
-
-def _target_ids(row: dict[str, list[int]]) -> torch.Tensor:
-    """The target token ids of an encoded row (what token_loss aligns against)."""
-    return torch.tensor([t for t in row["labels"] if t != IGNORE])
-
-
-class RoundTask(CausalLMTask):
-    """One arm's task in one round: the shared decoder task (tokenizer, scorer, the frozen
-    LoRA base) with the round's kept set as training split, the loop's prompts on val/test,
-    and the teacher cache carried from earlier rounds (`carried`: question -> cache entry).
-
-    Its hooks differ from CausalLMTask's in three places: `loss` adds the carried teachers at
-    each row's first appearance (train.Arm gives only carried rows a teacher), `signal_record`
-    counts the in-round alignment over the carried rows only, and `test_metrics` is the loop's
-    evaluation (STaR: rationale prompt; self-correction: first attempt and correction)."""
-
-    def __init__(self, shared: CausalLMTask, rnd: int, loop: str, rows: list[dict],
-                 val: list[LMExample], test: list[LMExample], gen: GenerateFn,
-                 carried: dict | None = None, eval_path: Path | None = None):
-        self.__dict__.update(shared.__dict__)     # tokenizer, options, scorer, max_len
-        self.shared, self.round, self.loop, self.gen = shared, rnd, loop, gen
-        exs = [LMExample(r["prompt"], r["target"], r["answer"]) for r in rows]
-        self.keys = [r["question"] for r in rows]
-        self.train, self.val, self.test = (self._encode(s) for s in (exs, val, test))
-        self.data = SimpleNamespace(**vars(shared.data))
-        self.data.train_fingerprint = _fingerprint(exs)
-        self.carried = carried or {}
-        self.eval_path = eval_path
-        self.arm: Arm | None = None      # attached after the Arm is built (its step, layout)
-        self.teach_at: dict[int, list[tuple[int, int]]] = {}
-        self.applied = {"rows": 0, "aligned_tokens": 0}   # what the loss did (tests read it)
-
-    def attach(self, arm: Arm) -> None:
-        self.arm = arm
-        use = self.carried and arm.cfg.distills
-        self.teach_at = first_appearance(arm.layout, arm.cfg.steps) if use else {}
-
-    def build_model(self, cfg, arm: str):
-        # One adapter per arm and round on the shared base (a name is used once per base).
-        if self.opt.finetune == "lora":
-            return self.shared.build_model(cfg, f"{arm}-r{self.round}")
-        return self.shared.build_model(cfg, arm)
-
-    def alignment_counts(self) -> dict:
-        """What the carried cache does in this round: rows it teaches, and their cached target
-        tokens kept (common prefix with the row's target) and dropped."""
-        out = {"cache_questions": len(self.carried), "rows": 0, "aligned_tokens": 0,
-               "dropped_tokens": 0}
-        for pairs in self.teach_at.values():
-            for _, row in pairs:
-                e = self.carried.get(self.keys[row])
-                if e is None:
-                    continue
-                n = common_prefix(e["target_ids"], _target_ids(self.train.rows[row]))
-                out["rows"] += 1
-                out["aligned_tokens"] += n
-                out["dropped_tokens"] += len(e["target_ids"]) - n
-        return out
-
-    def loss(self, logits, batch, teacher):
-        teachers = list(teacher) if teacher is not None else [None] * len(batch.labels)
-        pairs = self.teach_at.get(self.arm.step_idx, []) if self.arm is not None else []
-        n_car = len(self.arm.layout.batch(self.arm.step_idx).carried) if pairs else 0
-        taught = []
-        for j, row in pairs:
-            e = self.carried.get(self.keys[row])
-            if e is not None and teachers[n_car + j] is None:
-                teachers[n_car + j] = TokenTeacher(kind="full" if "logits" in e else "topk",
-                                                   **{k: v for k, v in e.items()})
-                taught.append(n_car + j)
-        parts = token_loss(logits, batch.labels, teachers)
-        self.applied["rows"] += len(taught)
-        self.applied["aligned_tokens"] += int(sum(int(parts.aligned[b]) for b in taught))
-        return parts
-
-    def signal_record(self, entries, parts) -> dict:
-        rec = super().signal_record(entries, parts)
-        # the engine's aligned/dropped: the in-round (carried-half) teachers only
-        n_tgt = sum(len(e["target_ids"]) for e in entries)
-        aligned = int(parts.aligned[:len(entries)].sum())
-        rec.update(aligned_tokens=aligned, dropped_tokens=n_tgt - aligned)
-        return rec
-
-    def test_metrics(self, model, device, use_amp) -> dict:
-        m, rows = evaluate(self.loop, self.gen, model, self.tokenizer, self.test.examples,
-                           self.score, self.opt.max_new_tokens)
-        if self.eval_path is not None:
-            _write_jsonl(self.eval_path, rows)
-        return m
-
-
-@torch.no_grad()
-def teacher_cache(task: RoundTask, model, cfg: RunConfig, device, old: dict | None = None,
-                  bs: int = 16) -> dict:
-    """The cache carried to the next round: per question of the kept set, the round's final
-    model (eval mode: no dropout) on the question's first kept trace, packed as the in-round
-    cache is (alpha/tau fixed now, at the round's last step). Questions not trained this
-    round keep their older entry."""
-    first: dict[str, int] = {}
-    for i, k in enumerate(task.keys):
-        first.setdefault(k, i)
-    ids = list(first.values())
-    out = dict(old or {})
-    was = model.training
-    model.eval()
-    try:
-        for s in range(0, len(ids), bs):
-            b = task.batch(task.train, ids[s:s + bs], device)
-            logits = task.forward(model, b)
-            for i, e in zip(ids[s:s + bs], task.pack(cfg, logits, b.labels, cfg.steps - 1)):
-                out[task.keys[i]] = e
-    finally:
-        model.train(was)
-    return out
-
-
-# ----------------------------------------------------------------------------------------
-# Files
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    """The whole file at once (temp + rename): a file that exists is complete."""
-    atomic_write_bytes(Path(path), b"".join((json.dumps(r) + "\n").encode() for r in rows))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return read_metrics(path)
-
-
-def is_selftrain(path: str | Path) -> bool:
-    return (Path(path) / META).is_file()
-
-
-def read_meta(path: str | Path, field: str = "dir") -> dict:
-    """selftrain.json as written by `create_selftrain`, or a ConfigError naming the fix."""
-    p = Path(path)
-    if not is_selftrain(p):
-        raise ConfigError.one(field, str(p), f"not a self-training folder (no {META}); start "
-                              "one with `dynsdpb selftrain ... --out DIR`")
-    m = read_json(p / META, None)
-    if not isinstance(m, dict) or not isinstance(m.get("base_config"), dict) \
-            or not isinstance(m.get("loop"), dict) or not m.get("methods") or not m.get("seeds"):
-        raise ConfigError.one(field, str(p), f"its {META} is damaged (not what dynsdpb wrote); "
-                              "start the loop again in a new folder")
-    return m
-
-
-def round_dir(path: Path, r: int) -> Path:
-    return Path(path) / f"round-{r:02d}"
+__all__ = ["CPU_DEMO", "LOOP_HELP", "LOOPS", "META", "ROUND_STARTS", "LoopConfig",
+           "check_selftrain", "create_selftrain", "format_rounds", "is_selftrain",
+           "loop_from_dict", "read_meta", "run_selftrain", "summarize"]
 
 
 def check_selftrain(base: RunConfig, loop: LoopConfig, methods: list[str],
@@ -522,44 +119,10 @@ class _Policies:
         return self._model.to(self.device)
 
 
-def _state(rd: RunDir) -> dict | None:
-    """The weights at the end of a finished round's training (its final checkpoint)."""
-    if not rd.has_checkpoint():
-        return None
-    return torch.load(rd.checkpoint_path, map_location="cpu", weights_only=True)["model"]
-
-
-def _carried(path: Path, arm: str, r: int, opt: LoopConfig, cfg: RunConfig) -> dict:
-    """The teacher cache an arm carries into round r (continue mode, distilling arms): the
-    cache.pt of its latest round before r that trained, {} if none."""
-    if opt.round_start != "continue" or not cfg.distills:
-        return {}
-    for k in range(r - 1, 0, -1):
-        p = round_dir(path, k) / arm / "cache.pt"
-        if p.is_file():
-            return torch.load(p, map_location="cpu", weights_only=True)
-    return {}
-
-
-def _end_state(path: Path, arm: str, r: int, round_start: str) -> tuple[dict | None, int]:
-    """An arm's weights at the end of round r and the round they were trained in (0: the base
-    model). continue: the latest round <= r that trained; base: round r's, if it trained."""
-    for k in range(r, 0, -1):
-        rd = RunDir(round_dir(path, k) / arm)
-        info = read_json(rd.path / "round.json", {}) or {}
-        if info.get("steps"):
-            return _state(rd), k
-        if round_start == "base":
-            break
-    return None, 0
-
-
 # ----------------------------------------------------------------------------------------
 # The loop
 
 ProgressFn = Callable[[str, dict], None]
-ROUND_METRICS = ("questions", "traces", "kept", "rationalized", "fixed", "steps",
-                 "test_exact_match", "test_first_exact_match", "aligned_tokens", "dropped_tokens")
 
 
 def run_selftrain(path: str | Path, stop: threading.Event | None = None,
@@ -745,91 +308,3 @@ def _end(path: Path, top: RunDir, state: str, meta: dict, error: str = "") -> di
     top.set_status(state, phase=state, error=error or None)
     summary = write_summary(path)
     return {"state": state, "summary": summary, "error": error}
-
-
-# ----------------------------------------------------------------------------------------
-# Summary
-
-def round_records(path: str | Path) -> list[dict]:
-    """Every finished round.json of a self-training folder, in round and arm order."""
-    out = []
-    for rd in sorted(Path(path).glob("round-[0-9]*/*/round.json")):
-        rec = read_json(rd, None)
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def summarize(path: str | Path) -> dict:
-    """Per round, per method and metric: mean, std and per-seed values, and the paired
-    difference to vanilla over the common seeds (compare.summarize_runs' form)."""
-    path = Path(path)
-    meta = read_json(path / META, {}) or {}
-    recs = round_records(path)
-    by: dict[int, dict[str, dict[int, dict]]] = {}
-    for x in recs:
-        by.setdefault(int(x["round"]), {}).setdefault(x["method"], {})[int(x["seed"])] = x
-    rounds = []
-    for r in sorted(by):
-        methods = {}
-        base = by[r].get("vanilla", {})
-        for method, seeds in by[r].items():
-            row: dict = {"seeds": sorted(seeds)}
-            for m in ROUND_METRICS:
-                vals = [seeds[s].get(m) for s in sorted(seeds)]
-                if all(v is None for v in vals):
-                    continue
-                mean, std = mean_std([v for v in vals if v is not None])
-                row[m] = {"mean": mean, "std": std,
-                          "per_seed": dict(zip(map(str, sorted(seeds)), vals))}
-                if method != "vanilla" and base:
-                    common = sorted(set(seeds) & set(base))
-                    row[m]["diff_vs_vanilla"] = paired_diff(
-                        [seeds[s].get(m) for s in common], [base[s].get(m) for s in common])
-            methods[method] = row
-        rounds.append({"round": r, "methods": methods})
-    return {"kind": "selftrain", "loop": meta.get("loop"), "methods": meta.get("methods"),
-            "seeds": meta.get("seeds"), "primary_metric": "test_exact_match",
-            "baseline": read_json(round_dir(path, 0) / "baseline.json", None),
-            "rounds": rounds, "state": RunDir(path).status().get("state")}
-
-
-def write_summary(path: str | Path) -> dict:
-    s = summarize(path)
-    atomic_write_json(Path(path) / "summary.json", s)
-    return s
-
-
-def format_rounds(summary: dict) -> str:
-    """One line per round and method: kept, rationalized, steps, accuracy (%), with the paired
-    difference to vanilla; mean over seeds."""
-    sc = (summary.get("loop") or {}).get("loop") == "selfcorrect"
-
-    def f(row, m, pct=False):
-        v = (row.get(m) or {}).get("mean")
-        if v is None or v != v:
-            return "n/a"
-        return f"{100 * v:.1f}" if pct else f"{v:.1f}".rstrip("0").rstrip(".")
-    head = ["round", "method", "kept", "rationalized" if not sc else "fixed", "steps"] + \
-        (["first %", "corrected %"] if sc else ["test %"]) + ["diff vs vanilla", "aligned",
-                                                           "dropped"]
-    lines = []
-    b = summary.get("baseline") or {}
-    if b:
-        acc = b.get("test_exact_match")
-        extra = f", first attempt {100 * b['test_first_exact_match']:.1f}%" \
-            if sc and b.get("test_first_exact_match") is not None else ""
-        lines.append(f"base model: test {100 * acc:.1f}%{extra}" if acc is not None else "")
-    rows = [head]
-    for rd in summary.get("rounds", []):
-        for method, row in rd["methods"].items():
-            d = (row.get("test_exact_match") or {}).get("diff_vs_vanilla")
-            dd = "-" if not d or d.get("mean") != d.get("mean") else f"{100 * d['mean']:+.1f}"
-            rows.append([str(rd["round"]), method, f(row, "kept"),
-                         f(row, "fixed" if sc else "rationalized"), f(row, "steps")]
-                        + ([f(row, "test_first_exact_match", True)] if sc else [])
-                        + [f(row, "test_exact_match", True), dd, f(row, "aligned_tokens"),
-                           f(row, "dropped_tokens")])
-    w = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-    return "\n".join(x for x in lines if x)

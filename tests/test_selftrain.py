@@ -1,4 +1,4 @@
-"""Self-training loops (dynsdpb/selftrain.py) on a tiny local Llama.
+"""Self-training loops (dynsdpb/selftrain.py and its selftrain_*.py modules) on a tiny local Llama.
 
 A scripted generator stands in for the model only where generation quality does not matter
 (filtering, rationalization bookkeeping, round resume after a kill); one round runs end to end
@@ -15,10 +15,11 @@ import torch
 
 from dynsdpb.config import RunConfig
 from dynsdpb.errors import ConfigError
+from dynsdpb.generation import sample
 from dynsdpb.lm_data import LMExample, collate, encode
-from dynsdpb.selftrain import (HINT, LoopConfig, RoundTask, create_selftrain, loop_from_dict,
-                               run_selftrain, sample, star_prompt, teacher_cache,
-                               training_rows, star_traces)
+from dynsdpb.selftrain import LoopConfig, create_selftrain, loop_from_dict, run_selftrain
+from dynsdpb.selftrain_loops import HINT, star_prompt, star_traces, training_rows
+from dynsdpb.selftrain_round import RoundTask, teacher_cache
 from dynsdpb.store import RunDir, read_json
 from dynsdpb.train import Arm
 from tests.lm_tiny import tiny_llama, tiny_tokenizer
