@@ -103,9 +103,15 @@ def table_rows(summary: dict) -> list[dict]:
     return rows
 
 
+def _signed(x, pct: bool) -> str:
+    t = _fmt(x, pct)
+    return t if t == "n/a" or t.startswith("-") else "+" + t
+
+
 def fmt_ci(d: dict, pct: bool) -> str:
-    """'1.20 [-0.40, 2.80]': a paired difference with its 95% interval."""
-    return f"{_fmt(d['mean'], pct)} [{_fmt(d['ci_low'], pct)}, {_fmt(d['ci_high'], pct)}]"
+    """'+1.20 [-0.40, +2.80]': a paired difference, signed, with its 95% interval."""
+    return (f"{_signed(d['mean'], pct)} [{_signed(d['ci_low'], pct)}, "
+            f"{_signed(d['ci_high'], pct)}]")
 
 
 def format_table(summary: dict) -> str:

@@ -180,23 +180,61 @@ def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
     axes = list(spec["grid"] or spec["search"])
     lines = [f"## Sweep `{path.name}` ({spec['kind']}: {', '.join(axes)}; methods "
              f"{', '.join(spec['methods'])}; seeds {', '.join(map(str, spec['seeds']))})", ""]
-    rows = []
-    for c in cl:
-        s = c["summary"]
-        pm = s.get("primary_metric", "test_accuracy")
-        pct = pm in PERCENT
-        v = s.get("methods", {}).get(t, {}).get(pm, {})
-        rows.append([", ".join(f"{k}={c['params'][k]}" for k in axes),
-                     _mean_std(v, pct) if v else "n/a",
-                     fmt_ci(v["diff_vs_vanilla"], pct) if "diff_vs_vanilla" in v else "-",
-                     fmt_ci(v["refeed_part"], pct) if "refeed_part" in v else "-",
-                     fmt_ci(v["distillation_part"], pct) if "distillation_part" in v else "-",
-                     fmt_ci(v["diff_vs_dlb"], pct) if "diff_vs_dlb" in v else "-",
-                     f"{c['runs_done']}/{c['runs_total']}"])
-    lines += [f"Per cell: {t}'s test metric (mean ± std) and its paired differences in points "
-              "[95% t-interval].", "",
-              _md_table(["cell", t, "vs vanilla", "re-feed part", "distillation part",
-                         "vs dlb", "runs"], rows), ""]
+    label_of = lambda c: ", ".join(f"{k}={c['params'][k]}" for k in axes)  # noqa: E731
+    pm = next((c["summary"].get("primary_metric") for c in cl if c["summary"]),
+              "test_accuracy")
+    pct = pm in PERCENT
+    methods = spec["methods"]
+
+    def cell_v(c: dict, m: str) -> dict:
+        return c["summary"].get("methods", {}).get(m, {}).get(pm, {})
+
+    def ci(v: dict, key: str) -> str:
+        """An interval, in bold when it excludes 0 (a difference beyond seed noise)."""
+        if key not in v:
+            return "-"
+        d, txt = v[key], fmt_ci(v[key], pct)
+        sig = all(math.isfinite(d[k]) for k in ("ci_low", "ci_high")) and (
+            d["ci_low"] > 0 or d["ci_high"] < 0)
+        return f"**{txt}**" if sig else txt
+
+    rows = [[label_of(c)] + [_mean_std(cell_v(c, m), pct) if cell_v(c, m) else "n/a"
+                             for m in methods] + [f"{c['runs_done']}/{c['runs_total']}"]
+            for c in cl]
+    lines += [f"Test {pm.removeprefix('test_')} per cell (mean ± std over seeds"
+              f"{', in %' if pct else ''}); baselines that do not read a swept field are the "
+              "same runs in every cell that shares them.", "",
+              _md_table(["cell", *methods, "runs"], rows), ""]
+    for m in [m for m in methods if m != "vanilla"]:
+        # A method that does not read a swept field (refeed and dlb ignore alpha_max) has the
+        # same runs, hence the same differences, in the cells that differ only in that field:
+        # one row per group of cells using the same runs, labelled by the fields it reads.
+        uses = [m, "vanilla"] + (["refeed"] if m != "refeed" else []) + (
+            ["dlb"] if m == "dynsdpb" else [])
+        groups: dict[frozenset, list[dict]] = {}
+        for c in cl:
+            keys = frozenset(SW.run_key(k) for k in SW.cell_configs(spec, c["params"])
+                             if k.method in uses)
+            groups.setdefault(keys, []).append(c)
+        read = [a for a in axes if all(len({c["params"][a] for c in g}) == 1
+                                       for g in groups.values())]
+        ignored = [a for a in axes if a not in read]
+        cols = ["vs vanilla"]
+        if m != "refeed" and "refeed" in methods:
+            cols += ["re-feed part", "distillation part"]
+        if m == "dynsdpb" and "dlb" in methods:
+            cols += ["vs dlb"]
+        keys = {"vs vanilla": "diff_vs_vanilla", "re-feed part": "refeed_part",
+                "distillation part": "distillation_part", "vs dlb": "diff_vs_dlb"}
+        rows = [[", ".join(f"{a}={g[0]['params'][a]}" for a in read) or "all"]
+                + [ci(cell_v(g[0], m), keys[k]) for k in cols] for g in groups.values()]
+        lines += [f"**{m}**: paired differences by seed, points [95% t-interval]; **bold** = "
+                  "the interval excludes 0." + (" re-feed part = refeed - vanilla, "
+                                                "distillation part = " + m + " - refeed."
+                                                if "re-feed part" in cols else "")
+                  + (f" {m} does not read {', '.join(ignored)}: one row for all its values."
+                     if ignored else ""), "",
+                  _md_table(["cell", *cols], rows), ""]
     if spec["kind"] == "grid" and axes:
         x, y = axes[0], (axes[1] if len(axes) > 1 else "")
         rest = axes[2:]
