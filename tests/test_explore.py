@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynsdpb.compare import summarize_runs
-from dynsdpb.config import RunConfig, validate
+from dynsdpb.config import validate
 from dynsdpb.data import flip_labels, load_data
 from dynsdpb.experiment import create_experiment, run_experiment
 from dynsdpb.schedules import describe

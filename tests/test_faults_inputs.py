@@ -511,7 +511,6 @@ def test_bad_upload_writes_nothing(tmp_path):
     from dynsdpb.jobs import JobManager
     runs = tmp_path / "runs"
     jm = JobManager(runs, autostart=False)
-    cfg = tiny_config("unused.csv")
     for case in ["empty", "one-column", "missing-label-column", "mixed-labels", "one-class",
                  "too-few-rows", "empty-text-column", "unsupported-type"]:
         raw, suffix, over, field, *fix = FILE_CASES[case]
