@@ -338,6 +338,9 @@ def cmd_bench(a) -> int:
     # --json: progress on stderr, so stdout holds only the JSON line.
     out = sys.stderr if a.json else sys.stdout
     log = lambda m: print(m, file=out, flush=True)  # noqa: E731
+    if a.app and a.decoder:
+        raise ConfigError.one("bench", "--app --decoder", "choose one: --app measures the app, "
+                              "--decoder the decoder's training")
     if a.app:
         try:
             import playwright  # noqa: F401  (the browser driver of bench_app)
@@ -347,10 +350,14 @@ def cmd_bench(a) -> int:
         from .bench_app import run as run_app
         result = run_app(log=log)
     else:
-        from .bench import run
-        result = run(model=a.model, dataset=a.dataset, steps=a.steps, log=log)
-        for k in ("dynsdpb_vs_vanilla_step_time", "vanilla_vs_hf_trainer_throughput",
-                  "mfu", "experiment_overhead", "peak_rss_ratio"):
+        if a.decoder:
+            from . import bench_decoder as mode
+            model, dataset = a.model or "smollm2-135m", a.dataset or "arith-easy"
+        else:
+            from . import bench as mode
+            model, dataset = a.model or "minilm-l6", a.dataset or "tweets-sentiment"
+        result = mode.run(model=model, dataset=dataset, steps=a.steps, log=log)
+        for k in mode.FIGURES:
             v = result.get(k)
             goal = result["goals"].get(k, "")
             met = result["goals_met"].get(k)
@@ -542,8 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "and 4 Live tabs open (starts the app and headless Chromium; minutes)")
     b.add_argument("--json", action="store_true", help="progress on stderr; stdout holds only "
                    "the result as one JSON line")
-    b.add_argument("--model", default="minilm-l6", help="model of the speed/memory figures")
-    b.add_argument("--dataset", default="tweets-sentiment", help="dataset of those figures")
+    b.add_argument("--decoder", action="store_true", help="the figures for the decoder (LoRA as "
+                   "in the preset decoder-quick-demo, top-k teacher cache), plus the cache's "
+                   "bytes top-k / full")
+    b.add_argument("--model", help="model of the speed/memory figures (default minilm-l6; "
+                   "--decoder: smollm2-135m)")
+    b.add_argument("--dataset", help="dataset of those figures (default tweets-sentiment; "
+                   "--decoder: arith-easy)")
     b.add_argument("--steps", type=int, default=30, help="steps per measured run")
     b.set_defaults(fn=cmd_bench)
 

@@ -61,3 +61,13 @@ def test_cli_bench_prints_the_figures_then_one_json_line(monkeypatch, capsys):
     assert cli.main(["bench", "--json"]) == 0
     cap = capsys.readouterr()
     assert len(cap.out.strip().splitlines()) == 1 and "mfu" in cap.err
+
+
+def test_a_bench_run_whose_arm_failed_is_an_error_not_a_figure(monkeypatch, tmp_path):
+    import dynsdpb.experiment as E
+    monkeypatch.setattr(E, "run_experiment", lambda exp: {"states": {"vanilla-s0": "finished",
+                                                                     "dynsdpb-s0": "failed"}})
+    with pytest.raises(RuntimeError, match="dynsdpb-s0 ended failed"):
+        B.run_finished(tmp_path)
+    monkeypatch.setattr(E, "run_experiment", lambda exp: {"states": {"vanilla-s0": "finished"}})
+    assert B.run_finished(tmp_path) >= 0
