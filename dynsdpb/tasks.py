@@ -22,7 +22,9 @@ at what a sample is. A task owns the rest (method.md §1-4, §7):
     task.loss(logits, batch, teacher) -> LossParts-like: total, ce, kd, and per distilled
                                        position alpha, tau, logit_drift, agreement
     task.signal_record(entries, parts)
-                                    -> record keys that describe the teachers (u_mean, ...)
+                                    -> record keys that describe the teachers (u_mean, ...):
+                                       numbers or 0-dim tensors (the loop reads a step's
+                                       tensors to the host in one transfer)
     task.evaluate(model, ids, probe_prev, device, use_amp)
                                     -> (val metrics + probe_drift, the probe's outputs)
     task.test_metrics(model, device, use_amp) -> test_* metrics of the final model
@@ -164,10 +166,11 @@ class SequenceClassification:
         return Teacher(prev, alpha, tau, self.kd_mask(batch, len(entries)))
 
     def signal_record(self, entries: list[dict[str, torch.Tensor]], parts: LossParts) -> dict:
-        """The signals behind alpha/tau and how often the teacher's class survived."""
-        return {"u_mean": float(torch.stack([e["u"] for e in entries]).mean()),
-                "d_mean": float(torch.stack([e["d"] for e in entries]).mean()),
-                "agreement": float(parts.agreement.mean())}
+        """The signals behind alpha/tau and how often the teacher's class survived (0-dim
+        tensors: the loop reads a step's numbers to the host at once)."""
+        return {"u_mean": torch.stack([e["u"] for e in entries]).mean(),
+                "d_mean": torch.stack([e["d"] for e in entries]).mean(),
+                "agreement": parts.agreement.mean()}
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()

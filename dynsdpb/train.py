@@ -14,6 +14,7 @@ Order of one step (`Arm.step`), as in nanoGPT's train.py:
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -71,6 +72,18 @@ def _test_fault_at() -> tuple[int, int, str] | None:
         return None
     rank, step, *where = raw.split(":")
     return int(rank), int(step), (where or ["forward"])[0]
+
+
+def _to_host(vals: dict, device: torch.device) -> dict:
+    """`vals` with its tensors (0-dim) as Python numbers, read in one transfer: one stack and
+    one `.tolist()`. float64 holds every fp32/fp16 value and count exactly, so each number
+    equals `float(t)` (MPS has no float64; its values are fp32 at most)."""
+    keys = [k for k, v in vals.items() if isinstance(v, torch.Tensor)]
+    if not keys:
+        return dict(vals)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    got = torch.stack([vals[k].detach().reshape(()).to(device, dtype) for k in keys]).tolist()
+    return {**vals, **dict(zip(keys, got))}
 
 
 def _describe_fault(e: BaseException, step: int) -> tuple[str, str]:
@@ -340,7 +353,10 @@ class Arm:
 
             # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
             parts = task.loss(logits, batch, teacher)
-            if not bool(torch.isfinite(parts.total)):
+            # Data parallel: the ranks agree on a non-finite loss before the gradient
+            # all-reduce (one more host read). One process: the check is in 5b, in the step's
+            # one transfer to the host.
+            if self.dist.active and not bool(torch.isfinite(parts.total)):
                 raise TrainingFault(f"loss is {float(parts.total.detach())} at step {t + 1}",
                                     NAN_HINT, t + 1)
 
@@ -352,8 +368,23 @@ class Arm:
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         else:
             gn = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        if not torch.isfinite(gn):
-            raise TrainingFault(f"gradient norm is {float(gn)} at step {t + 1}", NAN_HINT, t + 1)
+        # 5b) the step's numbers, read to the host at once (one device sync per step instead
+        #     of one per number), before the update: a non-finite loss or gradient norm must
+        #     not reach the weights
+        stats = {"loss": parts.total, "ce": parts.ce, "kd": parts.kd, "grad_norm": gn}
+        if n_car:
+            stats.update(task.signal_record(entries, parts))
+        if parts.alpha.numel():  # (a decoder's alignment can leave no token to distil)
+            stats.update(alpha=parts.alpha.mean(), alpha_lo=parts.alpha.min(),
+                         alpha_hi=parts.alpha.max(), tau=parts.tau.mean(),
+                         tau_lo=parts.tau.min(), tau_hi=parts.tau.max(),
+                         logit_drift=parts.logit_drift.mean())
+        stats = _to_host(stats, self.device)
+        if not math.isfinite(stats["loss"]):
+            raise TrainingFault(f"loss is {stats['loss']} at step {t + 1}", NAN_HINT, t + 1)
+        if not math.isfinite(stats["grad_norm"]):
+            raise TrainingFault(f"gradient norm is {stats['grad_norm']} at step {t + 1}",
+                                NAN_HINT, t + 1)
         self.opt.step()
         self._test_fault(t + 1, "after")
 
@@ -370,19 +401,12 @@ class Arm:
         self.wall_time += dt
         rec = dict.fromkeys(RECORD_KEYS)
         rec.update(step=self.step_idx, epoch=round(b.epoch, 4), method=cfg.method,
-                   schedule=self.schedule, seed=cfg.seed, loss=float(parts.total.detach()),
-                   ce=float(parts.ce.detach()), kd=float(parts.kd.detach()), lr=lr,
-                   grad_norm=float(gn), samples_seen=self.samples_seen,
+                   schedule=self.schedule, seed=cfg.seed, lr=lr, samples_seen=self.samples_seen,
                    samples_per_s=len(b.ids) / max(dt, 1e-9), wall_time=round(self.wall_time, 3))
+        rec.update(stats)
         if n_car:
-            rec.update(task.signal_record(entries, parts),
-                       kd_cache_bytes=sum(v.numel() * v.element_size()
+            rec.update(kd_cache_bytes=sum(v.numel() * v.element_size()
                                           for e in entries for v in e.values()))
-        if parts.alpha.numel():  # (a decoder's alignment can leave no token to distil)
-            rec.update(alpha=float(parts.alpha.mean()), alpha_lo=float(parts.alpha.min()),
-                       alpha_hi=float(parts.alpha.max()), tau=float(parts.tau.mean()),
-                       tau_lo=float(parts.tau.min()), tau_hi=float(parts.tau.max()),
-                       logit_drift=float(parts.logit_drift.mean()))
         rec.update(drift_parts)
         # Decoders: the first carried sample's tokens with their alpha and KD, for the
         # evaluation that follows this step (tokens.jsonl); encoders have none.
