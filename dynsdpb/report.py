@@ -102,8 +102,9 @@ def heatmap_png(path: Path, hm: dict, title: str) -> None:
         if math.isfinite(v):
             lo, hi = 100 * hm["ci_low"][i][j], 100 * hm["ci_high"][i][j]
             star = "*" if hm["significant"][i][j] else ""
-            ax.text(j, i, f"{v:+.2f}{star}\n[{lo:.1f}, {hi:.1f}]", ha="center", va="center",
-                    fontsize=8)
+            iv = (f"[{lo:+.1f}, {hi:+.1f}]" if math.isfinite(lo) and math.isfinite(hi)
+                  else f"n={hm['n'][i][j]}: no interval")
+            ax.text(j, i, f"{v:+.2f}{star}\n{iv}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(hm["x"])), [str(v) for v in hm["x"]])
     ax.set_yticks(range(len(hm["y"])), [str(v) for v in hm["y"]])
     ax.set_xlabel(hm["x_name"])
