@@ -187,6 +187,9 @@ class RunConfig:
     save_model: bool = _f(True, "Save the fine-tuned model (safetensors) when the run ends.", "run")
     device: str = _f("auto", "auto uses CUDA when present (bf16 autocast), else CPU.", "run",
                      DEVICES)
+    compile: bool = _f(False, "Compile the model with torch.compile: the first steps are slower "
+                       "(compiling), later ones may be faster; CUDA mainly (on CPU it needs a "
+                       "C++ compiler).", "run")
     name: str = _f("", "Optional run name; a safe one is derived when empty.", "run")
 
     # ------------------------------------------------------------------------------------

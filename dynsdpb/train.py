@@ -74,6 +74,21 @@ def _test_fault_at() -> tuple[int, int, str] | None:
     return int(rank), int(step), (where or ["forward"])[0]
 
 
+def _compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """torch.compile(model); refused with the reason where inductor cannot build it (no
+    torch.compile; on CPU, no C++ compiler for its kernels)."""
+    if not hasattr(torch, "compile"):
+        raise ConfigError.one("compile", True, f"this torch ({torch.__version__}) has no "
+                              "torch.compile; turn compile off or upgrade torch")
+    if device.type == "cpu":
+        import shutil
+        if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+            raise ConfigError.one("compile", True, "torch.compile on the CPU needs a C++ "
+                                  "compiler (g++ or clang++) and none is installed; install "
+                                  "one or turn compile off")
+    return torch.compile(model)
+
+
 def _to_host(vals: dict, device: torch.device) -> dict:
     """`vals` with its tensors (0-dim) as Python numbers, read in one transfer: one stack and
     one `.tolist()`. float64 holds every fp32/fp16 value and count exactly, so each number
@@ -136,6 +151,11 @@ class Arm:
                       else {"broadcast_buffers": False})
             self.train_model = DDP(self.model, device_ids=[self.device.index]
                                    if self.device.type == "cuda" else None, **nosync)
+        if cfg.compile:
+            # The training forward only: self.model stays the plain module, so checkpoints and
+            # saved models hold its state_dict (no `_orig_mod.` prefixes) and evaluation runs
+            # it uncompiled.
+            self.train_model = _compiled(self.train_model, self.device)
         decay = [p for n_, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n_, p in self.model.named_parameters() if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
