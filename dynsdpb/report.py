@@ -214,7 +214,7 @@ def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
             ["dlb"] if m == "dynsdpb" else [])
         groups: dict[frozenset, list[dict]] = {}
         for c in cl:
-            keys = frozenset(SW.run_key(k) for k in SW.cell_configs(spec, c["params"])
+            keys = frozenset(SW.spec_key(spec, k) for k in SW.cell_configs(spec, c["params"])
                              if k.method in uses)
             groups.setdefault(keys, []).append(c)
         read = [a for a in axes if all(len({c["params"][a] for c in g}) == 1

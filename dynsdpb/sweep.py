@@ -62,11 +62,24 @@ def effective(cfg: C.RunConfig) -> C.RunConfig:
     return cfg.replace(**{f: getattr(d, f) for f in reset})
 
 
-def run_key(cfg: C.RunConfig) -> str:
-    """'dlb-s0-3f2a9c01e4': method, seed and a hash of the effective config."""
-    e = effective(cfg)
-    h = hashlib.sha1(json.dumps(e.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+def run_key(cfg: C.RunConfig, fields: set[str] | frozenset[str] | None = None) -> str:
+    """'dlb-s0-3f2a9c01e4': method, seed and a hash of the effective config.
+
+    `fields`: the config fields the sweep was created with (the keys of its sweep.json's
+    base_config). A field RunConfig gained after that counts only when set away from its
+    default, so updating the code keeps an existing sweep's keys: its finished runs are still
+    found, and a resume reuses them instead of training them again."""
+    e = effective(cfg).to_dict()
+    if fields is not None:
+        d = C.RunConfig().to_dict()
+        e = {k: v for k, v in e.items() if k in fields or v != d[k]}
+    h = hashlib.sha1(json.dumps(e, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.method}-s{cfg.seed}-{h}"
+
+
+def spec_key(spec: dict, cfg: C.RunConfig) -> str:
+    """A run's key within the sweep `spec` (sweep.json)."""
+    return run_key(cfg, frozenset(spec["base_config"]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,7 +204,7 @@ def plan_runs(path: str | Path) -> dict[str, C.RunConfig]:
     out: dict[str, C.RunConfig] = {}
     for cell in expand_grid(spec["grid"]):
         for c in cell_configs(spec, cell):
-            out.setdefault(run_key(c), c)
+            out.setdefault(spec_key(spec, c), c)
     return out
 
 
@@ -317,7 +330,7 @@ def run_sweep(path: str | Path, progress: Callable[[str, dict], None] | None = N
         known = _known_runs(study)
         sums = []
         for c in cell_configs(spec, cell):
-            key = run_key(c)
+            key = spec_key(spec, c)
             s = local_summary(path, key) or known.get(key)
             reused = bool(s)
             if not s:
@@ -382,7 +395,7 @@ def cells(path: str | Path) -> list[dict]:
         sums = []
         cfgs = cell_configs(spec, cell)
         for c in cfgs:
-            key = run_key(c)
+            key = spec_key(spec, c)
             s = local_summary(path, key) or known.get(key)
             if s:
                 sums.append(s)

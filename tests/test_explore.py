@@ -208,6 +208,23 @@ def test_baselines_are_shared_across_settings_they_do_not_read(tiny_csv):
     assert k(method="vanilla", seed=0) != k(method="vanilla", seed=1)
 
 
+def test_a_field_added_to_runconfig_after_a_sweep_keeps_its_run_keys(tiny_csv):
+    """A sweep made before RunConfig had `compile` keyed its runs without it; after the code
+    update its keys must not change, or its finished runs are lost and retrained."""
+    import hashlib
+    cfg = tiny_config(tiny_csv, method="dynsdpb")
+    assert hasattr(cfg, "compile") and cfg.compile is False
+    old_fields = set(cfg.to_dict()) - {"compile"}
+    legacy = {k: v for k, v in SW.effective(cfg).to_dict().items() if k in old_fields}
+    h = hashlib.sha1(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:10]
+    assert SW.run_key(cfg, old_fields) == f"dynsdpb-s0-{h}"
+    assert SW.run_key(cfg) != SW.run_key(cfg, old_fields)     # hashing every field would
+    # the new field set away from its default is a different run
+    assert SW.run_key(cfg.replace(compile=True), old_fields) != SW.run_key(cfg, old_fields)
+    # a sweep made now: every field is known, the key is the full hash
+    assert SW.spec_key({"base_config": cfg.to_dict()}, cfg) == SW.run_key(cfg)
+
+
 def _sweep(tmp_path, csv, grid, methods, seeds, **kw):
     base = tiny_config(csv, steps=3, eval_every=3, checkpoint_every=0, **kw)
     return SW.create_sweep(tmp_path / "sw", base, methods, seeds, grid=SW.parse_grid(grid))
