@@ -189,7 +189,8 @@ class RunConfig:
                      DEVICES)
     compile: bool = _f(False, "Compile the model with torch.compile: the first steps are slower "
                        "(compiling), later ones may be faster; CUDA mainly (on CPU it needs a "
-                       "C++ compiler).", "run")
+                       "C++ compiler). Compiled dropout draws its own random masks, so a "
+                       "compiled run does not repeat an uncompiled one step for step.", "run")
     name: str = _f("", "Optional run name; a safe one is derived when empty.", "run")
 
     # ------------------------------------------------------------------------------------
