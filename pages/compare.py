@@ -78,6 +78,9 @@ def _sweep_view(found) -> None:
                                    colorbar={"title": "points"}))
         fig.update_layout(title=f"{target} - {vs} (paired by seed; * = 95% interval excludes 0)",
                           xaxis_title=x, yaxis_title=y, height=320,
+                          # grid values are labels: numeric-looking ones (1.0, 4.0; 5e-05)
+                          # on a linear axis stretch one cell over its empty neighbours
+                          xaxis_type="category", yaxis_type="category",
                           margin={"l": 10, "r": 10, "t": 40, "b": 10})
         st.plotly_chart(fig, key=f"sw_hm_{vs}")
     if st.button("Write a report of this sweep", key="sw_report"):

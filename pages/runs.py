@@ -23,13 +23,13 @@ jm = common.manager()
 st.title("Runs")
 
 
-def sweeps() -> None:
+def sweeps() -> bool:
     """Sweep folders (dynsdpb/sweep.py) in the runs directory: progress, stop, delete. Their
-    heatmaps and reports are on Compare."""
+    heatmaps and reports are on Compare. Returns whether there are any."""
     from dynsdpb import sweep as SW
     found = SW.find_sweeps(jm.runs_dir)
     if not found:
-        return
+        return False
     ovs = {p.name: SW.overview(p) for p in found}
     with st.expander(f"Sweeps ({len(found)}): heatmaps and reports are on Compare"):
         st.dataframe([{
@@ -68,12 +68,14 @@ def sweeps() -> None:
             if d2.button("Cancel", key="btn_sweep_delete_no"):
                 ss.pop("confirm_sweep_delete", None)
                 st.rerun()
+    return True
 
 
-sweeps()
+any_sweeps = sweeps()
 exps = views.experiments()
 if not exps:
-    st.info(f"No runs in `{jm.runs_dir}` yet. Start one on the Setup page.")
+    st.info(f"No experiments in `{jm.runs_dir}`" + (" outside sweeps" if
+            any_sweeps else "") + " yet. Start one on the Setup page.")
     st.stop()
 
 # -- overview with filters -------------------------------------------------------------------

@@ -47,6 +47,8 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
     assert heat, "no heatmap on Compare"
     cl = SW.cells(folder)
     want = SW.heatmap(cl, "alpha_max", "", "dynsdpb", "vanilla")
+    # grid values are categories: a numeric axis would stretch cells over empty neighbours
+    assert heat[0]["layout"]["xaxis"]["type"] == "category"
     z = heat[0]["data"][0]["z"]
     assert len(z[0]) == 2
     for got, m in zip(z[0], want["z"][0]):
@@ -63,6 +65,8 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
     at.button(key="btn_sweep_delete_yes").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not folder.exists()
+    assert any("No experiments in" in i.value and "outside sweeps" not in i.value
+               for i in at.info)
 
 
 def test_runs_page_refuses_to_delete_a_sweep_with_queued_runs(runs_dir, csv):
