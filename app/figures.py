@@ -257,8 +257,8 @@ def fig_drift_split(arms: list[ArmView], x: str = "step", uirev: str = "drift-sp
     """logit_drift split at evaluations: the update alone (eval mode) and dropout alone."""
     keys = ("logit_drift", "update_drift", "dropout_drift")
     spec = {"data": [], "layout": _layout(uirev, x, keys, (
-        "logit drift, train mode (KL)", "update part: eval mode, no dropout (KL)",
-        "dropout part: same weights, two masks (KL)"))}
+        # short: a third of the page wide; the chart's help says how each is measured
+        "train-mode drift (KL)", "update part, no dropout (KL)", "dropout part (KL)"))}
     _panel_traces(spec, arms, keys, x, color_by,
                   markers_always=("update_drift", "dropout_drift"))
     have = {t["xaxis"] for t in spec["data"]}
