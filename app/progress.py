@@ -97,9 +97,12 @@ def eval_seconds(a: ArmView) -> float | None:
 
 def test_seconds(a: ArmView) -> float | None:
     """Estimated seconds of the test evaluation after the last step: a validation
-    evaluation's measured time scaled by test_size / val_size (both from the config)."""
+    evaluation's measured time scaled by the test / validation split sizes (the sizes the
+    data loader made, from status.json; the config's when not written yet: 0 there = auto)."""
     ev = eval_seconds(a)
-    val, test = a.cfg.get("val_size"), a.cfg.get("test_size")
+    sizes = a.status.get("data") or {}
+    val = sizes.get("val") or a.cfg.get("val_size")
+    test = sizes.get("test") or a.cfg.get("test_size")
     if ev is None or not val or not test:
         return None
     return ev * float(test) / float(val)

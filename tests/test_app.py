@@ -550,6 +550,19 @@ def test_progress_counts_steps_per_arm_and_says_time_left_in_words():
     assert progress.fmt_left(130) == "about 2 min left"
 
 
+def test_progress_scales_testing_by_the_split_sizes_the_loader_made():
+    """val_size = test_size = 0 means auto: the ETA uses the sizes in status.json."""
+    from app import progress
+    recs = _steps(30)
+    st = {"state": "running", "phase": "training", "step": 30, "steps": 60,
+          "data": {"train": 240, "val": 30, "test": 90}}
+    arm = _arm(recs, st, "vanilla", val_size=0, test_size=0)
+    assert progress.test_seconds(arm) == pytest.approx(5.0 * 90 / 30)
+    # before the loader wrote its sizes, the config's (when given) are used
+    arm = _arm(recs, {"state": "running", "step": 30, "steps": 60}, "vanilla")
+    assert progress.test_seconds(arm) == pytest.approx(5.0 * 400 / 200)
+
+
 def test_progress_shows_the_phase_and_a_resume():
     from app import progress
     recs = _steps(60)
