@@ -354,3 +354,35 @@ def test_resume_on_changed_data_is_refused(tiny_csv, tmp_path):
     assert "original data back" in p.fix and "new experiment" in p.fix
     tiny_csv.write_text(original)                                   # the fix: put it back
     assert run_experiment(exp, resume=True)["states"] == {"dynsdpb-s0": "finished"}
+
+
+def test_predict_batches_by_length_and_returns_logits_in_the_asked_order(tmp_path):
+    """Evaluation batches texts of similar length (less padding); the logits must still come
+    back in the order of the ids asked for, equal to one text at a time (no padding)."""
+    import random
+    from tests.conftest import WORDS
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for k in range(120):
+        lab = ("pos", "neg")[k % 2]
+        rows.append(" ".join(rng.choice(WORDS[lab]) for _ in range(rng.randint(1, 12)))
+                    + f",{lab}")
+    csv = tmp_path / "lengths.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    cfg = tiny_config(csv)
+    task = prepare(cfg)
+    torch.manual_seed(0)
+    model = task.build_model(cfg, "t")
+    e = task.train
+    ids = list(range(len(e)))
+    random.Random(0).shuffle(ids)
+    ids = ids[:40]
+    assert len({len(e.input_ids[i]) for i in ids}) > 1          # lengths differ: padding
+    z = task.predict(model, e, ids, torch.device("cpu"), False, bs=8)
+    model.eval()
+    with torch.no_grad():
+        ref = torch.cat([task.forward(model, task.batch(e, [i], torch.device("cpu")))
+                         for i in ids])
+    assert z.shape == ref.shape
+    torch.testing.assert_close(z, ref, atol=1e-5, rtol=1e-5)
+    assert task.predict(model, e, [], torch.device("cpu"), False).numel() == 0
