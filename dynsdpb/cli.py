@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import config as C
 from . import dist
+from .cli_args import add_config_flags, fresh_out, resolve
 from .errors import ConfigError, TrainingFault
 from .store import ExperimentDir
 
@@ -104,90 +105,9 @@ def _on_rank0(make):
     return res
 
 
-def _fresh_out(out: str) -> Path:
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ConfigError.one("--out", out, "is a file; give a folder for the experiment")
-    if ExperimentDir(p).exists():
-        raise ConfigError.one("--out", out, "already holds an experiment; pick another folder or "
-                              f"continue it with `dynsdpb resume {out}`")
-    if p.exists() and any(p.iterdir()):
-        raise ConfigError.one("--out", out, "exists and is not empty; pick a new folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError.one("--out", out, f"cannot create it ({e.strerror}); pick a folder "
-                              "you can write to") from None
-    return p
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _fields_from_args(a) -> dict:
-    """Field values given on the command line: typed flags and --set, one value per field.
-
-    A field given both ways with different values is refused (exit 2) rather than one
-    silently winning; the same value twice is fine."""
-    flags = {n: v for n in C.FIELDS if (v := getattr(a, "f_" + n, None)) is not None}
-    sets = C.parse_overrides(a.set)
-    for k in flags.keys() & sets.keys():
-        if C._coerce(k, flags[k]) != C._coerce(k, sets[k]):
-            raise ConfigError.one(k, sets[k], f"given twice with different values "
-                                  f"({_flag(k)} {flags[k]} and --set {k}={sets[k]}); keep one")
-    return {**flags, **sets}
-
-
-def _experiment_file(a):
-    """The --config file or --preset as an Experiment (unchecked), or None; and whether it
-    states its own methods/seeds (an old single-run file does not)."""
-    from . import presets as PR
-    if a.config and a.preset:
-        raise ConfigError.one("--preset", a.preset, "give --config or --preset, not both")
-    if a.preset:
-        exp = PR.load_preset(a.preset)
-        return exp, True
-    if a.config:
-        d = C.read_mapping(a.config)
-        return PR.experiment_from_dict(d, a.config, check=False), isinstance(d, dict) and (
-            "methods" in d or "seeds" in d)
-    return None, False
-
-
-def _resolve(a, compare: bool):
-    """(base config, methods, seeds, description) from file < flags and --set.
-
-    The file is a whole experiment (dynsdpb/presets.py) or an old single-run config."""
-    exp, file_lists = _experiment_file(a)
-    over = _fields_from_args(a)
-    base = C.from_dict(over, base=exp.base if exp else C.RunConfig(), check=False)
-
-    def pick(name: str, one: str, listed: str | None, parse, default):
-        # --methods / --method / --set method=..., then the file's list, then the default.
-        if listed is not None and one in over:
-            if parse(listed) != [getattr(base, one)]:
-                raise ConfigError.one(name, listed, f"given twice with different values "
-                                      f"(--{name} {listed} and {_flag(one)}/--set {one}="
-                                      f"{over[one]}); keep one")
-        if listed is not None:
-            return parse(listed)
-        if one in over:
-            return [getattr(base, one)]
-        if exp is not None and (file_lists or not compare):
-            return list(getattr(exp, name))
-        return default
-
-    methods = pick("methods", "method", getattr(a, "methods", None), C.parse_methods,
-                   ["vanilla", "dlb", "dynsdpb"] if compare else [base.method])
-    seeds = pick("seeds", "seed", getattr(a, "seeds", None),
-                 lambda t: C.parse_int_list("seeds", t), [0, 1, 2] if compare else [base.seed])
-    return base, methods, seeds, exp.description if exp else ""
-
-
 def cmd_train(a) -> int:
     from .experiment import create_experiment
-    base, methods, seeds, _ = _resolve(a, compare=False)
+    base, methods, seeds, _ = resolve(a, compare=False)
     for name, vals, flag in (("methods", methods, "--method"), ("seeds", seeds, "--seed")):
         if len(vals) > 1:
             raise ConfigError.one(name, vals, f"train runs one arm: pick one with {flag}, or run "
@@ -197,7 +117,7 @@ def cmd_train(a) -> int:
         print(C.dumps(cfg), end="")
         return 0
     made = not Path(a.out).exists()
-    out = _on_rank0(lambda: _fresh_out(a.out))
+    out = _on_rank0(lambda: fresh_out(a.out))
     exp = _on_rank0(lambda: create_experiment(out.parent, cfg, [cfg.method], [cfg.seed],
                                               exp_dir=out))
     return _experiment(exp, made=out if made else None)
@@ -206,7 +126,7 @@ def cmd_train(a) -> int:
 def cmd_compare(a) -> int:
     from .experiment import check_experiment, create_experiment
     from .presets import dump_experiment
-    base, methods, seeds, description = _resolve(a, compare=True)
+    base, methods, seeds, description = resolve(a, compare=True)
     for m in methods:
         C.check_config(base.replace(method=m))
     if a.dump:
@@ -215,7 +135,7 @@ def cmd_compare(a) -> int:
     # Every check that needs no data (e.g. a seed given twice) before --out is created.
     check_experiment(base, methods, seeds)
     made = not Path(a.out).exists()
-    out = _on_rank0(lambda: _fresh_out(a.out))
+    out = _on_rank0(lambda: fresh_out(a.out))
     exp = _on_rank0(lambda: create_experiment(out.parent, base, methods, seeds, exp_dir=out,
                                               check=False))
     return _experiment(exp, made=out if made else None)
@@ -273,36 +193,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"dynsdpb: error: {message} (see `{self.prog} --help`)\n")
 
 
-_METAVAR = {int: "N", float: "X", str: "TEXT", "int": "N", "float": "X", "str": "TEXT"}
-
-
-def _add_config_flags(p: argparse.ArgumentParser, compare: bool) -> None:
-    """One typed flag per RunConfig field, with the field's help: --lr 3e-5 --alpha-max 2.
-
-    Values stay strings here and go through config.from_dict like --set and YAML values,
-    so a bad one gets the same one-line message naming the field and the fix."""
-    defaults = C.RunConfig()
-    for group in dict.fromkeys(f.metadata["group"] for f in C.FIELDS.values()):
-        g = p.add_argument_group(f"{group} fields (also --set NAME=VALUE)")
-        for name, f in C.FIELDS.items():
-            if f.metadata["group"] != group:
-                continue
-            help = f.metadata["help"].replace("%", "%%")
-            if compare and name in ("method", "seed"):
-                help = f"one {name} only: the same as --{name}s {name.upper()}."
-            help += f" (default: {getattr(defaults, name)!r})"
-            if f.type in (bool, "bool"):
-                g.add_argument(_flag(name), dest="f_" + name, nargs="?", const="true",
-                               metavar="true|false", help=help)
-                g.add_argument("--no-" + name.replace("_", "-"), dest="f_" + name,
-                               action="store_const", const="false", help=argparse.SUPPRESS)
-                continue
-            ch = f.metadata.get("choices")
-            g.add_argument(_flag(name), dest="f_" + name,
-                           metavar="{" + ",".join(ch) + "}" if ch else _METAVAR[f.type],
-                           help=help)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynsdpb", description="Fine-tune small language models "
                 "with dynamic self-distillation from the previous mini-batch "
@@ -320,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a field by name (for scripts), e.g. --set lr=3e-5")
     t.add_argument("--out", default="runs/train", help="experiment folder to create")
     t.add_argument("--dump", action="store_true", help="print the resolved config and exit")
-    _add_config_flags(t, compare=False)
+    add_config_flags(t, compare=False)
     t.set_defaults(fn=cmd_train)
 
     from .presets import list_presets
@@ -338,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare", help="experiment folder to create")
     c.add_argument("--dump", action="store_true", help="print the resolved experiment as YAML "
                    "(loadable with --config and by the app) and exit")
-    _add_config_flags(c, compare=True)
+    add_config_flags(c, compare=True)
     c.set_defaults(fn=cmd_compare)
 
     from . import cli_explore as explore   # selftrain, bench, sweep, report

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import config as C
-from .cli import _add_config_flags, _fields_from_args, _flag, _fresh_out, _resolve
+from .cli_args import add_config_flags, fields_from_args, flag, fresh_out, resolve
 from .errors import ConfigError
 
 
@@ -30,15 +30,15 @@ def cmd_selftrain(a) -> int:
     if a.demo:
         if a.config:
             raise ConfigError.one("--demo", "", "give --config or --demo, not both")
-        base = C.from_dict({**S.CPU_DEMO["config"], **_fields_from_args(a)}, check=False)
+        base = C.from_dict({**S.CPU_DEMO["config"], **fields_from_args(a)}, check=False)
         methods = C.parse_methods(a.methods) if a.methods else list(S.CPU_DEMO["methods"])
         seeds = (C.parse_int_list("seeds", a.seeds) if a.seeds else list(S.CPU_DEMO["seeds"]))
     else:
-        base, methods, seeds, _ = _resolve(a, compare=True)
+        base, methods, seeds, _ = resolve(a, compare=True)
     given = {k: v for k in LOOP_FLAGS if (v := getattr(a, "l_" + k, None)) is not None}
     loop = S.loop_from_dict({**(S.CPU_DEMO["loop"] if a.demo else {}), **given})
     S.check_selftrain(base, loop, methods, seeds)   # before --out is created
-    out = _fresh_out(a.out)
+    out = fresh_out(a.out)
     S.create_selftrain(out, base, loop, methods, seeds, name=base.name)
     return _selftrain(out)
 
@@ -106,9 +106,9 @@ def add_selftrain(sub, precedence: str) -> None:
                 "{" + ",".join(ROUND_STARTS) + "}", "rationalize": "true|false",
                 "temperature": "X"}.get(name, "N")
         kw = dict(nargs="?", const="true") if name == "rationalize" else {}
-        g.add_argument(_flag(name), dest="l_" + name, metavar=meta,
+        g.add_argument(flag(name), dest="l_" + name, metavar=meta,
                        help=LOOP_HELP[name].replace("%", "%%"), **kw)
-    _add_config_flags(st, compare=True)
+    add_config_flags(st, compare=True)
     st.set_defaults(fn=cmd_selftrain, preset=None)
 
 
@@ -121,11 +121,10 @@ def cmd_bench(a) -> int:
         raise ConfigError.one("bench", "--app --decoder", "choose one: --app measures the app, "
                               "--decoder the decoder's training")
     if a.app:
-        try:
-            import playwright  # noqa: F401  (the browser driver of bench_app)
-        except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("playwright") is None:    # bench_app's browser driver
             raise ConfigError.one("bench", "--app", "needs the dev extras: pip install "
-                                  "playwright (and Debian's chromium)") from None
+                                  "playwright (and Debian's chromium)")
         from .bench_app import run as run_app
         result = run_app(log=log)
     else:
@@ -172,7 +171,7 @@ def cmd_sweep(a) -> int:
         out = Path(a.resume)
         spec = SW.load_sweep(out)
     else:
-        base, methods, seeds, _ = _resolve(a, compare=True)
+        base, methods, seeds, _ = resolve(a, compare=True)
         grid, search = SW.parse_grid(a.grid), SW.parse_search(a.search)
         spec = None
         out = SW.create_sweep(a.out, base, methods, seeds, grid=grid, search=search,
@@ -247,7 +246,7 @@ def add_sweep(sub, precedence: str) -> None:
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="set a field by name, e.g. --set label_noise=0.2")
     sw.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)
-    _add_config_flags(sw, compare=True)
+    add_config_flags(sw, compare=True)
     sw.set_defaults(fn=cmd_sweep)
 
 
