@@ -333,14 +333,6 @@ class SharedLoraBase:
         return Path(out_dir)
 
 
-def full_arm(base):
-    """An independent copy for a full fine-tuning arm (every parameter trainable)."""
-    m = copy.deepcopy(base)
-    for p in m.parameters():
-        p.requires_grad_(True)
-    return m
-
-
 def count_params(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -36,8 +36,7 @@ from .data import read_table
 from .lm_data import (IGNORE, LMExample, answer_scorer, collate, encode, load_lm_splits,
                       splits_from_records)
 from .lm_loss import TokenTeacher, causal_shift, make_teachers, shift_labels, token_loss
-from .lm_models import (LoraSettings, SharedLoraBase, full_arm, load_causal_lm,
-                        load_lm_tokenizer)
+from .lm_models import LoraSettings, SharedLoraBase, load_causal_lm, load_lm_tokenizer
 from .tasks import Batch
 
 

@@ -12,7 +12,7 @@ from dynsdpb.errors import ConfigError
 from dynsdpb.lm_data import collate, encode
 from dynsdpb.lm_loss import make_teachers, token_loss
 from dynsdpb.lm_models import (LoraSettings, SharedLoraBase, cache_root, count_params,
-                               full_arm, load_causal_lm, load_lm_tokenizer)
+                               load_causal_lm, load_lm_tokenizer)
 from tests.lm_tiny import arith_rows, tiny_llama, tiny_tokenizer
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"))
@@ -156,14 +156,21 @@ def test_adapter_state_roundtrip_and_saving(tmp_path):
     assert shared.arms == ["arm-a", "arm-b"]                 # the shared model kept both adapters
 
 
-def test_full_finetuning_arm_trains_and_leaves_the_base_alone():
-    tok = tiny_tokenizer()
-    base = tiny_llama(seed=0)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    arm = full_arm(base)
-    ces = _train(arm, list(arm.parameters()), tok, steps=6, method="dlb")
+def test_full_finetuning_arms_are_independent_copies_that_train(tmp_path):
+    """finetune: full gives each arm its own model (CausalLMTask.build_model): training one
+    arm leaves the other untouched."""
+    from dynsdpb.tasks import prepare
+    from tests.lm_tiny import tiny_decoder_files
+    model, data = tiny_decoder_files(tmp_path, 24)
+    cfg = RunConfig(model=model, dataset=data, finetune="full", max_len=32, val_size=4,
+                    test_size=4, max_train_samples=0, batch_size=4)
+    task = prepare(cfg)
+    a, b = task.build_model(cfg, "dlb-s0"), task.build_model(cfg, "vanilla-s0")
+    assert all(p.requires_grad for p in a.parameters())
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    ces = _train(a, list(a.parameters()), tiny_tokenizer(), steps=6, method="dlb")
     assert ces[-1] < ces[0]
-    assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(b.state_dict()[k], v) for k, v in before.items())
 
 
 @pytest.mark.slow
