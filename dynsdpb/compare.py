@@ -105,6 +105,8 @@ def table_rows(summary: dict) -> list[dict]:
 
 def _signed(x, pct: bool) -> str:
     t = _fmt(x, pct)
+    if t.startswith("-") and not t.strip("-0."):       # -0.00: a rounding, not a sign
+        t = t[1:]
     return t if t == "n/a" or t.startswith("-") else "+" + t
 
 

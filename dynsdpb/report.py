@@ -206,6 +206,20 @@ def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
               f"{', in %' if pct else ''}); baselines that do not read a swept field are the "
               "same runs in every cell that shares them.", "",
               _md_table(["cell", *methods, "runs"], rows), ""]
+    distilling = [m for m in methods if m not in ("vanilla", "refeed")]
+    if "refeed" in methods and "vanilla" in methods and distilling:
+        # The one table that answers "how much of the gain is distillation": per cell, what
+        # re-feeding the carried half buys alone, and what each distilling method adds on it.
+        both = "dynsdpb" in distilling and "dlb" in distilling
+        rows = [[label_of(c), ci(cell_v(c, "refeed"), "diff_vs_vanilla")]
+                + [ci(cell_v(c, m), "distillation_part") for m in distilling]
+                + ([ci(cell_v(c, "dynsdpb"), "diff_vs_dlb")] if both else []) for c in cl]
+        lines += ["Where the gain over vanilla comes from, per cell: the re-feed part (refeed "
+                  "- vanilla: the carried half's second CE pass alone) and each distilling "
+                  "method's distillation part (method - refeed), points [95% t-interval], "
+                  "paired by seed; **bold** = the interval excludes 0.", "",
+                  _md_table(["cell", "re-feed part"] + [f"{m} - refeed" for m in distilling]
+                            + (["dynsdpb - dlb"] if both else []), rows), ""]
     for m in [m for m in methods if m != "vanilla"]:
         # A method that does not read a swept field (refeed and dlb ignore alpha_max) has the
         # same runs, hence the same differences, in the cells that differ only in that field:

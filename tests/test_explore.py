@@ -277,6 +277,16 @@ def test_grid_sweep_runs_each_unique_run_once_and_heatmap_equals_summaries(tiny_
     d = cell["summary"]["methods"]["dynsdpb"]["test_accuracy"]["diff_vs_vanilla"]
     from dynsdpb.compare import fmt_ci
     assert fmt_ci(d, True) in md
+    # the decomposition table: per cell, refeed - vanilla and each method - refeed
+    assert "Where the gain over vanilla comes from" in md
+    dd = cell["summary"]["methods"]["dynsdpb"]["test_accuracy"]
+    after = md[md.index("Where the gain over vanilla comes from"):].splitlines()
+    row = next(ln for ln in after if ln.startswith("| alpha_max=2.0, lr=0.01 |"))
+    r = cell["summary"]["methods"]["refeed"]["test_accuracy"]["diff_vs_vanilla"]
+    assert row.split(" | ")[1].strip("*") == fmt_ci(r, True)
+    assert fmt_ci(dd["distillation_part"], True) in row and fmt_ci(dd["diff_vs_dlb"], True) in row
+    assert fmt_ci({"mean": -1e-9, "ci_low": -0.01, "ci_high": 0.01}, True) == \
+        "+0.00 [-1.00, +1.00]"
 
 
 def test_sweep_resumes_after_a_kill(tiny_csv, tmp_path):
