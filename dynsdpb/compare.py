@@ -91,8 +91,7 @@ def table_rows(summary: dict) -> list[dict]:
             "method": method, "schedule": r.get("schedule"),
             f"{m} mean": _fmt(v.get("mean"), pct), "std": _fmt(v.get("std"), pct),
             "per seed": " ".join(_fmt(x, pct) for x in v.get("per_seed", {}).values()),
-            "diff vs vanilla [95% CI]": "-" if d is None else
-            f"{_fmt(d['mean'], pct)} [{_fmt(d['ci_low'], pct)}, {_fmt(d['ci_high'], pct)}]",
+            "diff vs vanilla [95% CI]": "-" if d is None else fmt_ci(d, pct),
         })
         if "refeed" in summary.get("methods", {}):
             # the gain over vanilla, split: re-feeding alone, and distillation on top of it

@@ -22,8 +22,9 @@ PRESETS = {
     # (alpha about 0.006 at step 13).
     "classroom": (
         "Classroom: MiniLM on BBC News topics at lr 2e-4, vanilla vs dynsdpb, 40 steps: the "
-        "model becomes sure within the run, so alpha rises from 0 to about 0.5 and tau falls "
-        "from 6 to about 4 (measured; about 2 minutes on an idle 2-core CPU).",
+        "model becomes sure within the run, so alpha rises from 0 to about 0.4 (largest per "
+        "sample 0.66) and tau falls from 6 to about 4.5 (measured: 151 s on an idle 2-core "
+        "CPU, test accuracy 95.5% vanilla, 96.0% dynsdpb).",
         ["vanilla", "dynsdpb"], [0],
         dict(model="minilm-l6", dataset="bbc-news", steps=40, eval_every=10, max_len=64,
              lr=2e-4, max_train_samples=1500, val_size=200, test_size=200,

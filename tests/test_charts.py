@@ -195,7 +195,7 @@ def test_summary_table_says_why_an_interval_is_missing():
     rows = {r["method"]: r for r in tables.summary_rows(summary)}
     assert rows["vanilla"]["test_accuracy mean (%)"] == "64.50"
     assert rows["vanilla"]["std"] == "n/a: one seed"
-    assert rows["dynsdpb"]["diff vs vanilla [95% CI]"] == "0.50 [n/a: one seed]"
+    assert rows["dynsdpb"]["diff vs vanilla [95% CI]"] == "+0.50 [n/a: one seed]"
     assert rows["vanilla"]["diff vs vanilla [95% CI]"] == "—"
     assert "None" not in str(rows)
     assert tables.result_text("test_accuracy", 0.645) == "accuracy 64.50 %"
