@@ -9,7 +9,6 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from dynsdpb import sweep as SW
 from dynsdpb.store import RunDir
