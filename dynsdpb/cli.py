@@ -183,6 +183,13 @@ def cmd_app(a, extra: list[str]) -> int:
     # hold in an installed package too; the user's folder stays the current one, so
     # ./runs and relative data paths mean what they say. An argument list, never a shell.
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *extra]
+    if os.name == "posix":
+        # Become the server (same pid): a SIGTERM or Ctrl-C to `dynsdpb app` then reaches
+        # Streamlit, which stops its training child with a checkpoint. A child server would
+        # outlive a terminated parent and keep the port (seen: a test's server left running).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, cmd, env)
     return subprocess.call(cmd, cwd=Path.cwd(), env=env)
 
 

@@ -85,7 +85,10 @@ def test_browser_live_run_and_compare(tmp_path, report):
     from playwright.sync_api import sync_playwright  # a dev dependency: missing is a failure
 
     t_start = time.time()
-    steps = 60
+    # Long enough that the zoom lands mid-run on a quick machine (with 60 steps a quiet one
+    # finished before the zoom: no new points to test it against), and under figures'
+    # MAX_POINTS per trace, so new steps still add points; Stop ends it on a slow machine.
+    steps = 280
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
     port = free_port()

@@ -117,6 +117,17 @@ def test_dynsdpb_app_serves_from_another_folder(installed):
     finally:
         stop_server(proc)
         log.close()
+    # `dynsdpb app` is the server itself: stopping it frees the port (a server left behind
+    # as an orphan child would still answer)
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        try:
+            _get(base + "/_stcore/health")
+        except OSError:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the app still answers after `dynsdpb app` was stopped")
 
 
 PAGES_SCRIPT = r"""
