@@ -173,7 +173,6 @@ def cmd_list(a) -> int:
 
 
 def cmd_app(a, extra: list[str]) -> int:
-    import subprocess
     from .paths import APP_MAIN
     env = dict(os.environ)
     if a.runs_dir:
@@ -182,14 +181,19 @@ def cmd_app(a, extra: list[str]) -> int:
     # current folder is, so the settings (127.0.0.1 only, postScriptGC off, static serving)
     # hold in an installed package too; the user's folder stays the current one, so
     # ./runs and relative data paths mean what they say. An argument list, never a shell.
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *extra]
+    return _serve([sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *extra], env)
+
+
+def _serve(cmd: list[str], env: dict) -> int:
+    """Run the server in the current folder. On POSIX become it (exec, same pid): a SIGTERM
+    or Ctrl-C to `dynsdpb app` then reaches Streamlit, which stops its training child with a
+    checkpoint; a child server would outlive a terminated parent and keep the port (seen: a
+    test's server left running)."""
+    import subprocess
     if os.name == "posix":
-        # Become the server (same pid): a SIGTERM or Ctrl-C to `dynsdpb app` then reaches
-        # Streamlit, which stops its training child with a checkpoint. A child server would
-        # outlive a terminated parent and keep the port (seen: a test's server left running).
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, cmd, env)
+        os.execve(cmd[0], cmd, env)
     return subprocess.call(cmd, cwd=Path.cwd(), env=env)
 
 

@@ -554,16 +554,21 @@ def test_app_binds_to_localhost_unless_asked(monkeypatch):
     conf = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())
     assert conf["server"]["address"] == "127.0.0.1"
     calls = []
-    monkeypatch.setattr(subprocess, "call",
-                        lambda cmd, **kw: calls.append((cmd, kw)) or 0)
+    # exec (POSIX) or a child in the current folder: either way one argument list, no shell
+    monkeypatch.setattr(os, "execve", lambda path, cmd, env: calls.append((cmd, env, path)))
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: calls.append(
+        (cmd, kw["env"], kw["cwd"])) or 0)
     monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
     assert cli.main(["app"]) == 0
-    cmd, kw = calls[-1]
+    cmd, env, where = calls[0]
     assert isinstance(cmd, list)  # an argument list, never a shell string
-    assert Path(kw["cwd"]).resolve() == Path.cwd().resolve()
+    if os.name == "posix":
+        assert where == cmd[0]       # exec'd: the process stays in the user's folder
+    else:
+        assert Path(where).resolve() == Path.cwd().resolve()
     assert Path(cmd[cmd.index("run") + 1]) == ROOT / "app" / "main.py"
     assert not any("address" in c for c in cmd)
-    assert "STREAMLIT_SERVER_ADDRESS" not in kw["env"]
+    assert "STREAMLIT_SERVER_ADDRESS" not in env
     assert cli.main(["app", "--server.address", "0.0.0.0"]) == 0
     assert calls[-1][0][-2:] == ["--server.address", "0.0.0.0"]
 
