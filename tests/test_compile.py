@@ -15,20 +15,6 @@ from dynsdpb.store import RunDir
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def no_dropout_model(tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from dynsdpb.models import _minilm_dir, tiny_bert_config
-    d = tmp_path_factory.mktemp("nodrop") / "tiny-bert-nodrop"
-    tok = AutoTokenizer.from_pretrained(_minilm_dir())
-    cfg = tiny_bert_config(len(tok), 2, "classification")
-    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                     reason="inductor on CPU needs a C++ compiler")
 def test_a_compiled_run_matches_the_eager_one_and_saves_plain_keys(tiny_csv, tmp_path,

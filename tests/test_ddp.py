@@ -28,22 +28,6 @@ KEYS = ("loss", "ce", "kd", "alpha", "tau", "alpha_lo", "alpha_hi", "logit_drift
         "grad_norm", "val_accuracy", "val_loss", "samples_seen", "epoch")
 
 
-@pytest.fixture(scope="module")
-def no_dropout_model(tmp_path_factory) -> Path:
-    """tiny-random-bert's shape, saved as a folder, with dropout off (so two ranks and one
-    process can be compared number for number)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from dynsdpb.models import _minilm_dir, tiny_bert_config
-    d = tmp_path_factory.mktemp("nodrop") / "tiny-bert-nodrop"
-    tok = AutoTokenizer.from_pretrained(_minilm_dir())
-    cfg = tiny_bert_config(len(tok), 2, "classification")
-    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def _args(model: Path, csv: Path, out: Path, batch: int) -> list[str]:
     return ["train", "--model", str(model), "--dataset", str(csv), "--method", "dynsdpb",
             "--steps", "6", "--batch-size", str(batch), "--val-size", "16", "--test-size", "16",
