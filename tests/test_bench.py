@@ -32,12 +32,7 @@ def test_run_on_a_tiny_model_reports_every_figure_consistently(tiny_csv):
     for k in ("dynsdpb_vs_vanilla_step_time", "vanilla_vs_hf_trainer_throughput", "mfu",
               "experiment_overhead", "peak_rss_ratio"):
         assert isinstance(out[k], float) and out[k] > 0, (k, out[k])
-    med = out["median_step_s"]
-    assert out["dynsdpb_vs_vanilla_step_time"] == pytest.approx(med["dynsdpb"] / med["vanilla"])
-    sps = out["samples_per_s"]
-    assert sps["ours_vanilla"] == pytest.approx(4 / med["vanilla"])
-    assert out["vanilla_vs_hf_trainer_throughput"] == pytest.approx(
-        sps["ours_vanilla"] / sps["hf_trainer"])
+    med, sps = assert_ratio_arithmetic(out, batch_size=4)
     rss = out["peak_rss_bytes"]
     assert rss["vanilla"] > 50 * 2 ** 20           # a process with torch loaded
     assert out["peak_rss_ratio"] == pytest.approx(rss["dynsdpb"] / rss["vanilla"])
@@ -71,3 +66,15 @@ def test_a_bench_run_whose_arm_failed_is_an_error_not_a_figure(monkeypatch, tmp_
         B.run_finished(tmp_path)
     monkeypatch.setattr(E, "run_experiment", lambda exp: {"states": {"vanilla-s0": "finished"}})
     assert B.run_finished(tmp_path) >= 0
+
+
+def assert_ratio_arithmetic(out: dict, batch_size: int) -> tuple[dict, dict]:
+    """The step-time and Trainer ratios are the quotients of the figures next to them (either
+    bench mode). Returns (median_step_s, samples_per_s)."""
+    med = out["median_step_s"]
+    assert out["dynsdpb_vs_vanilla_step_time"] == pytest.approx(med["dynsdpb"] / med["vanilla"])
+    sps = out["samples_per_s"]
+    assert sps["ours_vanilla"] == pytest.approx(batch_size / med["vanilla"])
+    assert out["vanilla_vs_hf_trainer_throughput"] == pytest.approx(
+        sps["ours_vanilla"] / sps["hf_trainer"])
+    return med, sps

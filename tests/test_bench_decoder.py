@@ -16,6 +16,7 @@ from dynsdpb import cli
 from dynsdpb.lm_data import collate
 from dynsdpb.tasks import prepare
 from tests.lm_tiny import WORDS, tiny_decoder_files, tiny_llama
+from tests.test_bench import assert_ratio_arithmetic
 
 K = 8                                  # the tiny runs' top_k
 V = len(WORDS)                         # the tiny Llama's vocabulary (116)
@@ -164,12 +165,7 @@ def test_run_on_the_tiny_llama_reports_every_figure_consistently(tiny):
     for k in D.FIGURES:
         assert isinstance(out[k], float) and out[k] > 0, (k, out[k])
     assert out["mode"] == "decoder" and out["top_k"] == K and out["kd_cache"] == "topk"
-    med = out["median_step_s"]
-    assert out["dynsdpb_vs_vanilla_step_time"] == pytest.approx(med["dynsdpb"] / med["vanilla"])
-    sps = out["samples_per_s"]
-    assert sps["ours_vanilla"] == pytest.approx(4 / med["vanilla"])
-    assert out["vanilla_vs_hf_trainer_throughput"] == pytest.approx(
-        sps["ours_vanilla"] / sps["hf_trainer"])
+    med, sps = assert_ratio_arithmetic(out, batch_size=4)
     n, fr = out["non_embedding_params"], out["frozen_params"]
     assert out["mfu"] == pytest.approx((4 * fr + 6 * (n - fr)) * sps["ours_vanilla"]
                                        * out["tokens_per_sample"] / out["matmul_flops"])
