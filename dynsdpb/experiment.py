@@ -130,6 +130,7 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
                     # its collectives no longer pair with the other ranks', so no arm can go
                     # on. This process ends; the others see its connections close (gloo) or
                     # are stopped by the launcher.
+                    a.out_of_step = True
                     for b in live:
                         final[b.rd.id] = _fail(b, TrainingFault(
                             f"stopped: {a.rd.id} failed on rank {d.rank} ({e})",
@@ -288,4 +289,9 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
             progress("data", {"state": "warning", "warnings": list(task.data.warnings)})
     final = run_arms(arms, stop, progress)
     summary = write_summary(exp.path) if d.main else {}
+    if d.active and not any(a.out_of_step for a in arms):
+        # The ranks are at the same collective: none ends (a failed arm ends a rank with exit
+        # status 1, and the launcher then stops the others) before rank 0 has written every
+        # status and the summary.
+        d.barrier()
     return {"states": final, "summary": summary}

@@ -124,6 +124,9 @@ class Arm:
         # Data parallel (torchrun / accelerate launch; dist.py): this rank's shard of every
         # global chunk, its own carried half and teacher cache. One process: rank 0 of 1.
         self.dist = dist.current()
+        # Set when a fault on this rank alone left its collectives out of step with the other
+        # ranks' (experiment.run_arms): this process must then end without another collective.
+        self.out_of_step = False
         self._test_fail = _test_fault_at()
         self.layout = BatchLayout(n, cfg.chunk_size, cfg.seed, distill=cfg.distills,
                                   rank=self.dist.rank, world=self.dist.world)
