@@ -36,13 +36,19 @@ def write_tiny_csv(path: Path, n: int = 160, seed: int = 0, pair: bool = False,
 
 
 # Measurements worth seeing in every test run (screenshot paths, delays): tests append lines
-# through the `report` fixture and they are printed at the end, captured output or not.
+# through the `report` fixture and they are printed at the end, captured output or not. They
+# travel in the test's report, so they reach the summary from pytest-xdist's workers too.
 REPORT: list[str] = []
 
 
 @pytest.fixture
-def report():
-    return REPORT.append
+def report(request):
+    return lambda line: request.node.user_properties.append(("workbench", str(line)))
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":      # the teardown report carries every line of the test
+        REPORT.extend(v for k, v in report.user_properties if k == "workbench")
 
 
 def pytest_terminal_summary(terminalreporter):
