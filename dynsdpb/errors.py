@@ -42,3 +42,9 @@ class TrainingFault(RuntimeError):
         self.hint = hint
         self.step = step
         super().__init__(message)
+
+
+# The hints a failed run's status carries, for the faults the engine recognizes.
+OOM_HINT = "lower batch_size or max_len (or use a smaller model)"
+NAN_HINT = "lower lr (e.g. halve it), keep grad_clip on, or lower alpha/alpha_max"
+BUG_HINT = "this looks like a bug; the metrics so far are kept"

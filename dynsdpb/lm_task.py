@@ -149,7 +149,7 @@ _ENTRY = ("target_ids", "alpha", "tau", "u", "d", "ids", "logq", "logq_rest", "a
 
 def _fingerprint(examples: list[LMExample]) -> dict:
     """Size and sha256 of the training rows: a checkpoint keeps it, and a resume on other
-    data is refused (train.Arm._check_data), as for the encoders."""
+    data is refused (checkpoint._check_data), as for the encoders."""
     h = hashlib.sha256()
     for e in examples:
         h.update(json.dumps([e.prompt, e.target, e.answer]).encode())

@@ -1,11 +1,11 @@
 """The per-step loop: one run (an "arm") advances one optimizer step at a time.
 
 An arm knows the DLB bookkeeping (which ids are new, which are carried, the teacher cache
-in chunk order), the optimizer, its own RNG streams and its checkpoint. It knows nothing
-about the data or the model head: its task (tasks.py) tokenizes, runs the forward pass,
-packs the teacher cache and computes metrics. experiment.py runs several arms in lockstep
-and decides, at one place, when an arm evaluates and saves a checkpoint (as nanoGPT's loop
-does); `Arm.step` is the optimizer step only.
+in chunk order), the optimizer, its own RNG streams and its checkpoint (checkpoint.py). It
+knows nothing about the data or the model head: its task (tasks.py) tokenizes, runs the
+forward pass, packs the teacher cache and computes metrics. experiment.py runs several arms
+in lockstep and decides, at one place, when an arm evaluates and saves a checkpoint (as
+nanoGPT's loop does); `Arm.step` is the optimizer step only.
 
 Order of one step (`Arm.step`), as in nanoGPT's train.py:
   batch -> teacher lookup -> forward -> loss parts -> backward/clip/step
@@ -13,7 +13,6 @@ Order of one step (`Arm.step`), as in nanoGPT's train.py:
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -21,15 +20,15 @@ from contextlib import contextmanager
 
 import torch
 
-from . import dist
+from . import checkpoint, dist
 from .config import RunConfig
-from .errors import ConfigError, TrainingFault
+from .errors import BUG_HINT, NAN_HINT, OOM_HINT, ConfigError, TrainingFault  # noqa: F401 - re-exported
 from .layout import BatchLayout
 from .models import pick_device
 from .records import RECORD_KEYS
 from .schedules import describe
-from .store import (MetricsWriter, NullWriter, RunDir, append_jsonl, atomic_write_bytes,
-                    atomic_write_json, truncate_jsonl)
+from .store import (MetricsWriter, NullWriter, RunDir, append_jsonl, atomic_write_json,
+                    truncate_jsonl)
 
 
 def get_lr(step: int, cfg: RunConfig) -> float:
@@ -56,9 +55,6 @@ def _is_oom(e: BaseException) -> bool:
                                             or "can't allocate memory" in msg)
 
 
-OOM_HINT = "lower batch_size or max_len (or use a smaller model)"
-NAN_HINT = "lower lr (e.g. halve it), keep grad_clip on, or lower alpha/alpha_max"
-BUG_HINT = "this looks like a bug; the metrics so far are kept"
 
 # Test-only: "RANK:STEP" makes that rank raise inside that 1-based step, before its forward
 # pass; "RANK:STEP:after" after its optimizer step. Tests fail one data-parallel rank with it;
@@ -461,100 +457,12 @@ class Arm:
                 append_jsonl(self.rd.tokens_path, [self.token_view])
         return out
 
-    # -- checkpoint ---------------------------------------------------------------------
+    # -- checkpoint (checkpoint.py: what a checkpoint holds, how it is written and read) ----
     def save_checkpoint(self) -> None:
-        # Never overwrite the last good checkpoint with non-finite weights (an update can
-        # overflow with a finite loss and gradient; the next loss would catch it too late).
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise TrainingFault(f"weights became non-finite at step {self.step_idx}",
-                                NAN_HINT, self.step_idx)
-        self.writer.sync()   # the records up to this step are on disk before it claims them
-        # Each rank's own part (its carried half's teachers, its dropout stream), gathered so
-        # that rank 0's one file resumes every rank.
-        own = {"rng": self.rng_state,
-               "cuda_rng": self.cuda_rng_state.cpu() if self.cuda_rng_state is not None
-               else None,
-               "cache": [{k: v.detach().cpu() for k, v in e.items()} for e in self.cache]}
-        ranks = self.dist.gather(own)
-        if not self.dist.main:
-            return
-        state = {
-            "step": self.step_idx, "samples_seen": self.samples_seen, "wall_time": self.wall_time,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.opt.state_dict(),
-            # the state after the last step: a resume does not replay its dropout masks
-            "rng": self.rng_state,
-            "cuda_rng": self.cuda_rng_state.cpu() if self.cuda_rng_state is not None else None,
-            "cache": [{k: v.detach().cpu() for k, v in e.items()} for e in self.cache],
-            "data": self.data_fp,
-            "probe_prev": self.probe_prev, "last_eval": self.last_eval,
-            "split_prev": self.split_prev,
-            "config": self.cfg.to_dict(),
-        }
-        if self.dist.active:
-            state["ranks"] = ranks
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        # temp file + rename: a crash mid-save leaves the previous checkpoint intact
-        atomic_write_bytes(self.rd.checkpoint_path, buf.getvalue())
-        # ...and leaves its partial temp file behind: sweep those once a save has succeeded
-        for tmp in self.rd.checkpoint_path.parent.glob(f".{self.rd.checkpoint_path.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        checkpoint.save(self)
 
     def load_checkpoint(self) -> int:
-        p = self.rd.checkpoint_path
-        if not p.is_file():
-            raise ConfigError.one("resume", str(self.rd.path), "this run has no checkpoint to "
-                                  "resume from; start it again instead")
-        # weights_only: a checkpoint is plain tensors and numbers, never arbitrary pickles
-        try:
-            st = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - damaged, foreign or unsafe: never a traceback
-            import pickle
-            why = ("it holds objects other than tensors and numbers, which are never unpickled"
-                   if isinstance(e, pickle.UnpicklingError) else
-                   f"it is damaged or not a dynsdpb checkpoint ({type(e).__name__})")
-            raise ConfigError.one("checkpoint", str(p), f"cannot resume: {why}; start the run "
-                                  "again (delete its folder)") from None
-        self._check_data(st.get("data"))
-        saved_world = len(st["ranks"]) if "ranks" in st else 1
-        if saved_world != self.dist.world:
-            raise ConfigError.one("resume", str(self.rd.path), f"this checkpoint was written by "
-                                  f"{saved_world} process(es) and this resume runs "
-                                  f"{self.dist.world}; resume with the same world size "
-                                  f"(torchrun --nproc_per_node {saved_world})")
-        if "ranks" in st:
-            st.update(st["ranks"][self.dist.rank])
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.step_idx, self.samples_seen = int(st["step"]), int(st["samples_seen"])
-        self.wall_time = float(st["wall_time"])
-        self.rng_state = st["rng"]
-        if self.cuda_rng_state is not None and st.get("cuda_rng") is not None:
-            self.cuda_rng_state = st["cuda_rng"]
-        cache = st["cache"]
-        if isinstance(cache, dict):
-            # Older checkpoints keyed the cache by sample id: lay it out in the order of the
-            # next step's carried half (what those versions looked up).
-            cache = [cache[i] for i in self.layout.batch(self.step_idx).carried] if cache else []
-        self.cache = [{k: v.to(self.device) for k, v in e.items()} for e in cache]
-        self.probe_prev = st["probe_prev"]
-        self.last_eval = st.get("last_eval") or {}
-        self.split_prev = st.get("split_prev")
-        return self.step_idx
-
-    def _check_data(self, saved: dict | None) -> None:
-        """Refuse to resume on another training set than the checkpoint's. Checkpoints from
-        before this check carry none and resume as they did."""
-        now = self.data_fp
-        if not saved or not now or saved == now:
-            return
-        was = f"{saved.get('train_size')} rows, hash {str(saved.get('train_sha256'))[:12]}"
-        got = f"{now['train_size']} rows, hash {now['train_sha256'][:12]}"
-        raise ConfigError.one("dataset", self.cfg.dataset, f"the training set differs from the "
-                              f"one this checkpoint was trained on ({was} then, {got} now): the "
-                              "data file or its split changed. Put the original data back to "
-                              "resume, or start a new experiment on the new data")
+        return checkpoint.load(self)
 
     # -- end of run ---------------------------------------------------------------------
     def write_summary(self) -> dict:
