@@ -46,13 +46,16 @@ PRESETS = {
         ["vanilla", "dlb", "dynsdpb"], [0, 1, 2], dict(PAPER, budget="compute")),
     "decoder-quick-demo": (
         "Decoder demo: SmolLM2-135M with LoRA on arith-easy (1-digit sums and products), "
-        "vanilla vs dynsdpb, 24 steps of 4 (a few minutes on a quiet 2-core CPU; "
-        "docs/results.md). tau_0 = 1, tau in [1, 1.5]: the top-64 teacher cache keeps 94% of "
+        "vanilla vs dynsdpb, 48 steps of 4: 4 min 14 s on a 2-core CPU. Measured: the arms learn "
+        "to answer with the bare number, test exact match 58% vanilla and 54% dynsdpb (one "
+        "seed, 24 prompts: one prompt apart) against 12.5% for the base model with the same "
+        "4 new tokens; alpha (batch mean) rises from 0.31 to about 0.7 and tau falls from 1.27 "
+        "to 1.09 (docs/results.md). tau in [1, 1.5]: the top-64 teacher cache keeps 94% of "
         "the probability mass at tau 1 and 56% at 1.5 (docs/method.md §5).",
         ["vanilla", "dynsdpb"], [0],
-        dict(model="smollm2-135m", dataset="arith-easy", steps=24, batch_size=4, max_len=64,
-             lr=2e-4, warmup_ratio=0.1, eval_every=8, val_size=12, test_size=24,
-             max_train_samples=0, checkpoint_every=12, probe_size=8, max_new_tokens=4,
+        dict(model="smollm2-135m", dataset="arith-easy", steps=48, batch_size=4, max_len=64,
+             lr=2e-4, warmup_ratio=0.1, eval_every=12, val_size=12, test_size=24,
+             max_train_samples=0, checkpoint_every=24, probe_size=8, max_new_tokens=4,
              eval_generations=4, tau=1.0, tau_0=1.0, tau_min=1.0, tau_max=1.5,
              weight_decay=0.0)),
     "warmup-ablation": (
