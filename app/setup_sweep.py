@@ -21,6 +21,7 @@ def draw_sweep(cfg: C.RunConfig, methods: list[str], seeds: list[int], n_problem
         if st.button("Queue the sweep", key="btn_sweep", disabled=bool(n_problems)):
             import time
             from dynsdpb import sweep as SW
+            from dynsdpb import sweep_run as SX
             from dynsdpb.store import safe_name
             try:
                 grid = SW.parse_grid([ln for ln in ss["w_sweep_grid"].splitlines()
@@ -28,7 +29,7 @@ def draw_sweep(cfg: C.RunConfig, methods: list[str], seeds: list[int], n_problem
                 name = str(ss["w_sweep_name"]).strip() or time.strftime("sweep-%Y%m%d-%H%M%S")
                 folder = common.runs_dir() / safe_name(name)
                 SW.create_sweep(folder, cfg, methods, seeds, grid=grid, name=name)
-                ids = SW.queue_grid(common.manager(), folder)
+                ids = SX.queue_grid(common.manager(), folder)
             except ConfigError as e:
                 for p in e.problems:
                     st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon=":material/warning:")

@@ -167,6 +167,8 @@ def cmd_sweep(a) -> int:
     """A grid or search over fields (dynsdpb/sweep.py): create the folder or continue one."""
     from tqdm import tqdm
     from . import sweep as SW
+    from . import sweep_read as SR
+    from . import sweep_run as SX
     if a.resume:
         out = Path(a.resume)
         spec = SW.load_sweep(out)
@@ -201,7 +203,7 @@ def cmd_sweep(a) -> int:
 
     stop = threading.Event()
     try:
-        res = SW.run_sweep(out, progress=progress, stop=stop, on_run=on_run)
+        res = SX.run_sweep(out, progress=progress, stop=stop, on_run=on_run)
     except KeyboardInterrupt:
         stop.set()
         bar.close()
@@ -211,7 +213,7 @@ def cmd_sweep(a) -> int:
         bar.close()
     t = spec["target"]
     for c in res["cells"]:
-        g = SW.score(c["summary"], t)
+        g = SR.score(c["summary"], t)
         print(f"{c['params']}  {t} - vanilla: {100 * g:+.2f} points  "
               f"({c['runs_done']}/{c['runs_total']} runs)")
     print(f"sweep in {out}; report with: dynsdpb report {out} --out {out}/report")

@@ -17,6 +17,7 @@ from .compare import PERCENT, TEST_METRICS, fmt_ci, summarize_runs
 from .errors import ConfigError
 from .store import ExperimentDir, safe_name
 from . import sweep as SW
+from . import sweep_read as SR
 
 LOWER_IS_BETTER = ("test_mse", "test_perplexity", "test_loss")
 
@@ -176,7 +177,7 @@ def _experiment_section(exp: ExperimentDir, out: Path, label: str) -> tuple[str,
 
 def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
     spec = SW.load_sweep(path)
-    cl = SW.cells(path)
+    cl = SR.cells(path)
     t = spec["target"]
     axes = list(spec["grid"] or spec["search"])
     lines = [f"## Sweep `{path.name}` ({spec['kind']}: {', '.join(axes)}; methods "
@@ -257,7 +258,7 @@ def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
         for combo in itertools.product(*(spec["grid"][r] for r in rest)):
             fixed = dict(zip(rest, combo))
             for vs in vss:
-                hm = SW.heatmap(cl, x, y, t, vs, fixed)
+                hm = SR.heatmap(cl, x, y, t, vs, fixed)
                 tag = "-".join(f"{k}{v}" for k, v in fixed.items())
                 png = out / safe_name(f"{label}-heatmap-{vs}{'-' + tag if tag else ''}") \
                     .replace(".", "_")

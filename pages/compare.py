@@ -17,10 +17,10 @@ st.title("Compare")
 
 
 def sweeps() -> None:
-    """A sweep's paired gain per grid cell (dynsdpb/sweep.py): a heatmap, interval on hover,
+    """A sweep's paired gain per grid cell (dynsdpb/sweep_read.py): a heatmap, interval on hover,
     * on cells whose 95% interval excludes 0; the same numbers as each cell's summary."""
-    from dynsdpb import sweep as SW
-    found = SW.find_sweeps(common.runs_dir())
+    from dynsdpb import sweep_read as SR
+    found = SR.find_sweeps(common.runs_dir())
     if not found:
         return
     ex = st.expander("Sweeps: paired gain per grid cell (heatmaps)")
@@ -34,10 +34,11 @@ def _sweep_view(found) -> None:
     import plotly.graph_objects as go
 
     from dynsdpb import sweep as SW
+    from dynsdpb import sweep_read as SR
     pick = st.selectbox("sweep", [p.name for p in found], key="w_cmp_sweep")
     path = common.runs_dir() / pick
     spec = SW.load_sweep(path)
-    cl = SW.cells(path)
+    cl = SR.cells(path)
     axes = list(spec["grid"] or spec["search"])
     done = sum(c["runs_done"] for c in cl)
     st.caption(f"{spec['kind']} over {', '.join(axes)}; methods {', '.join(spec['methods'])}; "
@@ -45,7 +46,7 @@ def _sweep_view(found) -> None:
                f"{sum(c['runs_total'] for c in cl)} cell runs finished (shared baselines "
                "count in every cell that uses them).")
     if spec["kind"] != "grid":
-        st.dataframe([{**c["params"], "gain vs vanilla": SW.score(c["summary"], spec["target"])}
+        st.dataframe([{**c["params"], "gain vs vanilla": SR.score(c["summary"], spec["target"])}
                       for c in cl], hide_index=True)
         return
     c1, c2, c3 = st.columns(3)
@@ -58,7 +59,7 @@ def _sweep_view(found) -> None:
              for a in axes if a not in (x, y)}
     vss = ["vanilla"] + (["dlb"] if target == "dynsdpb" and "dlb" in spec["methods"] else [])
     for vs in vss:
-        hm = SW.heatmap(cl, x, y, target, vs, fixed)
+        hm = SR.heatmap(cl, x, y, target, vs, fixed)
         pts = lambda v: 100 * v if math.isfinite(v) else None  # noqa: E731
         z = [[pts(v) for v in row] for row in hm["z"]]
         text = [[("" if v is None else f"{v:+.2f}{'*' if s else ''}") for v, s in zip(r, sr)]

@@ -24,13 +24,13 @@ st.title("Runs")
 
 
 def sweeps() -> bool:
-    """Sweep folders (dynsdpb/sweep.py) in the runs directory: progress, stop, delete. Their
+    """Sweep folders (dynsdpb/sweep_read.py) in the runs directory: progress, stop, delete. Their
     heatmaps and reports are on Compare. Returns whether there are any."""
-    from dynsdpb import sweep as SW
-    found = SW.find_sweeps(jm.runs_dir)
+    from dynsdpb import sweep_read as SR
+    found = SR.find_sweeps(jm.runs_dir)
     if not found:
         return False
-    ovs = {p.name: SW.overview(p) for p in found}
+    ovs = {p.name: SR.overview(p) for p in found}
     with st.expander(f"Sweeps ({len(found)}): heatmaps and reports are on Compare"):
         st.dataframe([{
             "sweep": o["name"], "kind": o["kind"], "varies": ", ".join(o["axes"]),

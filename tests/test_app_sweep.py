@@ -26,6 +26,7 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
         runs_dir, csv):
     from app import common
     from dynsdpb import sweep as SW
+    from dynsdpb import sweep_read as SR
     at = new_app()
     msg = _queue_sweep(at, csv)
     # one seed (keeps the test short): vanilla once (it does not read alpha_max), dynsdpb once
@@ -34,7 +35,7 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
     folder = runs_dir / "tiny-grid"
     assert len(SW.plan_runs(folder)) == 3
     assert common.manager().wait_idle(240), "the sweep's runs did not finish"
-    ov = SW.overview(folder)
+    ov = SR.overview(folder)
     assert (ov["runs_finished"], ov["runs_total"], ov["runs_running"]) == (3, 3, 0)
 
     # Compare: the heatmap's cells are the engine's paired differences, in points
@@ -45,8 +46,8 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
     specs = [json.loads(f.proto.spec) for f in figs]
     heat = [s for s in specs if s["data"] and s["data"][0].get("type") == "heatmap"]
     assert heat, "no heatmap on Compare"
-    cl = SW.cells(folder)
-    want = SW.heatmap(cl, "alpha_max", "", "dynsdpb", "vanilla")
+    cl = SR.cells(folder)
+    want = SR.heatmap(cl, "alpha_max", "", "dynsdpb", "vanilla")
     # grid values are categories: a numeric axis would stretch cells over empty neighbours
     assert heat[0]["layout"]["xaxis"]["type"] == "category"
     z = heat[0]["data"][0]["z"]
@@ -71,7 +72,7 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
 
 def test_runs_page_refuses_to_delete_a_sweep_with_queued_runs(runs_dir, csv):
     from app import common
-    from dynsdpb import sweep as SW
+    from dynsdpb import sweep_read as SR
     jm = common.manager()
     at = new_app()
     # a long first run keeps the rest of the sweep in the queue while the page is looked at
@@ -90,10 +91,10 @@ def test_runs_page_refuses_to_delete_a_sweep_with_queued_runs(runs_dir, csv):
         assert at.button(key="btn_sweep_delete").disabled
         stop = at.button(key="btn_sweep_stop")
         assert not stop.disabled
-        queued = [k for k in jm.queue() if k in SW.overview(folder)["keys"]]
+        queued = [k for k in jm.queue() if k in SR.overview(folder)["keys"]]
         assert queued
         stop.click().run()
-        assert not [k for k in jm.queue() if k in SW.overview(folder)["keys"]]
+        assert not [k for k in jm.queue() if k in SR.overview(folder)["keys"]]
     finally:
         for k in [jm.current(), *jm.queue()]:
             if k:

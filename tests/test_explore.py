@@ -171,6 +171,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from dynsdpb import sweep as SW  # noqa: E402
+from dynsdpb import sweep_read as SR  # noqa: E402
+from dynsdpb import sweep_run as SX  # noqa: E402
 from dynsdpb.config import dumps  # noqa: E402
 from dynsdpb.errors import ConfigError  # noqa: E402
 
@@ -237,16 +239,16 @@ def test_grid_sweep_runs_each_unique_run_once_and_heatmap_equals_summaries(tiny_
     # per seed: vanilla, refeed and dlb once per lr (2 each), dynsdpb once per cell (4)
     assert len(plan) == 2 * (2 + 2 + 2 + 4)
     ran = []
-    res = SW.run_sweep(out, on_run=lambda key, reused: ran.append((key, reused)))
+    res = SX.run_sweep(out, on_run=lambda key, reused: ran.append((key, reused)))
     assert res["complete"]
     fresh = [k for k, r in ran if not r]
     assert sorted(fresh) == sorted(plan) and len(set(fresh)) == len(fresh)
     assert len(list((out / "runs").iterdir())) == len(plan)
-    cl = SW.cells(out)
+    cl = SR.cells(out)
     assert len(cl) == 4 and all(c["runs_done"] == c["runs_total"] == 8 for c in cl)
     from dynsdpb.compare import summarize
     for vs in ("vanilla", "dlb"):
-        hm = SW.heatmap(cl, "alpha_max", "lr", "dynsdpb", vs)
+        hm = SR.heatmap(cl, "alpha_max", "lr", "dynsdpb", vs)
         assert hm["x"] == [0.5, 2.0] and hm["y"] == [1e-3, 1e-2]
         for c in cl:
             # recompute the cell's summary from its runs' summary.json files
@@ -259,7 +261,7 @@ def test_grid_sweep_runs_each_unique_run_once_and_heatmap_equals_summaries(tiny_
             assert hm["significant"][i][j] == (d["ci_low"] > 0 or d["ci_high"] < 0)
     # a second call finds everything done and trains nothing
     again = []
-    SW.run_sweep(out, on_run=lambda key, reused: again.append(reused))
+    SX.run_sweep(out, on_run=lambda key, reused: again.append(reused))
     assert again == []
 
     # the report on this finished sweep
@@ -313,7 +315,7 @@ def test_sweep_resumes_after_a_kill(tiny_csv, tmp_path):
     p.wait()
     finished = {c.parent.parent.name: c.stat().st_mtime_ns for c in done}
     ran = []
-    res = SW.run_sweep(out, on_run=lambda key, reused: ran.append((key, reused)))
+    res = SX.run_sweep(out, on_run=lambda key, reused: ran.append((key, reused)))
     assert res["complete"]
     assert len(list((out / "runs").iterdir())) == 3          # vanilla shared, 2 x dynsdpb
     for key, mtime in finished.items():                        # finished runs: not redone
