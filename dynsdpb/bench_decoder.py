@@ -9,9 +9,10 @@ budget compute set by the bench. Every figure is a ratio of two things measured 
                                  vanilla step time, budget compute, lockstep arms on one
                                  shared base. Goal <= 1.10.
   vanilla_vs_hf_trainer_throughput
-                                 our vanilla samples/s / transformers.Trainer samples/s with a
-                                 plain peft LoRA model of the same r, alpha, dropout, targets
-                                 and initial weights, our data order, batch size, max length
+                                 our vanilla samples/s (a run alone, as in bench.py) /
+                                 transformers.Trainer samples/s with a plain peft LoRA model
+                                 of the same r, alpha, dropout, targets and initial
+                                 weights, our data order, batch size, max length
                                  and collation (left padding), labels -100 off the target
                                  tokens, AdamW, linear schedule, clipping and steps; logging
                                  and saving off. Trainer's model computes its loss from the
@@ -163,11 +164,12 @@ def run(model: str = "smollm2-135m", dataset: str = "arith-easy", steps: int = 3
     with B.phase(out, "compare", log, "1/5 vanilla and dynsdpb in lockstep (budget compute)"):
         st = B.step_time_ratio(cfg, work, out)
 
-    with B.phase(out, "hf_trainer", log, "2/5 transformers.Trainer on the same LoRA model, "
-                 "data and schedule"):
+    with B.phase(out, "hf_trainer", log, "2/5 our vanilla alone, then transformers.Trainer on "
+                 "the same LoRA model, data and schedule"):
+        alone = B.vanilla_alone_step_s(cfg, work)
         hf = hf_trainer_throughput(cfg, work, prepare(cfg))
         del hf["model"]
-    ours = B.throughput_vs_hf(out, cfg.batch_size, hf["samples_per_s"])
+    ours = B.throughput_vs_hf(out, cfg.batch_size, alone, hf["samples_per_s"])
 
     with B.phase(out, "mfu", log, "3/5 fp32 matmul peak and MFU"):
         peak = B.matmul_flops()
