@@ -164,11 +164,19 @@ def _mark_coinciding(spec: dict) -> None:
         text = " and ".join(names) + " coincide"
         if text not in said:
             said.append(text)
-    if said:
-        spec["layout"]["annotations"].append({
-            "text": "; ".join(said) + " (drawn on top of each other)", "showarrow": False,
-            "xref": "paper", "yref": "paper", "x": 1.0, "y": 1.12, "xanchor": "right",
-            "font": {"size": 12, "color": "#555"}})
+    if not said:
+        return
+    note = "; ".join(said) + " (drawn on top of each other)"
+    title = spec["layout"].get("title")
+    if title:
+        # A one-metric chart has its title at the top left, where a note at the top right
+        # runs into it in a half-width column: the note goes on a line of its own under it.
+        title["text"] += f"<br><span style='font-size:12px;color:#555'>{note}</span>"
+        spec["layout"]["margin"] = dict(spec["layout"]["margin"], t=62)
+        return
+    spec["layout"]["annotations"].append({
+        "text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 1.0,
+        "y": 1.12, "xanchor": "right", "font": {"size": 12, "color": "#555"}})
 
 
 def _note(spec: dict, text: str, col: int = 1, n: int = 1) -> None:

@@ -51,7 +51,8 @@ _RG = {
 BUILTIN_LM_DATASETS = {
     "arith-easy": "1-digit sums, differences and products (reasoning-gym chain_sum/products, 2 "
                   "terms); target = the answer. ~270 distinct problems; SmolLM2-135M gets about "
-                  "half right before fine-tuning.",
+                  "half right before fine-tuning given 16 new tokens, 1 in 8 given 4 (it starts "
+                  "with 'The answer is').",
     "gsm-symbolic": "GSM8K-style word problems (reasoning-gym gsm_symbolic); target = a "
                     "step-by-step rationale ending '#### N'. Far too hard for a 135M model.",
 }

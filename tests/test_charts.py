@@ -148,6 +148,18 @@ def test_arms_with_identical_curves_stay_visible_and_are_named():
     assert not [a for a in fig2.layout.annotations if "coincide" in (a.text or "")]
 
 
+def test_a_one_metric_chart_says_coinciding_arms_under_its_title_not_over_it():
+    """A one-metric chart's title sits at the top left: the note takes a line of its own under
+    it (at the top right, in a half-width column, the two ran into each other)."""
+    recs = _recs(60)
+    fig = figures.fig_metric([_arm(recs, "vanilla"), _arm(recs, "dynsdpb")], "val_accuracy",
+                             title="validation accuracy")
+    assert fig.layout.title.text.startswith("validation accuracy<br>")
+    assert "vanilla-s0 and dynsdpb-s0 coincide" in fig.layout.title.text
+    assert not [a for a in fig.layout.annotations if "coincide" in (a.text or "")]
+    assert fig.layout.margin.t > 40
+
+
 def test_a_figure_is_serialised_once_and_the_same_bytes_are_reused():
     """A poll with nothing new must send the same bytes (Streamlit then sends a reference to
     the message the browser already holds)."""
