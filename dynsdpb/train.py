@@ -57,17 +57,18 @@ def _is_oom(e: BaseException) -> bool:
 
 
 # Test-only: "RANK:STEP" makes that rank raise inside that 1-based step, before its forward
-# pass; "RANK:STEP:after" after its optimizer step. Tests fail one data-parallel rank with it;
-# never set it for real runs.
+# pass; "RANK:STEP:after" after its optimizer step; "RANK:STEP:late" makes that rank take 3 s
+# to act on a fault the ranks agreed on in that step. Comma-separated: several. Tests fail
+# data-parallel ranks with it; never set it for real runs.
 TEST_FAIL_ENV = "DYNSDPB_TEST_FAIL_RANK_STEP"
 
 
-def _test_fault_at() -> tuple[int, int, str] | None:
-    raw = os.environ.get(TEST_FAIL_ENV, "")
-    if not raw:
-        return None
-    rank, step, *where = raw.split(":")
-    return int(rank), int(step), (where or ["forward"])[0]
+def _test_fault_at() -> set[tuple[int, int, str]]:
+    out = set()
+    for spec in filter(None, os.environ.get(TEST_FAIL_ENV, "").split(",")):
+        rank, step, *where = spec.split(":")
+        out.add((int(rank), int(step), (where or ["forward"])[0]))
+    return out
 
 
 def _compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -264,7 +265,7 @@ class Arm:
                     torch.cuda.set_rng_state(saved[1], self.device)
 
     def _test_fault(self, step: int, where: str) -> None:
-        if self._test_fail == (self.dist.rank, step, where):
+        if (self.dist.rank, step, where) in self._test_fail:
             raise RuntimeError(f"{TEST_FAIL_ENV}: injected fault on rank {self.dist.rank} "
                                f"at step {step}")
 
@@ -289,6 +290,8 @@ class Arm:
             return
         reasons = self.dist.gather(None if err is None else _describe_fault(err, step))
         error, hint = reasons[bad]
+        if (self.dist.rank, step, "late") in self._test_fail:
+            time.sleep(3)
         fault = TrainingFault(f"{error} (on rank {bad} of {self.dist.world})", hint, step)
         fault.all_ranks = True    # every rank raised it at the same collective
         raise fault from err

@@ -105,6 +105,24 @@ def test_a_fault_on_one_rank_fails_the_run_on_every_rank_at_once(tmp_path, no_dr
     print(f"fault on rank 1: both ranks exited after {took:.1f} s in all")
 
 
+def test_no_rank_ends_before_rank_0_has_written_why(tmp_path, no_dropout_model):
+    """Rank 1 fails at step 5 and rank 0 is 3 s slow to record the agreed fault: rank 1 must
+    not exit (and get rank 0 stopped by the launcher) before rank 0 has written the failed
+    status and the summary. Without the ranks' last barrier the status reads `interrupted`
+    (seen in CI, where the launcher was quicker than rank 0)."""
+    from dynsdpb.train import TEST_FAIL_ENV
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    try:
+        p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path,
+                      timeout=120, **{TEST_FAIL_ENV: "1:5,0:5:late"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("a rank hung")
+    assert p.returncode != 0, p.stderr[-3000:]
+    st = RunDir(tmp_path / "ddp" / "dynsdpb-s0").status()
+    assert st["state"] == "failed" and "injected fault on rank 1 at step 5" in st["error"], st
+    assert (tmp_path / "ddp" / "summary.json").is_file()
+
+
 def test_a_fault_after_the_agreement_ends_both_ranks_too(tmp_path, no_dropout_model):
     """Rank 1 raises after its optimizer step 5, where no agreement follows: it fails every
     arm and exits rather than pairing its next collectives with the wrong ones of rank 0;
