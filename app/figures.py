@@ -170,8 +170,8 @@ def _mark_coinciding(spec: dict) -> None:
     title = spec["layout"].get("title")
     if title:
         # A one-metric chart has its title at the top left, where a note at the top right
-        # runs into it in a half-width column: the note goes on a line of its own under it.
-        title["text"] += f"<br><span style='font-size:12px;color:#555'>{note}</span>"
+        # runs into it in a half-width column: the note is its subtitle, a line under it.
+        title["subtitle"] = {"text": note, "font": {"size": 12, "color": "#555"}}
         spec["layout"]["margin"] = dict(spec["layout"]["margin"], t=62)
         return
     spec["layout"]["annotations"].append({

@@ -154,8 +154,8 @@ def test_a_one_metric_chart_says_coinciding_arms_under_its_title_not_over_it():
     recs = _recs(60)
     fig = figures.fig_metric([_arm(recs, "vanilla"), _arm(recs, "dynsdpb")], "val_accuracy",
                              title="validation accuracy")
-    assert fig.layout.title.text.startswith("validation accuracy<br>")
-    assert "vanilla-s0 and dynsdpb-s0 coincide" in fig.layout.title.text
+    assert fig.layout.title.text == "validation accuracy"
+    assert "vanilla-s0 and dynsdpb-s0 coincide" in fig.layout.title.subtitle.text
     assert not [a for a in fig.layout.annotations if "coincide" in (a.text or "")]
     assert fig.layout.margin.t > 40
 
