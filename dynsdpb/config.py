@@ -180,6 +180,9 @@ class RunConfig:
     # --- bookkeeping ----------------------------------------------------------------------
     eval_every: int = _f(50, "Evaluate on the validation set every this many steps (and at the "
                          "end).", "run")
+    eval_on_start: bool = _f(False, "Also evaluate once before the first step, as a record of "
+                             "step 0 (Trainer's eval_on_start): the charts start from the "
+                             "untrained model's score.", "run")
     probe_size: int = _f(64, "Training samples in the fixed probe set used for `probe_drift`.",
                          "run")
     checkpoint_every: int = _f(100, "Save a resumable checkpoint every this many steps (0 = only "

@@ -84,6 +84,16 @@ def _advance(a: Arm) -> dict:
     return rec
 
 
+def _evaluate_at_start(a: Arm) -> dict:
+    """eval_on_start: the untrained model's validation metrics as the record of step 0.
+    Evaluation draws no random numbers, so the steps that follow are those of a run without
+    it; a run restarted before its first checkpoint drops that record and writes it again."""
+    rec = a.start_record()
+    with a.rng():
+        rec.update(a.evaluate())
+    return a.log(rec)
+
+
 def _data_info(a: Arm) -> dict:
     """The split sizes actually used (val_size/test_size 0 = auto) and what the dedup
     dropped: in each arm's status for the app, before any summary exists."""
@@ -113,8 +123,14 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
             continue
         if a.done:  # killed while finishing: only the end of the run is left
             final[a.rd.id] = _finish(a, progress)
-        else:
-            live.append(a)
+            continue
+        if a.cfg.eval_on_start and a.step_idx == 0:
+            try:         # (a record in the file, not a step: progress callbacks count steps)
+                _evaluate_at_start(a)
+            except Exception as e:  # noqa: BLE001 - this arm only
+                final[a.rd.id] = _fail(a, e, progress)
+                continue
+        live.append(a)
     while live and not stopping():
         for a in list(live):
             if stopping():

@@ -439,6 +439,14 @@ class Arm:
                                                          "sample": b.carried[0], **view}
         return rec
 
+    def start_record(self) -> dict:
+        """The record of step 0 (eval_on_start): bookkeeping only; the evaluation fills in
+        the validation metrics of the untrained model."""
+        rec = dict.fromkeys(RECORD_KEYS)
+        rec.update(step=0, epoch=0.0, method=self.cfg.method, schedule=self.schedule,
+                   seed=self.cfg.seed, samples_seen=0, wall_time=0.0)
+        return rec
+
     def log(self, rec: dict) -> dict:
         """Write the step's record; with several ranks, one record reduced over them."""
         rec = dist.reduce_record(self.dist.gather(rec))

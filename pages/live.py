@@ -250,6 +250,8 @@ def live_charts() -> None:
     decoder = any(a.decoder for a in arms)
     st.markdown("##### Validation " + val_key.removeprefix("val_").replace("_", " "))
     every = f"validation set, every {arms[0].cfg.get('eval_every')} steps"
+    if arms[0].cfg.get("eval_on_start"):
+        every += " and at step 0"
     if decoder:
         # exact match of greedy answers (%), and perplexity on the targets: with few steps
         # exact match moves in coarse jumps, perplexity shows learning before it does

@@ -153,8 +153,10 @@ st.caption("Optimisation, the same for every arm: AdamW with a learning rate tha
            "over the first `lr warm-up share` of the steps, then decays linearly to 0.")
 grid(["steps", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip"])
 with st.expander("Evaluation, checkpoints, device", expanded=any(problems.get(n) for n in (
-        "eval_every", "probe_size", "checkpoint_every", "save_model", "device"))):
-    grid(["eval_every", "probe_size", "checkpoint_every", "device", "save_model"])
+        "eval_every", "eval_on_start", "probe_size", "checkpoint_every", "save_model",
+        "device"))):
+    grid(["eval_every", "probe_size", "checkpoint_every", "device", "save_model",
+          "eval_on_start"])
 
 # -- problems not shown yet (hidden fields) and Start ---------------------------------------
 st.divider()

@@ -91,14 +91,14 @@ def texts(at: AppTest) -> str:
                      + [e.value for e in at.error] + [w.value for w in at.warning])
 
 
-def train_experiment(runs: Path, csv: Path, name: str = "") -> str:
+def train_experiment(runs: Path, csv: Path, name: str = "", **cfg_kw) -> str:
     """Two finished arms without the UI (for the pages that only read runs)."""
     from app import common
     from dynsdpb.config import RunConfig
     jm = common.manager()
-    cfg = RunConfig(model="tiny-random-bert", dataset=str(csv), steps=3, batch_size=4,
-                    val_size=10, test_size=10, max_len=16, eval_every=1, probe_size=8,
-                    checkpoint_every=0, save_model=True)
+    cfg = RunConfig(**{**dict(model="tiny-random-bert", dataset=str(csv), steps=3, batch_size=4,
+                              val_size=10, test_size=10, max_len=16, eval_every=1,
+                              probe_size=8, checkpoint_every=0, save_model=True), **cfg_kw})
     job = jm.submit(cfg, ["vanilla", "dynsdpb"], [0], name=name)
     assert jm.wait_idle(120), "tiny run did not finish"
     assert not job.error, job.error
@@ -247,6 +247,23 @@ def test_uploaded_file_gets_a_column_mapping(runs_dir, tmp_path):
     assert at.session_state["w_data_source"] == "upload a file"
     assert at.session_state["upload"]["data"] == data.encode()
     assert at.session_state["w_label_column"] == "sentiment"
+
+
+def test_a_step_0_evaluation_is_drawn_from_step_0_on_every_page(runs_dir, csv):
+    """eval_on_start writes a record of step 0 with validation metrics and no loss: Live and
+    Compare draw the validation curve from step 0, the loss from step 1, without errors."""
+    train_experiment(runs_dir, csv, eval_on_start=True, eval_every=2)
+    at = new_app()
+    for page in ("live.py", "compare.py", "runs.py"):
+        at.switch_page(str(PAGES / page)).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        if page == "runs.py":
+            continue
+        xs = {(c["layout"].get("title") or {}).get("text", ""): t["x"] for c in specs(at)
+              for t in c["data"] if t.get("name") == "vanilla-s0"}
+        val = [x for title, x in xs.items() if "val" in title.lower() or "valid" in title.lower()]
+        assert val and all(x[0] == 0 for x in val), (page, xs)
+        assert all(x[0] == 1 for title, x in xs.items() if title.lower().startswith("loss")), xs
 
 
 def test_compare_page_renders_two_runs(runs_dir, csv):

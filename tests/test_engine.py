@@ -386,3 +386,24 @@ def test_predict_batches_by_length_and_returns_logits_in_the_asked_order(tmp_pat
     assert z.shape == ref.shape
     torch.testing.assert_close(z, ref, atol=1e-5, rtol=1e-5)
     assert task.predict(model, e, [], torch.device("cpu"), False).numel() == 0
+
+
+def test_eval_on_start_adds_a_step_0_record_and_changes_no_step(tiny_csv, tmp_path):
+    """eval_on_start: a record of step 0 with the untrained model's validation metrics and no
+    training numbers; every step after it equals the run without it (evaluation draws no
+    random numbers). Only probe_drift differs: the first evaluation now has a baseline."""
+    cfg = tiny_config(tiny_csv, method="dynsdpb", steps=5, eval_every=2, lr=1e-2)
+    plain, _ = _run(cfg, tmp_path / "a", ["dynsdpb"], [0])
+    seen = []
+    exp = create_experiment(tmp_path / "b", cfg.replace(eval_on_start=True), ["dynsdpb"], [0])
+    run_experiment(exp, progress=lambda arm, rec: seen.append(rec.get("step")))
+    recs = RunDir(exp / "dynsdpb-s0").metrics()
+    first = recs[0]
+    assert first["step"] == 0 and first["samples_seen"] == 0 and set(first) == set(RECORD_KEYS)
+    assert first["val_accuracy"] is not None and first["val_loss"] is not None
+    assert first["loss"] is None and first["alpha"] is None and first["lr"] is None
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4, 5]
+    assert 0 not in seen                      # progress callbacks count steps only
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "probe_drift"} for r in rs]  # noqa: E731
+    _close(drop(_strip(recs[1:])), drop(_strip(RunDir(plain / "dynsdpb-s0").metrics())))
+    assert recs[2]["probe_drift"] is not None        # measured against step 0's predictions
