@@ -23,10 +23,12 @@ PRESETS = {
     "classroom": (
         "Classroom: MiniLM on BBC News topics at lr 2e-4, vanilla vs dynsdpb, 40 steps: the "
         "model becomes sure within the run, so alpha rises from 0 to about 0.4 (largest per "
-        "sample 0.66) and tau falls from 6 to about 4.5 (measured: 151 s on an idle 2-core "
-        "CPU, test accuracy 95.5% vanilla, 96.0% dynsdpb).",
+        "sample 0.66) and tau falls from 6 to about 4.5, while validation accuracy climbs "
+        "from 32% at step 0 (eval_on_start: the untrained head) to about 94% (measured: "
+        "98-151 s on an idle 2-core CPU, test accuracy 95.5% vanilla, 96.0% dynsdpb).",
         ["vanilla", "dynsdpb"], [0],
         dict(model="minilm-l6", dataset="bbc-news", steps=40, eval_every=10, max_len=64,
+             eval_on_start=True,
              lr=2e-4, max_train_samples=1500, val_size=200, test_size=200,
              checkpoint_every=20)),
     "quick-demo": (
