@@ -84,11 +84,28 @@ def _advance(a: Arm) -> dict:
     return rec
 
 
+def _end_out_of_step(a: Arm, e: BaseException, others: list[Arm], final: dict[str, str],
+                     progress: ProgressFn | None) -> None:
+    """Data parallel, after a fault of arm `a` on this rank alone: its collectives no longer
+    pair with the other ranks', so no arm can go on. Every other arm fails here; this process
+    then ends, and the other ranks see its connections close (gloo) or are stopped by the
+    launcher."""
+    d = dist.current()
+    a.out_of_step = True
+    for b in others:
+        final[b.rd.id] = _fail(b, TrainingFault(
+            f"stopped: {a.rd.id} failed on rank {d.rank} ({e})",
+            "data parallel: one rank's fault ends every arm; resume from the last checkpoint",
+            None), progress)
+    others.clear()
+
+
 def _evaluate_at_start(a: Arm) -> dict:
     """eval_on_start: the untrained model's validation metrics as the record of step 0.
     Evaluation draws no random numbers, so the steps that follow are those of a run without
     it; a run restarted before its first checkpoint drops that record and writes it again."""
     rec = a.start_record()
+    a._test_fault(0, "start")
     with a.rng():
         rec.update(a.evaluate())
     return a.log(rec)
@@ -129,6 +146,10 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
                 _evaluate_at_start(a)
             except Exception as e:  # noqa: BLE001 - this arm only
                 final[a.rd.id] = _fail(a, e, progress)
+                if d.active:          # on this rank alone: as after a step's late fault
+                    rest = live + [b for b in arms if b is not a and b.rd.id not in final]
+                    _end_out_of_step(a, e, rest, final, progress)
+                    return final
                 continue
         live.append(a)
     while live and not stopping():
@@ -142,17 +163,8 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
                 live.remove(a)
                 if d.active and not getattr(e, "all_ranks", False):
                     # A fault on this rank alone after the ranks' agreement in the step (in
-                    # the backward pass, the optimizer step, an evaluation, a checkpoint):
-                    # its collectives no longer pair with the other ranks', so no arm can go
-                    # on. This process ends; the others see its connections close (gloo) or
-                    # are stopped by the launcher.
-                    a.out_of_step = True
-                    for b in live:
-                        final[b.rd.id] = _fail(b, TrainingFault(
-                            f"stopped: {a.rd.id} failed on rank {d.rank} ({e})",
-                            "data parallel: one rank's fault ends every arm; resume from "
-                            "the last checkpoint", None), progress)
-                    live.clear()
+                    # the backward pass, the optimizer step, an evaluation, a checkpoint).
+                    _end_out_of_step(a, e, live, final, progress)
                     break
                 continue
             if progress:

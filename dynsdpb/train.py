@@ -57,9 +57,10 @@ def _is_oom(e: BaseException) -> bool:
 
 
 # Test-only: "RANK:STEP" makes that rank raise inside that 1-based step, before its forward
-# pass; "RANK:STEP:after" after its optimizer step; "RANK:STEP:late" makes that rank take 3 s
-# to act on a fault the ranks agreed on in that step. Comma-separated: several. Tests fail
-# data-parallel ranks with it; never set it for real runs.
+# pass; "RANK:STEP:after" after its optimizer step; "RANK:0:start" in the evaluation before
+# the first step (eval_on_start); "RANK:STEP:late" makes that rank take 3 s to act on a fault
+# the ranks agreed on in that step. Comma-separated: several. Tests fail data-parallel ranks
+# with it; never set it for real runs.
 TEST_FAIL_ENV = "DYNSDPB_TEST_FAIL_RANK_STEP"
 
 

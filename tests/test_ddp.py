@@ -123,6 +123,22 @@ def test_no_rank_ends_before_rank_0_has_written_why(tmp_path, no_dropout_model):
     assert (tmp_path / "ddp" / "summary.json").is_file()
 
 
+def test_a_fault_in_the_step_0_evaluation_on_one_rank_ends_both(tmp_path, no_dropout_model):
+    """eval_on_start: rank 1 fails in the evaluation before the first step, where no agreement
+    follows. Both ranks end (no hang) and nothing is trained."""
+    from dynsdpb.train import TEST_FAIL_ENV
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    args = _args(no_dropout_model, csv, tmp_path / "ddp", 4) + ["--eval-on-start", "true"]
+    try:
+        p = _torchrun(args, tmp_path, timeout=120, **{TEST_FAIL_ENV: "1:0:start"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("a rank hung after rank 1's fault in the step-0 evaluation")
+    assert p.returncode != 0, p.stderr[-3000:]
+    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    assert rd.status()["state"] in ("failed", "interrupted"), rd.status()
+    assert not [r for r in rd.metrics() if r["step"] > 0]
+
+
 def test_a_fault_after_the_agreement_ends_both_ranks_too(tmp_path, no_dropout_model):
     """Rank 1 raises after its optimizer step 5, where no agreement follows: it fails every
     arm and exits rather than pairing its next collectives with the wrong ones of rank 0;
