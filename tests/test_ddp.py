@@ -46,6 +46,20 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 600,
                           text=True, timeout=timeout)
 
 
+def _run_with_fault(tmp_path: Path, model: Path, fault: str, *extra: str) -> RunDir:
+    """A 2-rank dynsdpb run with the test fault `fault` (train.TEST_FAIL_ENV): it must end
+    (no rank may hang) with a non-zero exit. Returns the arm's run folder."""
+    from dynsdpb.train import TEST_FAIL_ENV
+    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
+    try:
+        p = _torchrun([*_args(model, csv, tmp_path / "ddp", 4), *extra], tmp_path,
+                      timeout=120, **{TEST_FAIL_ENV: fault})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a rank hung after the fault {fault}")
+    assert p.returncode != 0, p.stderr[-3000:]
+    return RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+
+
 def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path, no_dropout_model):
     csv = write_tiny_csv(tmp_path / "d.csv", n=200)
     assert cli.main(_args(no_dropout_model, csv, tmp_path / "one", 8)) == 0
@@ -82,17 +96,9 @@ def test_a_fault_on_one_rank_fails_the_run_on_every_rank_at_once(tmp_path, no_dr
 
     import torch
 
-    from dynsdpb.train import TEST_FAIL_ENV
-    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
     t0 = time.monotonic()
-    try:
-        p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path,
-                      timeout=120, **{TEST_FAIL_ENV: "1:5"})
-    except subprocess.TimeoutExpired:
-        pytest.fail("the other rank hung after rank 1's fault")
+    rd = _run_with_fault(tmp_path, no_dropout_model, "1:5")
     took = time.monotonic() - t0
-    assert p.returncode != 0, p.stderr[-3000:]
-    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
     st = rd.status()
     assert st["state"] == "failed", st
     assert "injected fault on rank 1 at step 5" in st["error"], st
@@ -110,15 +116,7 @@ def test_no_rank_ends_before_rank_0_has_written_why(tmp_path, no_dropout_model):
     not exit (and get rank 0 stopped by the launcher) before rank 0 has written the failed
     status and the summary. Without the ranks' last barrier the status reads `interrupted`
     (seen in CI, where the launcher was quicker than rank 0)."""
-    from dynsdpb.train import TEST_FAIL_ENV
-    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
-    try:
-        p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path,
-                      timeout=120, **{TEST_FAIL_ENV: "1:5,0:5:late"})
-    except subprocess.TimeoutExpired:
-        pytest.fail("a rank hung")
-    assert p.returncode != 0, p.stderr[-3000:]
-    st = RunDir(tmp_path / "ddp" / "dynsdpb-s0").status()
+    st = _run_with_fault(tmp_path, no_dropout_model, "1:5,0:5:late").status()
     assert st["state"] == "failed" and "injected fault on rank 1 at step 5" in st["error"], st
     assert (tmp_path / "ddp" / "summary.json").is_file()
 
@@ -126,15 +124,7 @@ def test_no_rank_ends_before_rank_0_has_written_why(tmp_path, no_dropout_model):
 def test_a_fault_in_the_step_0_evaluation_on_one_rank_ends_both(tmp_path, no_dropout_model):
     """eval_on_start: rank 1 fails in the evaluation before the first step, where no agreement
     follows. Both ranks end (no hang) and nothing is trained."""
-    from dynsdpb.train import TEST_FAIL_ENV
-    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
-    args = _args(no_dropout_model, csv, tmp_path / "ddp", 4) + ["--eval-on-start", "true"]
-    try:
-        p = _torchrun(args, tmp_path, timeout=120, **{TEST_FAIL_ENV: "1:0:start"})
-    except subprocess.TimeoutExpired:
-        pytest.fail("a rank hung after rank 1's fault in the step-0 evaluation")
-    assert p.returncode != 0, p.stderr[-3000:]
-    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    rd = _run_with_fault(tmp_path, no_dropout_model, "1:0:start", "--eval-on-start", "true")
     assert rd.status()["state"] in ("failed", "interrupted"), rd.status()
     assert not [r for r in rd.metrics() if r["step"] > 0]
 
@@ -145,15 +135,7 @@ def test_a_fault_after_the_agreement_ends_both_ranks_too(tmp_path, no_dropout_mo
     rank 0 sees the closed connection (gloo) and ends too. The step-3 checkpoint stays."""
     import torch
 
-    from dynsdpb.train import TEST_FAIL_ENV
-    csv = write_tiny_csv(tmp_path / "d.csv", n=200)
-    try:
-        p = _torchrun(_args(no_dropout_model, csv, tmp_path / "ddp", 4), tmp_path,
-                      timeout=120, **{TEST_FAIL_ENV: "1:5:after"})
-    except subprocess.TimeoutExpired:
-        pytest.fail("the other rank hung after rank 1's fault")
-    assert p.returncode != 0, p.stderr[-3000:]
-    rd = RunDir(tmp_path / "ddp" / "dynsdpb-s0")
+    rd = _run_with_fault(tmp_path, no_dropout_model, "1:5:after")
     # Rank 0 writes why it ended, unless the launcher killed it first: then its `running`
     # status has a dead writer and reads as `interrupted` (resumable from step 3).
     st = rd.status()
