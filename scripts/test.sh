@@ -6,6 +6,6 @@ bash scripts/setup.sh dev
 # Tests never touch the network.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 # Two workers (pytest-xdist): much of the suite waits on subprocesses, browsers and servers,
-# so two share two cores well (8.3 min against about 13.5 min in one process, measured here).
+# so two share two cores well (here 8.3 min where one process took 13-15 min).
 # TEST_WORKERS=0 runs in one process; a later -n in the arguments wins.
 exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" "$@"
