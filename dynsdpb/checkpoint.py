@@ -56,6 +56,7 @@ def save(arm) -> None:
     for tmp in arm.rd.checkpoint_path.parent.glob(f".{arm.rd.checkpoint_path.name}.*.tmp"):
         tmp.unlink(missing_ok=True)
 
+
 def load(arm) -> int:
     """Restore the arm from its checkpoint; the step it resumes after."""
     p = arm.rd.checkpoint_path

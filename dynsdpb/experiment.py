@@ -22,11 +22,11 @@ from typing import Callable
 
 from . import dist
 from .config import RunConfig, check_config, from_dict
-from .errors import ConfigError, TrainingFault
+from .errors import BUG_HINT, OOM_HINT, ConfigError, TrainingFault
 from .store import (ExperimentDir, MirrorRunDir, RunDir, atomic_write_json, check_not_busy,
                     unique_dir)
 from .tasks import prepare
-from .train import BUG_HINT, OOM_HINT, Arm, _is_oom
+from .train import Arm, _is_oom
 
 ProgressFn = Callable[[str, dict], None]
 
@@ -140,18 +140,17 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
             continue
         if a.done:  # killed while finishing: only the end of the run is left
             final[a.rd.id] = _finish(a, progress)
-            continue
-        if a.cfg.eval_on_start and a.step_idx == 0:
-            try:         # (a record in the file, not a step: progress callbacks count steps)
-                _evaluate_at_start(a)
-            except Exception as e:  # noqa: BLE001 - this arm only
-                final[a.rd.id] = _fail(a, e, progress)
-                if d.active:          # on this rank alone: as after a step's late fault
-                    rest = live + [b for b in arms if b is not a and b.rd.id not in final]
-                    _end_out_of_step(a, e, rest, final, progress)
-                    return final
-                continue
-        live.append(a)
+        else:
+            live.append(a)
+    for a in [a for a in live if a.cfg.eval_on_start and a.step_idx == 0]:
+        try:         # (a record in the file, not a step: progress callbacks count steps)
+            _evaluate_at_start(a)
+        except Exception as e:  # noqa: BLE001 - this arm only
+            final[a.rd.id] = _fail(a, e, progress)
+            live.remove(a)
+            if d.active:          # on this rank alone: as after a step's late fault
+                _end_out_of_step(a, e, live, final, progress)
+                break
     while live and not stopping():
         for a in list(live):
             if stopping():

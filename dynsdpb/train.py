@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint, dist
 from .config import RunConfig
-from .errors import BUG_HINT, NAN_HINT, OOM_HINT, ConfigError, TrainingFault  # noqa: F401 - re-exported
+from .errors import BUG_HINT, NAN_HINT, OOM_HINT, ConfigError, TrainingFault
 from .layout import BatchLayout
 from .models import pick_device
 from .records import RECORD_KEYS
@@ -53,7 +53,6 @@ def _is_oom(e: BaseException) -> bool:
     # CUDA/MPS say "out of memory"; torch's CPU allocator says "can't allocate memory".
     return isinstance(e, RuntimeError) and ("out of memory" in msg
                                             or "can't allocate memory" in msg)
-
 
 
 # Test-only: "RANK:STEP" makes that rank raise inside that 1-based step, before its forward

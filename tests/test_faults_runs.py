@@ -29,7 +29,8 @@ from dynsdpb.store import (MetricsWriter, RunDir, atomic_write_bytes, find_runs,
                            unique_dir)
 from dynsdpb.experiment import create_experiment, run_experiment
 from dynsdpb.tasks import prepare
-from dynsdpb.train import NAN_HINT, OOM_HINT, Arm
+from dynsdpb.errors import NAN_HINT, OOM_HINT
+from dynsdpb.train import Arm
 from tests.conftest import tiny_config, write_tiny_csv
 
 ROOT = Path(__file__).resolve().parent.parent
