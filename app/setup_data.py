@@ -14,7 +14,8 @@ import yaml
 from app import forms
 from app.forms import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, OTHER_MODEL
 from dynsdpb import config as C
-from dynsdpb.data import FILE_SUFFIXES, read_table, rows_to_taskdata
+from dynsdpb.data import rows_to_taskdata
+from dynsdpb.tables import FILE_SUFFIXES, read_table
 from dynsdpb.errors import ConfigError, Problem
 from dynsdpb.paths import ASSETS
 

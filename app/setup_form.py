@@ -12,7 +12,8 @@ import yaml
 from app import forms, setup_data
 from app.forms import DATA_BUILTIN, DATA_PATH, DATA_UPLOAD, FORM_PREFIX, OTHER_MODEL
 from dynsdpb import config as C
-from dynsdpb.data import FILE_SUFFIXES, dataset_kind
+from dynsdpb.data import dataset_kind
+from dynsdpb.tables import FILE_SUFFIXES
 from dynsdpb.errors import ConfigError, Problem
 from dynsdpb.models import BUILTIN_MODELS, model_kind
 from dynsdpb.presets import list_presets, load_preset

@@ -98,7 +98,7 @@ class JobManager:
             # Uploaded data lives inside the experiment folder, so the run can be resumed or
             # relaunched later and nothing is written outside the runs directory.
             from .store import unique_dir
-            from .data import read_table
+            from .tables import read_table
             from .tasks import check_rows
             fname, data = upload
             # Browsers may send a Windows path; keep the suffix, sanitize the stem.

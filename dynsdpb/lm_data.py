@@ -156,7 +156,7 @@ def load_lm_splits(name: str, split_seed: int = 0, n_train: int = 0, n_val: int 
 
 def splits_from_records(recs: Sequence[dict], name: str, split_seed: int = 0, n_train: int = 0,
                         n_val: int = 32, n_test: int = 64) -> LMSplits:
-    """Rows with prompt/target[/answer] (a file, an upload read by data.read_table, a hub
+    """Rows with prompt/target[/answer] (a file, an upload read by tables.read_table, a hub
     dataset), shuffled by split_seed and split; scored by their last number."""
     rows = _rows_from_records(list(recs), name)
     random.Random(split_seed).shuffle(rows)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .generation import evaluate_generation, target_loss
-from .data import read_table
+from .tables import read_table
 from .lm_data import (IGNORE, LMExample, answer_scorer, collate, encode, load_lm_splits,
                       splits_from_records)
 from .lm_loss import TokenTeacher, causal_shift, make_teachers, shift_labels, token_loss
@@ -160,7 +160,7 @@ AUTO_VAL, AUTO_TEST = 32, 64   # val_size/test_size 0 (auto) for decoders
 
 
 def split_rows(cfg, rows: list[dict]):
-    """Rows with prompt/target[/answer] (an upload, a file read by data.read_table) split as
+    """Rows with prompt/target[/answer] (an upload, a file read by tables.read_table) split as
     a run of `cfg` will: the checks the app and the job manager make before starting."""
     return splits_from_records(rows, cfg.dataset, cfg.split_seed, cfg.max_train_samples,
                                cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)

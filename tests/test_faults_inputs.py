@@ -17,6 +17,7 @@ import pytest
 from dynsdpb import cli
 from dynsdpb import config as C
 from dynsdpb import data as D
+from dynsdpb import tables
 from dynsdpb.errors import ConfigError
 from tests.conftest import tiny_config, write_tiny_csv
 
@@ -401,7 +402,7 @@ def test_file_over_the_size_limit(tmp_path, monkeypatch, capsys):
     raw = _csv(GOOD_ROWS)  # about 1.2 KB
     p = tmp_path / "big.csv"
     p.write_bytes(raw)
-    monkeypatch.setattr(D, "MAX_FILE_MB", 0.001)
+    monkeypatch.setattr(tables, "MAX_FILE_MB", 0.001)
     for upload in (None, raw):
         with pytest.raises(ConfigError) as ei:
             D.load_data(tiny_config(p), upload=upload)
@@ -411,12 +412,12 @@ def test_file_over_the_size_limit(tmp_path, monkeypatch, capsys):
                           "--out", str(tmp_path / "exp")], capsys)
     assert_one_line_error(rc, err, "dataset", "limit")
     # The limit is configurable from the environment, and the default is 200 MB.
-    r = subprocess.run([PY, "-c", "import dynsdpb.data as d; print(d.MAX_FILE_MB)"], cwd=ROOT,
+    r = subprocess.run([PY, "-c", "import dynsdpb.tables as t; print(t.MAX_FILE_MB)"], cwd=ROOT,
                        env=dict(OFFLINE_ENV, DYNSDPB_MAX_FILE_MB="0.5"), capture_output=True,
                        text=True, timeout=60)
     assert r.stdout.strip() == "0.5"
     env = {k: v for k, v in OFFLINE_ENV.items() if k != "DYNSDPB_MAX_FILE_MB"}
-    r = subprocess.run([PY, "-c", "import dynsdpb.data as d; print(d.MAX_FILE_MB)"], cwd=ROOT,
+    r = subprocess.run([PY, "-c", "import dynsdpb.tables as t; print(t.MAX_FILE_MB)"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "200.0"
 
@@ -617,8 +618,9 @@ def test_an_id_column_picked_as_label_gets_a_warning(tmp_path):
 
 
 def test_invalid_size_limit_env_falls_back_with_a_warning():
-    r = subprocess.run([PY, "-W", "always", "-c", "import dynsdpb.data as d; print(d.MAX_FILE_MB)"],
-                       cwd=ROOT, env=dict(OFFLINE_ENV, DYNSDPB_MAX_FILE_MB="abc"),
+    r = subprocess.run([PY, "-W", "always", "-c",
+                        "import dynsdpb.tables as t; print(t.MAX_FILE_MB)"], cwd=ROOT,
+                       env=dict(OFFLINE_ENV, DYNSDPB_MAX_FILE_MB="abc"),
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "200.0"
     assert "DYNSDPB_MAX_FILE_MB='abc'" in r.stderr and "Traceback" not in r.stderr
