@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dynsdpb.jobs import JobManager
+from dynsdpb.jobs.queue import JobManager
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -54,7 +54,7 @@ def prefill_setup(cfg: dict, methods: list[str] | None = None, seeds: list[int] 
                 notes.append(f"{k}: {v!r} is not true/false; kept the default.")
                 continue
         ss[FORM_PREFIX + k] = field_widget_value(k, v)
-    from dynsdpb.models import BUILTIN_MODELS
+    from dynsdpb.catalog import BUILTIN_MODELS
     if "model" in cfg:
         model = str(cfg.get("model") or "")
         if model in BUILTIN_MODELS:
@@ -169,7 +169,7 @@ def formula_fields(method: str, schedule: str) -> list[str]:
     """The RunConfig fields the formula text (schedules.describe) of this arm shows."""
     import string
 
-    from dynsdpb.schedules import FORMULAS
+    from dynsdpb.engine.schedules import FORMULAS
     sched = "dynsdpb-v1" if method == "dynsdpb" else ("static" if schedule == "auto"
                                                        else schedule)
     names = [f for _, f, _, _ in string.Formatter().parse(FORMULAS.get(sched, "")) if f]
@@ -180,7 +180,7 @@ def formula_fields(method: str, schedule: str) -> list[str]:
 def formula_text(cfg, method: str, problems: dict) -> tuple[bool, str]:
     """(ok, text): the arm's formula with its values, or, when a value it shows is invalid,
     that field's problem (the formula would echo a bad or a default value)."""
-    from dynsdpb.schedules import describe
+    from dynsdpb.engine.schedules import describe
     for name in formula_fields(method, cfg.schedule):
         for p in problems.get(name, []):
             return False, (f"Formula shown once **{field_label(name)}** is fixed: "
@@ -208,18 +208,17 @@ def field_applies(name: str, decoder: bool, values: dict | None = None) -> bool:
 def builtin_datasets() -> dict[str, tuple[str, str]]:
     """Every built-in dataset the engine lists: name -> (kind, description); kind is
     "classification" (encoders) or "generation" (prompt -> target text, decoders)."""
-    from dynsdpb.data import BUILTIN_DATASETS
-    from dynsdpb.lm_data import BUILTIN_LM_DATASETS
-    out = {n: (CLASSIFICATION, d.description) for n, d in BUILTIN_DATASETS.items()}
-    out.update({n: (GENERATION, desc) for n, desc in BUILTIN_LM_DATASETS.items()})
+    from dynsdpb.catalog import CLASSIFICATION_DATASETS, GENERATION_DATASETS
+    out = {n: (CLASSIFICATION, d.description) for n, d in CLASSIFICATION_DATASETS.items()}
+    out.update({n: (GENERATION, d.description) for n, d in GENERATION_DATASETS.items()})
     return out
 
 
 def model_family(model: str) -> str | None:
     """"decoder", "encoder", or None when it cannot be told offline (a hub id)."""
-    from dynsdpb.models import BUILTIN_MODELS
+    from dynsdpb.catalog import BUILTIN_MODELS
     if model in BUILTIN_MODELS:
-        return getattr(BUILTIN_MODELS[model], "kind", "encoder")
+        return BUILTIN_MODELS[model].kind
     return C.model_family(model.strip()) if model.strip() else None
 
 

@@ -20,7 +20,7 @@ from dynsdpb.store import ExperimentDir, RunDir, find_experiments, parse_records
 @dataclass
 class ArmView:
     """One run folder plus what the charts need from it (read-only; named apart from the
-    engine's dynsdpb.train.Arm, which trains)."""
+    engine's dynsdpb.engine.train.Arm, which trains)."""
     rd: RunDir
     exp_id: str
     exp_name: str

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .metrics import mean_std, paired_diff
-from .store import ExperimentDir, RunDir, atomic_write_json
+from dynsdpb.metrics import mean_std, paired_diff
+from dynsdpb.store import ExperimentDir, RunDir, atomic_write_json
 
 TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc"),
                 "regression": ("test_pearson", "test_spearman", "test_mse"),

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, Problem
+from dynsdpb.catalog import BUILTIN_MAX_LEN, CLASSIFICATION_DATASETS, DECODERS, GENERATION_DATASETS
+from dynsdpb.errors import ConfigError, Problem
 
 # refeed: DLB's batch layout with alpha = 0 (the carried half trained on twice, no KD): the
 # control arm that tells how much of a distilling arm's gain is the re-feed alone.
@@ -34,13 +35,6 @@ KD_CACHES = ("topk", "full")
 SAVE_FORMATS = ("adapter", "merged")
 TAU_DIRECTIONS = ("soften-uncertain", "sharpen-uncertain")
 DEVICES = ("auto", "cpu", "cuda")
-# Token limits of the built-in models (models.max_positions), so that `validate` can check
-# max_len without loading them; other models are checked when they are loaded.
-BUILTIN_MAX_LEN = {"minilm-l6": 512, "tiny-random-bert": 128, "smollm2-135m": 8192}
-# Decoder-only (causal LM) built-ins and the generation datasets (prompt -> target text)
-# they train on: `validate` pairs models with datasets without loading either.
-BUILTIN_DECODERS = ("smollm2-135m",)
-GENERATION_DATASETS = ("arith-easy", "gsm-symbolic")
 # Llama-family attention and MLP projections: the usual LoRA targets.
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # val_size/test_size 0 (the default) = auto: this share of the usable rows (after the dedup),
@@ -244,7 +238,7 @@ def model_family(name: str) -> str | None:
     """"decoder" (causal LM), "encoder", or None when it cannot be told offline (a hub id).
     A local folder tells by its config.json: `architectures` ending in ForCausalLM or
     LMHeadModel mean a decoder."""
-    if name in BUILTIN_DECODERS:
+    if name in DECODERS:
         return "decoder"
     if name in BUILTIN_MAX_LEN:
         return "encoder"
@@ -476,7 +470,6 @@ def validate(cfg: RunConfig) -> list[Problem]:
 def _validate_decoder(cfg: RunConfig, bad) -> None:
     """Model and dataset of one kind; the decoder fields (checked whatever the model, so a bad
     value is caught before anyone switches to a decoder)."""
-    from .data import BUILTIN_DATASETS   # data imports this module: import at call time
     fam = model_family(cfg.model)
     lm = is_causal_lm(cfg)
     gens = ", ".join(GENERATION_DATASETS)
@@ -487,17 +480,17 @@ def _validate_decoder(cfg: RunConfig, bad) -> None:
         bad("model" if cfg.task == "auto" else "task",
             f"{cfg.model} is an encoder (classification head); "
             + (f"{cfg.dataset} is a generation dataset (prompt -> target text) and needs a "
-               f"decoder model such as {BUILTIN_DECODERS[0]}, or pick a classification dataset "
+               f"decoder model such as {next(iter(DECODERS))}, or pick a classification dataset "
                "such as tweets-sentiment" if cfg.task == "auto" else
                "task causal-lm needs a decoder model such as "
-               f"{BUILTIN_DECODERS[0]}; or set task to auto"))
-    elif lm and cfg.dataset in BUILTIN_DATASETS:
+               f"{next(iter(DECODERS))}; or set task to auto"))
+    elif lm and cfg.dataset in CLASSIFICATION_DATASETS:
         bad("dataset", f"{cfg.dataset} is a classification dataset, but {cfg.model} is a decoder "
             f"(causal LM) that trains on prompt -> target text: use {gens} or a .jsonl/.csv "
             "with prompt and target columns; or pick an encoder model such as minilm-l6")
     elif not lm and cfg.dataset in GENERATION_DATASETS:
         bad("dataset", f"{cfg.dataset} is a generation dataset (prompt -> target text) and needs "
-            f"a decoder model such as {BUILTIN_DECODERS[0]}"
+            f"a decoder model such as {next(iter(DECODERS))}"
             + (f"; {cfg.model} is an encoder" if fam == "encoder" else
                "; or set task to causal-lm if the model is a decoder"))
     if cfg.granularity == "token" and not lm:

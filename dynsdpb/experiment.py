@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import dist
-from .config import RunConfig, check_config, from_dict
-from .errors import BUG_HINT, OOM_HINT, ConfigError, TrainingFault
-from .store import (ExperimentDir, MirrorRunDir, RunDir, atomic_write_json, check_not_busy,
+from dynsdpb.engine import dist
+from dynsdpb.config import RunConfig, check_config, from_dict
+from dynsdpb.errors import BUG_HINT, OOM_HINT, ConfigError, TrainingFault
+from dynsdpb.store import (ExperimentDir, MirrorRunDir, RunDir, atomic_write_json, check_not_busy,
                     unique_dir)
-from .tasks import prepare
-from .train import Arm, _is_oom
+from dynsdpb.tasks import prepare
+from dynsdpb.engine.train import Arm, is_oom
 
 ProgressFn = Callable[[str, dict], None]
 
@@ -47,7 +47,7 @@ def _fault(e: BaseException, a: Arm) -> tuple[str, str, int | None]:
     """(error, hint, failed step) of an exception that ended an arm."""
     if isinstance(e, TrainingFault):
         return str(e), e.hint, e.step
-    if _is_oom(e):
+    if is_oom(e):
         return f"out of memory after step {a.step_idx}", OOM_HINT, a.step_idx
     if a.dist.active and ("closed by peer" in str(e) or type(e).__name__.startswith("Dist")):
         return f"{type(e).__name__}: {e}", PEER_HINT, None
@@ -198,7 +198,7 @@ def _finish(a: Arm, progress: ProgressFn | None) -> str:
         a.writer.close()
         try:
             a.rd.set_status("failed", step=a.step_idx, error=f"finishing failed: {e}",
-                            hint=(OOM_HINT + "; " if _is_oom(e) else "")
+                            hint=(OOM_HINT + "; " if is_oom(e) else "")
                             + ("free space, then resume; " if isinstance(e, OSError) else "")
                             + "the metrics and checkpoint are kept")
         except OSError:
@@ -276,7 +276,7 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
                    progress: ProgressFn | None = None, resume: bool = False,
                    upload: bytes | None = None) -> dict:
     """Train every arm of an experiment folder in lockstep and write its summary.json."""
-    from .compare import write_summary
+    from dynsdpb.compare import write_summary
     exp = ExperimentDir(exp_dir)
     meta = exp.check()
     rds = exp.arms(meta)
@@ -299,7 +299,7 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
             rd.set_status("failed", error=str(e), hint=getattr(e, "hint", "fix the input"))
         raise
     except Exception as e:
-        if _is_oom(e):
+        if is_oom(e):
             for rd in rds:
                 rd.set_status("failed", error="out of memory while loading", hint=OOM_HINT)
             raise TrainingFault("out of memory while loading", OOM_HINT) from e

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from . import config as C
-from .errors import ConfigError, Problem
-from .paths import ASSETS
+from dynsdpb import config as C
+from dynsdpb.errors import ConfigError, Problem
+from dynsdpb.paths import ASSETS
 
 
 def presets_dir() -> Path:

@@ -12,12 +12,12 @@ import itertools
 import math
 from pathlib import Path
 
-from . import config as C
-from .compare import PERCENT, TEST_METRICS, fmt_ci, summarize_runs
-from .errors import ConfigError
-from .store import ExperimentDir, safe_name
-from . import sweep as SW
-from . import sweep_read as SR
+from dynsdpb import config as C
+from dynsdpb.compare import PERCENT, TEST_METRICS, fmt_ci, summarize_runs
+from dynsdpb.errors import ConfigError
+from dynsdpb.store import ExperimentDir, safe_name
+from dynsdpb.sweep import spec as SW
+from dynsdpb.sweep import read as SR
 
 LOWER_IS_BETTER = ("test_mse", "test_perplexity", "test_loss")
 

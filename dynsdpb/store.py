@@ -106,7 +106,7 @@ def read_json(path: Path, default: Any = None) -> Any:
 def parse_records(lines: Iterable[bytes]) -> list[dict]:
     """JSON objects of complete metrics lines, with today's key names (records.upgrade: a
     file written before a key was renamed still reads); a garbled line is skipped."""
-    from .records import upgrade
+    from dynsdpb.records import upgrade
     out: list[dict] = []
     for raw in lines:
         try:
@@ -232,14 +232,14 @@ PROCESS_START = _proc_start(os.getpid())
 def _writer_alive(st: dict) -> bool:
     """Is the process that wrote this status still the one running under its pid?"""
     pid = st.get("pid")
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     want = st.get("pid_start")
     now = _proc_start(pid) if want else None
     return not (want and now and now != want)  # the pid was reused by another process
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -347,7 +347,7 @@ class MirrorRunDir(RunDir):
 
 
 def check_not_busy(rds: "Iterable[RunDir]", where: str) -> None:
-    from .errors import ConfigError
+    from dynsdpb.errors import ConfigError
     busy = [(rd.id, pid) for rd in rds if (pid := rd.busy_elsewhere())]
     if busy:
         raise ConfigError.one("resume", where, f"{busy[0][0]} is still running in another "
@@ -384,7 +384,7 @@ class ExperimentDir:
     def check(self, field: str = "experiment") -> dict:
         """experiment.json as dynsdpb wrote it (arms and base config), or a ConfigError that
         names `field` and the fix."""
-        from .errors import ConfigError
+        from dynsdpb.errors import ConfigError
         if not self.exists():
             raise ConfigError.one(field, str(self.path), "not an experiment folder (no "
                                   f"{self.META})")

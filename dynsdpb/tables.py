@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from dynsdpb.errors import ConfigError
 
 
 def _max_file_mb(default: float = 200.0) -> float:

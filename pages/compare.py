@@ -19,7 +19,7 @@ st.title("Compare")
 def sweeps() -> None:
     """A sweep's paired gain per grid cell (dynsdpb/sweep_read.py): a heatmap, interval on hover,
     * on cells whose 95% interval excludes 0; the same numbers as each cell's summary."""
-    from dynsdpb import sweep_read as SR
+    from dynsdpb.sweep import read as SR
     found = SR.find_sweeps(common.runs_dir())
     if not found:
         return
@@ -33,8 +33,8 @@ def _sweep_view(found) -> None:
 
     import plotly.graph_objects as go
 
-    from dynsdpb import sweep as SW
-    from dynsdpb import sweep_read as SR
+    from dynsdpb.sweep import spec as SW
+    from dynsdpb.sweep import read as SR
     pick = st.selectbox("sweep", [p.name for p in found], key="w_cmp_sweep")
     path = common.runs_dir() / pick
     spec = SW.load_sweep(path)

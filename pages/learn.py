@@ -11,9 +11,9 @@ from plotly.subplots import make_subplots
 
 from app import common, figures
 from dynsdpb import config as C
-from dynsdpb.layout import BatchLayout
+from dynsdpb.engine.layout import BatchLayout
 from dynsdpb.paths import ASSETS
-from dynsdpb.schedules import describe, dyn_alpha_tau, signals, static_alpha
+from dynsdpb.engine.schedules import describe, dyn_alpha_tau, signals, static_alpha
 
 ss = st.session_state
 st.title("Learn")

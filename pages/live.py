@@ -22,7 +22,7 @@ import streamlit as st
 from app import common, figures, progress, samples, tables, views
 from app.livechart import live_chart
 from dynsdpb import config as C
-from dynsdpb.schedules import describe
+from dynsdpb.engine.schedules import describe
 
 ss = st.session_state
 jm = common.manager()

@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import common, figures, views
 from dynsdpb import config as C
-from dynsdpb import selftrain as S
+from dynsdpb.selftrain import run as S
 from dynsdpb.errors import ConfigError
 from dynsdpb.store import RunDir, read_json, read_metrics
 

@@ -3,18 +3,21 @@
 The form is generated from the engine's RunConfig fields (labels, help texts, choices). Every
 value is checked with the engine's own `validate`, for every chosen method, on every rerun:
 problems show under their field with what to change, and Start stays off until none are left.
-The form's state, checks and field widgets live in app/setup_form.py, the data source and
-column mapping in app/setup_data.py, the sweep in app/setup_sweep.py.
+The form's state, checks and field widgets live in app/setup/form.py, the data source and
+column mapping in app/setup/data.py, the sweep in app/setup/sweep.py.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from app import common, forms, setup_data, setup_form, setup_sweep
+from app import common, forms
+from app.setup import data as setup_data
+from app.setup import form as setup_form
+from app.setup import sweep as setup_sweep
 from app.forms import OTHER_MODEL
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.models import BUILTIN_MODELS
+from dynsdpb.catalog import BUILTIN_MODELS
 from dynsdpb.presets import dump_experiment
 
 ss = st.session_state

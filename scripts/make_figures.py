@@ -1,13 +1,13 @@
 """Write the Learn page's static figures to assets/figures/ (run from the repo root).
 
 Plain SVG written by hand, no plotting dependency. The batch layout is drawn from the
-engine's own `dynsdpb.layout.BatchLayout`, so the picture is what training does.
+engine's own `dynsdpb.engine.layout.BatchLayout`, so the picture is what training does.
 
     python scripts/make_figures.py
 """
 from pathlib import Path
 
-from dynsdpb.layout import BatchLayout
+from dynsdpb.engine.layout import BatchLayout
 
 OUT = Path(__file__).resolve().parent.parent / "assets" / "figures"
 # The app's colours (app/common.py): new samples in the dynsdpb red, carried ones orange.

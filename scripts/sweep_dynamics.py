@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from dynsdpb import sweep as SW
+from dynsdpb.sweep import spec as SW
 from dynsdpb.store import RunDir
 
 

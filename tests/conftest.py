@@ -82,9 +82,9 @@ def no_dropout_model(tmp_path_factory) -> Path:
     agree number for number, e.g. two DDP ranks vs one process or compiled vs eager, can)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from dynsdpb.models import _minilm_dir, tiny_bert_config
+    from dynsdpb.encoder.models import minilm_dir, tiny_bert_config
     d = tmp_path_factory.mktemp("nodrop") / "tiny-bert-nodrop"
-    tok = AutoTokenizer.from_pretrained(_minilm_dir())
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
     cfg = tiny_bert_config(len(tok), 2, "classification")
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)

@@ -37,7 +37,7 @@ def tiny_llama(vocab_size: int = len(WORDS), seed: int = 0):
 def arith_rows(n: int, seed: int = 0):
     """'what is a plus b' -> 'a+b' style rows over the tiny vocabulary."""
     import random
-    from dynsdpb.lm_data import LMExample
+    from dynsdpb.decoder.data import LMExample
     rng = random.Random(seed)
     out = []
     for _ in range(n):

@@ -101,7 +101,7 @@ def htmls(at: AppTest) -> list[str]:
 
 
 def test_setup_decoder_shows_lora_fields_and_hides_encoder_fields(runs_dir):
-    from dynsdpb.lm_data import BUILTIN_LM_DATASETS
+    from dynsdpb.catalog import GENERATION_DATASETS as BUILTIN_LM_DATASETS
     at = new_app()
     enc = widget_labels(at)
     assert "lora_r" not in enc and "finetune" not in enc and "max_new_tokens" not in enc

@@ -25,8 +25,8 @@ def _queue_sweep(at, csv_path, name="tiny-grid"):
 def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_deletes(
         runs_dir, csv):
     from app import common
-    from dynsdpb import sweep as SW
-    from dynsdpb import sweep_read as SR
+    from dynsdpb.sweep import spec as SW
+    from dynsdpb.sweep import read as SR
     at = new_app()
     msg = _queue_sweep(at, csv)
     # one seed (keeps the test short): vanilla once (it does not read alpha_max), dynsdpb once
@@ -72,7 +72,7 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
 
 def test_runs_page_refuses_to_delete_a_sweep_with_queued_runs(runs_dir, csv):
     from app import common
-    from dynsdpb import sweep_read as SR
+    from dynsdpb.sweep import read as SR
     jm = common.manager()
     at = new_app()
     # a long first run keeps the rest of the sweep in the queue while the page is looked at

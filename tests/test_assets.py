@@ -2,7 +2,7 @@
 import xml.dom.minidom
 
 from dynsdpb.config import RunConfig
-from dynsdpb.data import load_data
+from dynsdpb.encoder.data import load_data
 from dynsdpb.paths import ASSETS
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench_app import free_port, stop_server, wait_health
+from dynsdpb.bench.app import free_port, stop_server, wait_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
@@ -264,7 +264,7 @@ def test_browser_bench_app_steps_keep_flowing_with_live_tabs_open(tmp_path, repo
             f"{CHROMIUM} missing: apt-get install -y chromium")
     import random
 
-    from dynsdpb import bench_app
+    from dynsdpb.bench import app as bench_app
     # bench_app's config holds out 200 + 200 rows and reads batches of 16: 600 distinct rows
     rng = random.Random(0)
     words = {"pos": ["good", "great", "love", "nice", "fine", "happy"],

@@ -47,7 +47,7 @@ def test_a_real_cuda_out_of_memory_fails_the_arm_with_the_hint(tiny_csv, tmp_pat
 
 
 def test_the_app_worker_process_trains_on_the_gpu(tiny_csv, tmp_path):
-    from dynsdpb.jobs import JobManager
+    from dynsdpb.jobs.queue import JobManager
     jm = JobManager(tmp_path / "runs", isolation="process")
     try:
         job = jm.submit(tiny_config(tiny_csv, device="cuda", steps=4), ["dynsdpb"], [0])

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench_app import free_port
+from dynsdpb.bench.app import free_port
 
-from dynsdpb import cli
+from dynsdpb.cli import main as cli
 from dynsdpb.store import RunDir
 from tests.conftest import write_tiny_csv
 
@@ -49,7 +49,7 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 600,
 def _run_with_fault(tmp_path: Path, model: Path, fault: str, *extra: str) -> RunDir:
     """A 2-rank dynsdpb run with the test fault `fault` (train.TEST_FAIL_ENV): it must end
     (no rank may hang) with a non-zero exit. Returns the arm's run folder."""
-    from dynsdpb.train import TEST_FAIL_ENV
+    from dynsdpb.engine.train import TEST_FAIL_ENV
     csv = write_tiny_csv(tmp_path / "d.csv", n=200)
     try:
         p = _torchrun([*_args(model, csv, tmp_path / "ddp", 4), *extra], tmp_path,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb import cli
+from dynsdpb.cli import main as cli
 from dynsdpb import config as C
-from dynsdpb import data as D
+from dynsdpb.encoder import data as D
 from dynsdpb import tables
 from dynsdpb.errors import ConfigError
 from tests.conftest import tiny_config, write_tiny_csv
@@ -359,7 +359,7 @@ def test_missing_file_and_unknown_names(tmp_path, capsys):
 
 
 def test_unknown_model_lists_the_builtins(tmp_path, capsys):
-    from dynsdpb.models import load_tokenizer
+    from dynsdpb.encoder.models import load_tokenizer
     csv = write_tiny_csv(tmp_path / "d.csv")
     for name, fix in [("nobody/no-such-model", "minilm-l6, tiny-random-bert"),
                       ("./no/such/folder", "no such folder")]:
@@ -384,9 +384,9 @@ def test_max_len_over_the_model_limit(tmp_path, capsys, no_training):
                           "--out", str(tmp_path / "exp")], capsys)
     assert_one_line_error(rc, err, "max_len", "at most 128", "lower max_len")
     # the table agrees with the models themselves
-    from dynsdpb.models import _minilm_dir, build_model, load_tokenizer, tiny_bert_config
+    from dynsdpb.encoder.models import minilm_dir, build_model, load_tokenizer, tiny_bert_config
     import json as _json
-    assert _json.loads((_minilm_dir() / "config.json").read_text())[
+    assert _json.loads((minilm_dir() / "config.json").read_text())[
         "max_position_embeddings"] == C.BUILTIN_MAX_LEN["minilm-l6"]
     assert tiny_bert_config(10, 2, "classification").max_position_embeddings == \
         C.BUILTIN_MAX_LEN["tiny-random-bert"]
@@ -474,7 +474,7 @@ def _tree(root: Path) -> set[str]:
 
 
 def test_hostile_experiment_and_upload_names_stay_inside_the_runs_dir(tmp_path, monkeypatch):
-    from dynsdpb.jobs import JobManager
+    from dynsdpb.jobs.queue import JobManager
     monkeypatch.chdir(tmp_path)  # a relative escape would land here
     runs = tmp_path / "box" / "runs"
     jm = JobManager(runs, autostart=False)  # nothing trains: only the folders are written
@@ -509,7 +509,7 @@ def test_hostile_experiment_and_upload_names_stay_inside_the_runs_dir(tmp_path, 
 
 
 def test_bad_upload_writes_nothing(tmp_path):
-    from dynsdpb.jobs import JobManager
+    from dynsdpb.jobs.queue import JobManager
     runs = tmp_path / "runs"
     jm = JobManager(runs, autostart=False)
     for case in ["empty", "one-column", "missing-label-column", "mixed-labels", "one-class",
@@ -524,7 +524,7 @@ def test_bad_upload_writes_nothing(tmp_path):
 
 
 def test_lookups_with_hostile_ids_stay_inside(tmp_path):
-    from dynsdpb.jobs import JobManager
+    from dynsdpb.jobs.queue import JobManager
     from dynsdpb.store import delete_run_or_experiment
     runs = tmp_path / "runs"
     jm = JobManager(runs, autostart=False)
@@ -590,7 +590,7 @@ def test_refused_input_leaves_no_half_made_experiment(tmp_path, capsys):
 
 
 def test_job_manager_refuses_bad_requests_before_writing(tmp_path):
-    from dynsdpb.jobs import JobManager
+    from dynsdpb.jobs.queue import JobManager
     runs = tmp_path / "runs"
     jm = JobManager(runs, autostart=False)
     csv = write_tiny_csv(tmp_path / "d.csv")

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import dynsdpb.train as T
-from dynsdpb import cli
+import dynsdpb.engine.train as T
+from dynsdpb.cli import main as cli
 from dynsdpb.errors import ConfigError
-from dynsdpb.jobs import JobManager
+from dynsdpb.jobs.queue import JobManager
 from dynsdpb.store import (MetricsWriter, RunDir, atomic_write_bytes, find_runs, read_metrics,
                            unique_dir)
 from dynsdpb.experiment import create_experiment, run_experiment
 from dynsdpb.tasks import prepare
 from dynsdpb.errors import NAN_HINT, OOM_HINT
-from dynsdpb.train import Arm
+from dynsdpb.engine.train import Arm
 from tests.conftest import tiny_config, write_tiny_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def finite_state(st: dict) -> bool:
 
 @contextmanager
 def infinite_loss(arm):
-    import dynsdpb.tasks as TK        # the encoder tasks' loss (task.loss calls it)
+    import dynsdpb.encoder.task as TK        # the encoder tasks' loss (task.loss calls it)
     orig = TK.dynsdpb_loss
 
     def loss(*a, **kw):
@@ -216,9 +216,9 @@ OOMS = {
 
 @pytest.mark.parametrize("kind", list(OOMS))
 def test_out_of_memory_is_recognised(kind):
-    assert T._is_oom(OOMS[kind]())
-    assert not T._is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not T._is_oom(ValueError("memory"))
+    assert T.is_oom(OOMS[kind]())
+    assert not T.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not T.is_oom(ValueError("memory"))
 
 
 def test_oom_during_a_step_fails_that_arm_with_the_hint(tiny_csv, tmp_path, monkeypatch):
@@ -238,7 +238,7 @@ def test_oom_during_a_step_fails_that_arm_with_the_hint(tiny_csv, tmp_path, monk
 
 
 def test_oom_jobs_fail_and_the_job_manager_stays_usable(tiny_csv, tmp_path, monkeypatch):
-    import dynsdpb.tasks as TK        # the encoder tasks build their models through it
+    import dynsdpb.encoder.task as TK        # the encoder tasks build their models through it
     cfg = tiny_config(tiny_csv, steps=4)
     orig_build = TK.build_model
 
@@ -344,13 +344,13 @@ def test_stop_a_running_job_then_resume_equals_uninterrupted(tiny_csv, tmp_path,
 
 SLOW_CLI = """\
 import sys, time
-import dynsdpb.train as T
+import dynsdpb.engine.train as T
 _orig = T.Arm.step
 def _slow(self):
     time.sleep(0.25)
     return _orig(self)
 T.Arm.step = _slow
-from dynsdpb.cli import main
+from dynsdpb.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -640,14 +640,14 @@ def test_checkpoint_is_plain_tensors(tiny_csv, tmp_path):
 
 def _tiny_model_folder(path: Path, marker: Path) -> None:
     """A transformers folder whose only weights are a pickle (pytorch_model.bin)."""
-    from dynsdpb.models import tiny_bert_config
+    from dynsdpb.encoder.models import tiny_bert_config
     path.mkdir(parents=True)
     tiny_bert_config(100, 2, "classification").save_pretrained(path)
     _pickle_bomb(path / "pytorch_model.bin", marker)
 
 
 def test_model_weights_only_from_safetensors(tiny_csv, tmp_path):
-    from dynsdpb.models import build_model, load_tokenizer
+    from dynsdpb.encoder.models import build_model, load_tokenizer
     marker = tmp_path / "pwned"
     folder = tmp_path / "pickled-model"
     _tiny_model_folder(folder, marker)
@@ -660,7 +660,7 @@ def test_model_weights_only_from_safetensors(tiny_csv, tmp_path):
 
 def test_trust_remote_code_is_off_unless_asked(tiny_csv, tmp_path, monkeypatch):
     import transformers
-    from dynsdpb import models as M
+    from dynsdpb.encoder import models as M
     seen = []
 
     class FakeTok:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench_app import free_port, stop_server
+from dynsdpb.bench.app import free_port, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

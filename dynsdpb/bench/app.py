@@ -1,0 +1,234 @@
+"""`dynsdpb bench --app`: does watching the Live page slow training down?
+
+Starts the workbench (`streamlit run`) on a free localhost port with a fresh runs directory,
+starts one experiment from the Setup page in headless Chromium (the built-in encoder on the
+built-in tweets, vanilla + dynsdpb, as a class would), then measures the lockstep step time
+(the interval between consecutive metrics records of one arm, median over a window, so the
+evaluation steps do not count) with 0, 1 and 4 Live tabs open, in one run, and prints the
+ratios. Goal (issue #8): step time with 4 tabs / with none <= 1.10.
+
+Needs the dev extras (playwright) and Debian's chromium; never downloads a browser. The
+engine does not import Streamlit: this module only drives the app from outside.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
+from dynsdpb.paths import APP_MAIN as APP  # the checkout's app/ or the installed copy
+
+
+def free_port() -> int:
+    """A free localhost port (the tests start apps and process groups on it too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the app on `port` answers its health check; fail if `proc` exits."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("the app did not come up")
+
+
+def stop_server(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Terminate the app (its JobManager stops the training child with a checkpoint); kill
+    it if it has not exited after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _config_yaml(tmp: Path, model: str, dataset: str, steps: int) -> Path:
+    p = tmp / "bench.yaml"
+    p.write_text("\n".join([
+        f"model: {model}", f"dataset: {dataset}", "method: dynsdpb", f"steps: {steps}",
+        "batch_size: 16", "max_len: 48", "max_train_samples: 2000", "val_size: 200",
+        "test_size: 200", "eval_every: 1000000", "checkpoint_every: 0", "save_model: false"])
+        + "\n", encoding="utf-8")
+    return p
+
+
+def _record_times(runs: Path, arm: str) -> list[float]:
+    for exp in runs.iterdir():
+        f = exp / arm / "metrics.jsonl"
+        if f.is_file():
+            out = []
+            for line in f.read_text(encoding="utf-8").splitlines():
+                try:
+                    out.append(json.loads(line)["time"])
+                except (ValueError, KeyError):
+                    pass
+            return out
+    return []
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _training_pid(runs: Path, arm: str) -> int | None:
+    for exp in runs.iterdir():
+        try:
+            return int(json.loads((exp / arm / "status.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _run_over(runs: Path, arm: str) -> bool:
+    for exp in runs.iterdir():
+        try:
+            st = json.loads((exp / arm / "status.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return st.get("state") not in ("queued", "running")
+    return False
+
+
+def _window(runs: Path, arm: str, n: int, timeout: float) -> list[float]:
+    """Wait for `n` more records of `arm`; return the intervals between them (seconds).
+    Returns early (with what there is) if the run ended or failed meanwhile."""
+    start = len(_record_times(runs, arm))
+    end = time.time() + timeout
+    while time.time() < end:
+        t = _record_times(runs, arm)
+        if len(t) >= start + n + 1:
+            seg = t[start:start + n + 1]
+            return [b - a for a, b in zip(seg, seg[1:])]
+        if _run_over(runs, arm):
+            break
+        time.sleep(0.2)
+    t = _record_times(runs, arm)[start:]
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str = "minilm-l6",
+        dataset: str = "tweets-sentiment", port: int | None = None,
+        log=None) -> dict:
+    log = log or (lambda m: print(m, flush=True))
+    from playwright.sync_api import sync_playwright
+    tmp = Path(tempfile.mkdtemp(prefix="dynsdpb-bench-app-"))
+    runs = tmp / "runs"
+    # Steps enough that the run never ends while the phases are measured (a tiny model does
+    # hundreds a minute); the run is cut off with the app at the end, as a class would.
+    total = 100_000
+    cfg = _config_yaml(tmp, model, dataset, total)
+    port = port or free_port()
+    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    server_log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP),
+                             "--server.port", str(port), "--server.headless", "true",
+                             "--server.address", "127.0.0.1"],
+                            cwd=tmp, env=env, stdout=server_log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    arm = "dynsdpb-s0"
+    result: dict = {"model": model, "dataset": dataset, "steps_per_phase": steps_per_phase,
+                    "server_pid": proc.pid, "phases": {}}
+    try:
+        wait_health(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync"])
+            ctx = browser.new_context(viewport={"width": 1400, "height": 2400})
+            page = ctx.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(base + "/")
+            page.get_by_role("heading", name="Setup").wait_for()
+            page.get_by_text("Load or save a config (YAML)").click()
+            page.locator("input[type=file]").first.set_input_files(str(cfg))
+            page.get_by_text("Loaded bench.yaml").wait_for()
+            page.wait_for_function(
+                "(n) => { const e = Array.from(document.querySelectorAll("
+                "'input[aria-label=\"steps\"]')); return e.length > 0 && "
+                "e.every(x => x.value === String(n)); }", arg=total)
+            page.wait_for_function("() => { const b = Array.from(document.querySelectorAll("
+                                   "'button')).find(b => b.innerText.trim() === 'Start');"
+                                   " return b && !b.disabled; }")
+            page.get_by_role("button", name="Start", exact=True).click()
+            page.get_by_role("heading", name="Live").wait_for()
+            page.close()
+            log("started; waiting for the first steps (model load)")
+            _window(runs, arm, 3, timeout=600)       # warm: loading done, steps flowing
+            open_pages: list = []
+            for n in tabs:
+                while len(open_pages) < n:
+                    pg = ctx.new_page()
+                    pg.set_default_timeout(300_000)
+                    t0 = time.time()
+                    pg.goto(base + "/live")
+                    pg.get_by_role("heading", name="Live").wait_for()
+                    pg.get_by_text("latest step").first.wait_for()
+                    result.setdefault("tab_open_s", []).append(round(time.time() - t0, 2))
+                    log(f"Live tab {len(open_pages) + 1} showed steps after "
+                        f"{time.time() - t0:.1f} s")
+                    open_pages.append(pg)
+                while len(open_pages) > n:
+                    open_pages.pop().close()
+                _window(runs, arm, 2, timeout=600)   # let the new tabs settle
+                # CPU use of the app's server and of the training process over the window:
+                # cores busy on average (2.0 = both cores of this machine).
+                pids = {"server": proc.pid, "training": _training_pid(runs, arm)}
+                c0 = {k: _cpu_seconds(v) for k, v in pids.items()}
+                t0 = time.time()
+                dts = _window(runs, arm, steps_per_phase, timeout=1200)
+                wall = time.time() - t0
+                cores = {f"{k}_cores": round((_cpu_seconds(pids[k]) - c0[k]) / wall, 2)
+                         for k in pids if c0[k] is not None and _cpu_seconds(pids[k])}
+                med = statistics.median(dts) if dts else float("nan")
+                result["phases"][str(n)] = {"median_step_s": med, "n": len(dts), **cores}
+                log(f"{n} Live tab(s): median step {med:.3f} s over {len(dts)} steps; "
+                    + ", ".join(f"{k} {v}" for k, v in cores.items()))
+                if open_pages:   # what the viewers saw, to look at afterwards
+                    shot = tmp / f"live-{n}-tabs.png"
+                    open_pages[-1].screenshot(path=str(shot), full_page=True)
+                    result.setdefault("screenshots", []).append(str(shot))
+            for pg in open_pages:
+                pg.close()
+            browser.close()
+    finally:
+        stop_server(proc)
+        server_log.close()
+    ph = result["phases"]
+    none = ph.get("0", {}).get("median_step_s")
+    for n in tabs:
+        if n and none:
+            result[f"step_time_{n}_tabs_over_none"] = ph[str(n)]["median_step_s"] / none
+    result["goal"] = "step_time_4_tabs_over_none <= 1.10"
+    result["server_log"] = str(tmp / "server.log")
+    return result
+
+
+if __name__ == "__main__":
+    out = run()
+    print(json.dumps(out))

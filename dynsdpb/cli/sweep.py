@@ -1,0 +1,100 @@
+"""`dynsdpb sweep`: a grid or a search over fields (Optuna), each cell run as methods x seeds;
+its flags and progress lines."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+
+from dynsdpb.cli.args import add_config_flags, resolve
+
+
+def cmd_sweep(a) -> int:
+    """A grid or search over fields (dynsdpb/sweep.py): create the folder or continue one."""
+    from tqdm import tqdm
+    from dynsdpb.sweep import spec as SW
+    from dynsdpb.sweep import read as SR
+    from dynsdpb.sweep import run as SX
+    if a.resume:
+        out = Path(a.resume)
+        spec = SW.load_sweep(out)
+    else:
+        base, methods, seeds, _ = resolve(a, compare=True)
+        grid, search = SW.parse_grid(a.grid), SW.parse_search(a.search)
+        spec = None
+        out = SW.create_sweep(a.out, base, methods, seeds, grid=grid, search=search,
+                              trials=a.trials or 0, target=a.target or "",
+                              storage=a.storage or "")
+        spec = SW.load_sweep(out)
+    steps = int(spec["base_config"]["steps"])
+    n_runs = (len(SW.plan_runs(out)) if spec["kind"] == "grid" else
+              int(spec["trials"]) * len(spec["methods"]) * len(spec["seeds"]))
+    # One bar over every step of every unique run: tqdm's ETA is the sweep's.
+    bar = tqdm(total=n_runs * steps, unit="step", dynamic_ncols=True, desc="sweep",
+               disable=not sys.stderr.isatty() and os.environ.get("DYNSDPB_PROGRESS") != "1")
+    counted: set[str] = set()
+
+    def progress(arm: str, rec: dict) -> None:
+        if "step" in rec:
+            bar.update(1)
+            bar.set_postfix(run=arm, loss=f"{rec['loss']:.3f}")
+        elif rec.get("state") == "failed":
+            bar.write(f"{arm}: failed: {rec.get('error')} (hint: {rec.get('hint')})",
+                      file=sys.stderr)
+
+    def on_run(key: str, reused: bool) -> None:
+        if reused and key not in counted:   # shared or done before: its steps at once
+            bar.update(steps)
+        counted.add(key)
+
+    stop = threading.Event()
+    try:
+        res = SX.run_sweep(out, progress=progress, stop=stop, on_run=on_run)
+    except KeyboardInterrupt:
+        stop.set()
+        bar.close()
+        print(f"interrupted; continue with: dynsdpb sweep --resume {out}", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    t = spec["target"]
+    for c in res["cells"]:
+        g = SR.score(c["summary"], t)
+        print(f"{c['params']}  {t} - vanilla: {100 * g:+.2f} points  "
+              f"({c['runs_done']}/{c['runs_total']} runs)")
+    print(f"sweep in {out}; report with: dynsdpb report {out} --out {out}/report")
+    return 0 if res["complete"] else 1
+
+
+def add_sweep(sub, precedence: str) -> None:
+    sw = sub.add_parser("sweep", help="a grid or a search over fields (Optuna), each cell run "
+                        "as methods x seeds, scored by the paired gain over vanilla",
+                        epilog="Grid: --grid alpha_max=0.5,1,2,4 --grid lr=2e-5,5e-5 (every "
+                        "cell). Search: --search alpha_max=0.1:4 --search tau_0=1:6 --trials 20 "
+                        "(TPE, maximising the target's paired gain over vanilla). Baselines run "
+                        "once per seed and per setting they read. " + precedence,
+                        allow_abbrev=False)
+    sw.add_argument("--config", help="experiment YAML as the base (see compare)")
+    sw.add_argument("--preset", help="a shipped experiment as the base")
+    sw.add_argument("--methods", help="comma-separated, must include vanilla (default: "
+                    "vanilla,dlb,dynsdpb)")
+    sw.add_argument("--seeds", help="comma-separated (default 0,1,2)")
+    sw.add_argument("--grid", action="append", metavar="NAME=V1,V2",
+                    help="a grid axis; repeat for more axes")
+    sw.add_argument("--search", action="append", metavar="NAME=LOW:HIGH",
+                    help="a search range (TPE); repeat for more fields; needs --trials")
+    sw.add_argument("--trials", type=int, help="cells a search tries")
+    sw.add_argument("--target", help="method whose gain over vanilla is scored (default: the "
+                    "last distilling method)")
+    sw.add_argument("--storage", help="shared Optuna database URL (e.g. postgresql://...) so "
+                    "several machines work on one sweep; default: study.db in the folder")
+    sw.add_argument("--out", default="runs/sweep", help="sweep folder to create")
+    sw.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR (after a kill "
+                    "or on another machine sharing --storage)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="set a field by name, e.g. --set label_noise=0.2")
+    sw.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)
+    add_config_flags(sw, compare=True)
+    sw.set_defaults(fn=cmd_sweep)

@@ -1,0 +1,310 @@
+"""Self-training (STaR) and self-correction loops with the engine as the fine-tuning policy
+(method.md §6; docs/method.md §6 says which choices are ours).
+
+Every arm (method x seed) runs its own loop from the same seed and base model; all arms finish
+round r before any starts round r+1, so per-round numbers are paired like `compare`'s.
+
+    for r in 1..R, every arm:
+      1) generate   the arm's model at the end of round r-1 (round 1: the base model) answers
+                    the round's questions. star: a rationale + answer (`samples` per question
+                    at `temperature`); with `rationalize`, questions it got wrong are asked
+                    again with the gold answer as a hint, which never enters the training
+                    prompt. selfcorrect: a first attempt, then a check-and-correct of it.
+      2) filter     keep the traces whose extracted final answer is right (selfcorrect: the
+                    corrected answer; training row = question + first attempt -> correction)
+      3) fine-tune  the kept set with the arm's method: train.Arm + experiment.run_arms, one
+                    engine experiment per round (DIR/round-XX/), starting from the arm's round
+                    r-1 weights (`round_start: continue`) or the base model (`base`)
+      4) evaluate   greedy exact match on the test split (selfcorrect: the first attempt and
+                    after correction), as the arm's test metrics in its summary.json
+      5) carry      continue mode, distilling arms: the teacher cache of the kept set, keyed
+                    by question, goes to round r+1. There it teaches each training row the
+                    first time the row is new (where DLB has no teacher yet), on the longest
+                    common prefix of the cached and the regenerated target (lm_loss's
+                    alignment); round.json logs the cached tokens kept and dropped.
+
+The folder it writes (`DIR`) and its read-back are selftrain_store.py's; the prompts, loop
+options, traces and evaluation are selftrain_loops.py's; each round's engine task and the
+carried teacher cache are selftrain_round.py's. This module is the import surface of the
+loops (`__all__`: what the CLI, the job queue, the worker and the app use).
+
+Resume works at every point: a finished round (round.json) is never redone; generation cut
+off is redone from the same seed (its files are written only when complete); training cut off
+resumes from the engine checkpoint of that round (the cache's use is a function of the step,
+so the resumed round equals an uninterrupted one); a round killed while testing repeats the
+test.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dynsdpb.config import RunConfig, check_config, from_dict, is_causal_lm
+from dynsdpb.errors import ConfigError
+from dynsdpb.experiment import arm_name, check_experiment, create_experiment, run_arms
+from dynsdpb.decoder.generation import sample
+from dynsdpb.engine.layout import BatchLayout
+from dynsdpb.decoder.data import LMExample
+from dynsdpb.decoder.task import CausalLMTask
+from dynsdpb.selftrain.loops import (CPU_DEMO, LOOP_HELP, LOOPS, ROUND_STARTS, GenerateFn, LoopConfig,
+                              check_loop, evaluate, loop_from_dict, selfcorrect_traces,
+                              star_prompt, star_traces, training_rows)
+from dynsdpb.selftrain.round import RoundTask, first_appearance, teacher_cache
+from dynsdpb.selftrain.store import (META, carried_cache, end_weights, read_jsonl, final_weights, write_jsonl,
+                              format_rounds, is_selftrain, read_meta, round_dir, summarize,
+                              write_summary)
+from dynsdpb.store import ExperimentDir, RunDir, atomic_write_bytes, atomic_write_json, read_json
+from dynsdpb.engine.train import Arm
+
+__all__ = ["CPU_DEMO", "LOOP_HELP", "LOOPS", "META", "ROUND_STARTS", "LoopConfig",
+           "check_selftrain", "create_selftrain", "format_rounds", "is_selftrain",
+           "loop_from_dict", "read_meta", "run_selftrain", "summarize"]
+
+
+def check_selftrain(base: RunConfig, loop: LoopConfig, methods: list[str],
+                    seeds: list[int]) -> None:
+    """Every check that needs no model or data: the loop options and each arm's config."""
+    check_loop(loop)
+    if not is_causal_lm(base):
+        raise ConfigError.one("model", base.model, "self-training generates text: use a decoder "
+                              "model such as smollm2-135m and a generation dataset such as "
+                              "arith-easy")
+    check_experiment(base, methods, seeds)
+
+
+def create_selftrain(out: str | Path, base: RunConfig, loop: LoopConfig, methods: list[str],
+                     seeds: list[int], name: str = "") -> Path:
+    """Check everything that needs no model or data, then write DIR/selftrain.json."""
+    check_selftrain(base, loop, methods, seeds)
+    p = Path(out)
+    p.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(p / META, {"kind": "selftrain", "id": p.name, "name": name or p.name,
+                                 "created": time.time(), "loop": loop.to_dict(),
+                                 "methods": list(methods), "seeds": [int(s) for s in seeds],
+                                 "base_config": base.to_dict()})
+    RunDir(p).set_status("queued", round=0, rounds=loop.rounds, phase="queued")
+    return p
+
+
+# ----------------------------------------------------------------------------------------
+# Models for generation
+
+class _Policies:
+    """The models that generate (and evaluate when nothing was trained): an arm's weights at
+    the end of a round, or the base model (state None). LoRA: one scratch adapter on the shared
+    base, loaded per use; full fine-tuning: a fresh copy of the base."""
+
+    def __init__(self, shared: CausalLMTask, cfg: RunConfig, device):
+        self.shared, self.cfg, self.device = shared, cfg, device
+        self._fresh = None
+
+    def get(self, state: dict | None):
+        from dynsdpb.decoder.models import load_causal_lm
+        if self.shared.opt.finetune == "full":
+            m = load_causal_lm(self.shared.model_name, self.shared.trust_remote_code)
+            if state is not None:
+                m.load_state_dict(state)
+            return m.to(self.device)
+        if self._fresh is None:
+            torch.manual_seed(self.cfg.seed)
+            m = self.shared.build_model(self.cfg, "policy")
+            self._fresh = m.state_dict()          # LoRA B = 0: the base model
+            self._model = m
+        self._model.load_state_dict(self._fresh if state is None else state)
+        return self._model.to(self.device)
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+
+ProgressFn = Callable[[str, dict], None]
+
+
+def run_selftrain(path: str | Path, stop: threading.Event | None = None,
+                  progress: ProgressFn | None = None, resume: bool = False,
+                  generate: GenerateFn | None = None) -> dict:
+    """Run (or resume) a self-training folder made by `create_selftrain`; returns
+    {"state": finished | stopped | failed, "summary": ..., "error": ...}. A failed arm ends
+    the loop after its round's training (state failed; resume retries that arm); anything
+    raised also leaves DIR/status.json failed, with the error, before it propagates."""
+    try:
+        return _run_selftrain(Path(path), stop, progress, resume, generate)
+    except Exception as e:
+        if is_selftrain(path) and RunDir(path).raw_status().get("state") in ("queued",
+                                                                             "running"):
+            hint = getattr(e, "hint", None) or ("fix the input" if isinstance(e, ConfigError)
+                                                else "resume to retry from the last round")
+            RunDir(path).set_status("failed", error=f"{type(e).__name__}: {e}", hint=hint)
+        raise
+
+
+def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
+    from dynsdpb.engine.dist import pick_device
+    from dynsdpb.store import check_not_busy
+    from dynsdpb.tasks import prepare
+    meta = read_meta(path)
+    base = from_dict(meta["base_config"])
+    opt = loop_from_dict(meta["loop"])
+    methods, seeds = list(meta["methods"]), [int(s) for s in meta["seeds"]]
+    cfgs = [check_config(c) for c in check_experiment(base, methods, seeds)]
+    gen = generate or sample
+    stop = stop or threading.Event()
+    top = RunDir(path)
+    if resume:
+        check_not_busy([top], str(path))
+    say = progress or (lambda who, rec: None)
+
+    def phase(r: int, name: str, **kw) -> None:
+        top.set_status("running", round=r, rounds=opt.rounds, phase=name, **kw)
+        say("selftrain", {"event": "phase", "round": r, "phase": name, **kw})
+
+    phase(0, "loading")
+    shared = prepare(base)                       # tokenizer, splits, scorer; the LoRA base
+    device = pick_device(base)
+    pool = shared.train.examples
+    questions = pool[:opt.questions] if opt.questions else pool
+    star = opt.loop == "star"
+    val = [LMExample(star_prompt(e.prompt) if star else e.prompt, e.target, e.answer)
+           for e in shared.val.examples]
+    tests = list(shared.test.examples)
+    policies = _Policies(shared, base, device)
+
+    def policy_traces(state, seed: int, r: int) -> list[dict]:
+        # Sampling is seeded by (seed, round), the same for every method: arms that generate
+        # with the same weights (round 1: the base model) get the same traces.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1000 + r)
+            fn = star_traces if star else selfcorrect_traces
+            return fn(gen, policies.get(state), shared.tokenizer, questions, opt,
+                      base.max_new_tokens, shared.score)
+
+    # Round 0: the base model on the test split, once (every arm starts from it).
+    b_path = round_dir(path, 0) / "baseline.json"
+    if not b_path.is_file():
+        phase(0, "evaluating the base model")
+        m, rows = evaluate(opt.loop, gen, policies.get(None), shared.tokenizer, tests,
+                           shared.score, base.max_new_tokens)
+        write_jsonl(round_dir(path, 0) / "eval.jsonl", rows)
+        atomic_write_json(b_path, m)
+
+    for r in range(1, opt.rounds + 1):
+        rdir = round_dir(path, r)
+        if not ExperimentDir(rdir).exists():
+            create_experiment(path, base, methods, seeds, name=f"{meta.get('name')} round {r}",
+                              exp_dir=rdir, check=False)
+        arms = [(c, RunDir(rdir / arm_name(c))) for c in cfgs]
+        todo = [(c, rd) for c, rd in arms if not (rd.path / "round.json").is_file()]
+        if not todo:
+            continue
+        if stop.is_set():
+            return _end(path, top, "stopped", meta)
+
+        # 1-2) generate and filter, every arm before any trains (lockstep)
+        shared_gen: dict[int, list[dict]] = {}
+        for c, rd in todo:
+            if (rd.path / "train.jsonl").is_file():
+                continue
+            phase(r, "generating", arm=rd.id)
+            # the arm's model at the end of round r-1 (round 1: the base model)
+            state, _ = end_weights(path, rd.id, r - 1, opt.round_start)
+            t0 = time.time()
+            if state is None and c.seed in shared_gen:
+                traces = [dict(t) for t in shared_gen[c.seed]]
+            else:
+                traces = policy_traces(state, c.seed, r)
+                if state is None:
+                    shared_gen[c.seed] = [dict(t) for t in traces]
+            rows = training_rows(opt.loop, traces)
+            write_jsonl(rd.path / "traces.jsonl", traces)
+            atomic_write_json(rd.path / "gen.json", {"seconds": round(time.time() - t0, 2)})
+            write_jsonl(rd.path / "train.jsonl", rows)   # last: its presence = generated
+            if stop.is_set():
+                return _end(path, top, "stopped", meta)
+
+        # 3-4) fine-tune every arm with a kept set, in lockstep; test at the end of each
+        phase(r, "training")
+        live, tasks = [], {}
+        for c, rd in todo:
+            rows = read_jsonl(rd.path / "train.jsonl")
+            if not rows or rd.status().get("state") == "finished":
+                continue
+            task = RoundTask(shared, r, opt.loop, rows, val, tests, gen,
+                             carried_cache(path, rd.id, r, opt, c), eval_path=rd.path / "eval.jsonl")
+            resume_ckpt = rd.has_checkpoint()
+            arm = Arm(c, task, rd, device=device, resume=resume_ckpt)
+            task.attach(arm)
+            if not resume_ckpt and opt.round_start == "continue" and r > 1:
+                state, _ = end_weights(path, rd.id, r - 1, "continue")
+                if state is not None:
+                    arm.model.load_state_dict(state)
+            live.append(arm)
+            tasks[rd.id] = task
+        final = run_arms(live, stop, progress) if live else {}
+        if any(s == "stopped" for s in final.values()) or stop.is_set():
+            return _end(path, top, "stopped", meta)
+        failed = [a for a, s in final.items() if s == "failed"]
+        if failed:
+            st = RunDir(rdir / failed[0]).raw_status()
+            return _end(path, top, "failed", meta, error=f"round {r}, {failed[0]}: "
+                        f"{st.get('error')} (hint: {st.get('hint')}); resume to retry")
+
+        # 5) evaluate arms with nothing to train, carry the cache, write round.json
+        phase(r, "finishing round")
+        for c, rd in todo:
+            rows = read_jsonl(rd.path / "train.jsonl")
+            traces = read_jsonl(rd.path / "traces.jsonl")
+            info = dict(round=r, arm=rd.id, method=c.method, seed=c.seed,
+                        questions=len(questions), traces=len(traces), kept=len(rows),
+                        rationalized=sum(bool(x.get("rationalized")) for x in rows),
+                        rationalize_tried=sum(bool(t.get("rationalized")) for t in traces),
+                        train_rows=len(rows),
+                        gen_seconds=(read_json(rd.path / "gen.json", {}) or {}).get("seconds"))
+            if not star:
+                info["fixed"] = sum(t["correct"] and not t["first_correct"] for t in traces)
+                info["first_correct"] = sum(bool(t["first_correct"]) for t in traces)
+            cache_info = {"cache_questions": 0, "rows": 0, "aligned_tokens": 0,
+                          "dropped_tokens": 0}
+            if rows:
+                s = rd.summary()
+                task = tasks.get(rd.id)
+                if task is None:     # trained before a restart: rebuild it for the counts
+                    task = RoundTask(shared, r, opt.loop, rows, val, tests, gen,
+                                     carried_cache(path, rd.id, r, opt, c))
+                    task.teach_at = (first_appearance(BatchLayout(len(rows), c.chunk_size,
+                                                                  c.seed, c.distills), c.steps)
+                                     if task.carried and c.distills else {})
+                cache_info = task.alignment_counts()
+                info.update(steps=s.get("steps"), wall_time=s.get("wall_time"),
+                            **{k: v for k, v in s.items() if k.startswith("test_")})
+                if opt.round_start == "continue" and c.distills:
+                    # the cache carried on: this round's entries over the older ones
+                    new = teacher_cache(task, policies.get(final_weights(rd)), c, device, task.carried)
+                    buf = io.BytesIO()
+                    torch.save(new, buf)
+                    atomic_write_bytes(rd.path / "cache.pt", buf.getvalue())
+            else:
+                # nothing kept: the arm's model stays what it was; test that model
+                phase(r, "evaluating", arm=rd.id)
+                state, _ = end_weights(path, rd.id, r - 1, opt.round_start)
+                m, ev = evaluate(opt.loop, gen, policies.get(state), shared.tokenizer, tests,
+                                 shared.score, base.max_new_tokens)
+                write_jsonl(rd.path / "eval.jsonl", ev)
+                info.update(steps=0, **m)
+                rd.set_status("finished", step=0, steps=0,
+                              note="no right traces this round: nothing to fine-tune")
+            info.update(cache_info)
+            atomic_write_json(rd.path / "round.json", info)
+            say(rd.id, {"event": "round", **info})
+        write_summary(path)
+    return _end(path, top, "finished", meta)
+
+
+def _end(path: Path, top: RunDir, state: str, meta: dict, error: str = "") -> dict:
+    top.set_status(state, phase=state, error=error or None)
+    summary = write_summary(path)
+    return {"state": state, "summary": summary, "error": error}

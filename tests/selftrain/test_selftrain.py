@@ -1,0 +1,409 @@
+"""Self-training loops (dynsdpb/selftrain.py and its selftrain_*.py modules) on a tiny local Llama.
+
+A scripted generator stands in for the model only where generation quality does not matter
+(filtering, rationalization bookkeeping, round resume after a kill); one round runs end to end
+with real generation on a tiny model taught half of the questions first; alignment of the
+carried cache on regenerated targets is checked on a constructed case, token for token."""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+
+from dynsdpb.config import RunConfig
+from dynsdpb.errors import ConfigError
+from dynsdpb.decoder.generation import sample
+from dynsdpb.decoder.data import LMExample, collate, encode
+from dynsdpb.selftrain.run import LoopConfig, create_selftrain, loop_from_dict, run_selftrain
+from dynsdpb.selftrain.loops import HINT, star_prompt, star_traces, training_rows
+from dynsdpb.selftrain.round import RoundTask, teacher_cache
+from dynsdpb.store import RunDir, read_json
+from dynsdpb.engine.train import Arm
+from tests.lm_tiny import tiny_llama, tiny_tokenizer
+
+QUESTION = re.compile(r"what is (\d+) plus (\d+)")
+
+
+def _rows(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        a, b = rng.randrange(10), rng.randrange(10)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        out.append(LMExample(f"what is {a} plus {b}", f"the answer is {a + b}", str(a + b)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Llama that has memorised the STaR prompt -> answer of every other question, a
+    JSONL of 40 distinct questions, and a config that runs a round in seconds."""
+    root = tmp_path_factory.mktemp("selftrain")
+    rows = _rows(40)
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    m = tiny_llama(seed=0)
+    taught = rows[::2]
+    b = collate([encode(tok, LMExample(star_prompt(e.prompt), e.target), 48) for e in taught],
+                tok.pad_token_id)
+    labels = b.pop("labels")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = m(**b, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (root / "model").mkdir()
+    m.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    data = root / "arith.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": e.prompt, "target": e.target,
+                                          "answer": e.answer}) for e in rows))
+    cfg = RunConfig(model=str(root / "model"), dataset=str(data), val_size=2, test_size=6,
+                    max_train_samples=0, max_len=48, steps=4, batch_size=4, eval_every=4,
+                    checkpoint_every=1, probe_size=2, lr=1e-3, top_k=8, lora_r=4,
+                    lora_alpha=8, lora_dropout=0.0, lora_target_modules="q_proj,v_proj",
+                    max_new_tokens=6, save_model=False, eval_generations=1, warmup_ratio=0.0)
+    return cfg, rows
+
+
+class Scripted:
+    """Generator stand-in: right on questions whose a is even (sample 0 only), wrong
+    otherwise; right when given the hint; corrections right when a + b is odd. Counts calls
+    per prompt kind; `sampled` counts the training-data generations (temperature > 0; the
+    evaluation is greedy)."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.sampled = 0
+
+    def __call__(self, model, tok, prompts, *, max_new_tokens, temperature, n):
+        out = []
+        for p in prompts:
+            a, b = map(int, QUESTION.search(p).groups())
+            if "Hint" in p:
+                kind, right = "hint", True
+            elif "first attempt" in p:
+                kind, right = "correct", (a + b) % 2 == 1
+            else:
+                kind, right = "answer", a % 2 == 0
+            self.calls.append(kind)
+            self.sampled += temperature > 0
+            out.append([f"so {a + b if right and k == 0 else a + b + 1}" for k in range(n)])
+        return out
+
+
+def _opt(**kw):
+    return LoopConfig(**{**dict(loop="star", rounds=1, questions=0, samples=1, temperature=0.7,
+                                rationalize=False, round_start="continue"), **kw})
+
+
+# ----------------------------------------------------------------------------------------
+# options
+
+def test_loop_options_bad_input_names_field_and_fix():
+    with pytest.raises(ConfigError) as e:
+        loop_from_dict({"loop": "dream", "rounds": "0", "samples": 3, "temperature": 0})
+    fields = {p.field for p in e.value.problems}
+    assert fields == {"loop", "rounds", "samples"}
+    assert "temperature > 0" in str(e.value)
+    with pytest.raises(ConfigError, match="rationalize.*STaR step"):
+        loop_from_dict({"loop": "selfcorrect", "rationalize": "true"})
+    with pytest.raises(ConfigError, match="questions=.*whole number"):
+        loop_from_dict({"questions": "many"})
+    with pytest.raises(ConfigError, match="unknown loop option"):
+        loop_from_dict({"round": 2})
+    assert loop_from_dict({"rationalize": "yes", "rounds": "3"}) == _opt(rounds=3,
+                                                                           rationalize=True,
+                                                                           questions=32)
+
+
+def test_create_refuses_an_encoder(tmp_path):
+    with pytest.raises(ConfigError, match="model=.*decoder"):
+        create_selftrain(tmp_path / "x", RunConfig(model="tiny-random-bert",
+                                                   dataset="tweets-sentiment"), _opt(),
+                         ["vanilla"], [0])
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# filtering and rationalization bookkeeping (scripted generator)
+
+def test_star_filter_and_rationalization_bookkeeping():
+    qs = _rows(10)
+    gen = Scripted()
+    traces = star_traces(gen, None, None, qs, _opt(rationalize=True, samples=2), 8,
+                         lambda got, gold: float(got == gold))
+    even = [q for q in qs if int(QUESTION.search(q.prompt).group(1)) % 2 == 0]
+    odd = [q for q in qs if q not in even]
+    assert len(traces) == 2 * len(qs) + len(odd)       # 2 samples each, 1 hint per wrong q
+    assert gen.calls.count("hint") == len(odd)
+    assert sum(t["correct"] and not t["rationalized"] for t in traces) == len(even)
+    rows = training_rows("star", traces)
+    assert len(rows) == len(qs)                        # every question: one right trace
+    assert sum(r["rationalized"] for r in rows) == len(odd)
+    for r in rows:
+        assert "Hint" not in r["prompt"] and r["prompt"] == star_prompt(r["question"])
+        assert r["target"] == f"so {r['answer']}"
+    # a right trace generated twice is kept once
+    assert len(training_rows("star", traces + [dict(traces[0])])) == len(rows)
+
+
+def test_selfcorrect_rows_are_question_plus_first_attempt(tiny, tmp_path):
+    cfg, rows = tiny
+    gen = Scripted()
+    d = create_selftrain(tmp_path / "sc", cfg, _opt(loop="selfcorrect", questions=8),
+                         ["vanilla"], [0])
+    out = run_selftrain(d, generate=gen)
+    assert out["state"] == "finished", out
+    rd = d / "round-01" / "vanilla-s0"
+    traces = [json.loads(x) for x in (rd / "traces.jsonl").read_text().splitlines()]
+    kept = [json.loads(x) for x in (rd / "train.jsonl").read_text().splitlines()]
+    assert len(traces) == 8 and {t["first"] for t in traces} and \
+        all(t["first_correct"] == (int(QUESTION.search(t["question"]).group(1)) % 2 == 0)
+            for t in traces)
+    assert len(kept) == sum(t["correct"] for t in traces) > 0
+    for k in kept:
+        assert k["prompt"].startswith(k["question"]) and "first attempt" in k["prompt"]
+    info = read_json(rd / "round.json")
+    assert info["kept"] == len(kept)
+    assert info["fixed"] == sum(t["correct"] and not t["first_correct"] for t in traces)
+    assert {"test_first_exact_match", "test_exact_match"} <= set(info)
+    s = read_json(d / "summary.json")
+    assert s["rounds"][0]["methods"]["vanilla"]["kept"]["mean"] == len(kept)
+
+
+# ----------------------------------------------------------------------------------------
+# resume after a kill
+
+class Killed(Exception):
+    pass
+
+
+def _loss_by_step(rd):
+    return [(r["step"], round(r["loss"], 6)) for r in RunDir(rd).metrics()]
+
+
+def test_round_resume_after_a_kill_equals_an_uninterrupted_loop(tiny, tmp_path):
+    cfg, _ = tiny
+    opt = _opt(rounds=2, questions=12, rationalize=True)
+    methods = ["vanilla", "dynsdpb"]
+    ref = create_selftrain(tmp_path / "ref", cfg, opt, methods, [0])
+    assert run_selftrain(ref, generate=Scripted())["state"] == "finished"
+
+    d = create_selftrain(tmp_path / "cut", cfg, opt, methods, [0])
+    gen = Scripted()
+
+    def die(who, rec):   # killed in round 2 after dynsdpb's step 3 was checkpointed
+        if rec.get("step") == 3 and who == "dynsdpb-s0" and (d / "round-02" / who /
+                                                              "train.jsonl").is_file():
+            raise Killed
+    with pytest.raises(Killed):
+        run_selftrain(d, progress=die, generate=gen)
+    r1 = d / "round-01" / "dynsdpb-s0" / "round.json"
+    stamp = r1.stat().st_mtime_ns
+    sampled = gen.sampled
+    out = run_selftrain(d, resume=True, generate=gen)
+    assert out["state"] == "finished"
+    assert gen.sampled == sampled                       # no training data generated again
+    assert r1.stat().st_mtime_ns == stamp               # round 1 not redone
+    st = RunDir(d / "round-02" / "dynsdpb-s0").raw_status()
+    assert st["state"] == "finished" and st["resumed_from"] == 3
+    for arm in ("vanilla-s0", "dynsdpb-s0"):
+        for r in ("round-01", "round-02"):
+            assert _loss_by_step(d / r / arm) == _loss_by_step(ref / r / arm), (r, arm)
+            a, b = read_json(d / r / arm / "round.json"), read_json(ref / r / arm / "round.json")
+            for k in ("kept", "rationalized", "steps", "test_exact_match", "aligned_tokens",
+                      "dropped_tokens"):
+                assert a[k] == b[k], (r, arm, k)
+    assert read_json(d / "summary.json")["rounds"] == read_json(ref / "summary.json")["rounds"]
+    assert RunDir(d).raw_status()["state"] == "finished"
+
+
+# ----------------------------------------------------------------------------------------
+# alignment of the carried cache on regenerated targets
+
+def _task(cfg, round_rows, carried=None, r=1):
+    from dynsdpb.tasks import prepare
+    shared = prepare(cfg)
+    rows = [dict(prompt=star_prompt(q), target=t, answer=a, question=q, rationalized=False)
+            for q, t, a in round_rows]
+    return shared, RoundTask(shared, r, "star", rows, list(shared.val.examples),
+                             list(shared.test.examples), Scripted(), carried)
+
+
+def test_alignment_on_regenerated_targets_exact_counts(tiny, tmp_path):
+    cfg, _ = tiny
+    cfg = cfg.replace(steps=2, batch_size=4, method="dynsdpb")
+    q = [f"what is {a} plus 1" for a in range(4)]
+    # round r: the targets the cache is computed on (target ids + eos)
+    old = [(q[0], "the answer is 1", "1"),   # 4 + eos = 5 tokens
+           (q[1], "the answer is 2", "2"),
+           (q[2], "so 3", "3"),              # 2 + eos = 3 tokens
+           (q[3], "the answer is 4", "4")]
+    shared, t_old = _task(cfg, old)
+    model = shared.build_model(cfg, "old")
+    with torch.no_grad():     # the round-r model differs from the base (its LoRA B != 0)
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    cache = teacher_cache(t_old, model, cfg, torch.device("cpu"))
+    assert [len(cache[x]["target_ids"]) for x in q] == [5, 5, 3, 5]
+    # round r+1: regenerated targets
+    new = [(q[0], "the answer is 1", "1"),   # same: 5 kept, 0 dropped
+           (q[1], "the answer is so 2", "2"),  # 'the answer is' kept (3), 2 dropped
+           (q[2], "the answer is 3", "3"),   # first token differs: 0 kept, 3 dropped
+           (q[3], "the answer is 4 4", "4")]  # cached 4 tokens kept, eos dropped: 4, 1
+    _, task = _task(cfg, new, cache, r=2)
+    rd = RunDir(tmp_path / "arm")
+    rd.path.mkdir()
+    arm = Arm(cfg, task, rd, device=torch.device("cpu"))
+    task.attach(arm)
+    want = {"cache_questions": 4, "rows": 4, "aligned_tokens": 5 + 3 + 0 + 4,
+            "dropped_tokens": 0 + 2 + 3 + 1}
+    assert task.alignment_counts() == want
+    rec = arm.step()          # step 1: four new rows, no DLB teacher, all taught by the cache
+    assert rec["kd"] > 1e-4 and rec["alpha"] is not None
+    arm.step()
+    assert task.applied == {"rows": 4, "aligned_tokens": 12}
+    # the vanilla arm has no teacher: the cache is never used
+    _, tv = _task(cfg, new, cache, r=3)
+    va = Arm(cfg.replace(method="vanilla"), tv, RunDir(tmp_path / "v"),
+             device=torch.device("cpu"))
+    tv.attach(va)
+    assert va.step()["kd"] == 0 and tv.alignment_counts()["rows"] == 0
+
+
+# ----------------------------------------------------------------------------------------
+# one real round end to end (real sampling on a tiny model)
+
+def test_one_real_star_round_end_to_end(tiny, tmp_path):
+    cfg, rows = tiny
+    d = create_selftrain(tmp_path / "e2e", cfg, _opt(questions=12, temperature=0.0),
+                         ["vanilla", "dynsdpb"], [0])
+    out = run_selftrain(d)               # the real generator: sample() on the tiny model
+    assert out["state"] == "finished", out
+    base = read_json(d / "round-00" / "baseline.json")
+    assert 0 <= base["test_exact_match"] <= 1
+    infos = {a: read_json(d / "round-01" / a / "round.json") for a in ("vanilla-s0",
+                                                                     "dynsdpb-s0")}
+    v, dy = infos["vanilla-s0"], infos["dynsdpb-s0"]
+    # round 1 generates with the base model for both arms: the same traces, paired
+    assert v["kept"] == dy["kept"] and 0 < v["kept"] < 12
+    assert v["steps"] == dy["steps"] == cfg.steps
+    traces = (d / "round-01" / "vanilla-s0" / "traces.jsonl").read_text()
+    assert traces == (d / "round-01" / "dynsdpb-s0" / "traces.jsonl").read_text()
+    # the memorised questions (every other one) are the ones kept
+    kept = [json.loads(x)["question"] for x in
+            (d / "round-01" / "vanilla-s0" / "train.jsonl").read_text().splitlines()]
+    assert set(kept) <= {e.prompt for e in rows[::2]}
+    ev = (d / "round-01" / "dynsdpb-s0" / "eval.jsonl").read_text().splitlines()
+    assert len(ev) == cfg.test_size
+    assert (d / "round-01" / "dynsdpb-s0" / "cache.pt").is_file()      # carried on
+    assert not (d / "round-01" / "vanilla-s0" / "cache.pt").exists()    # vanilla: no teacher
+    s = read_json(d / "summary.json")
+    row = s["rounds"][0]["methods"]["dynsdpb"]
+    assert set(row["test_exact_match"]) >= {"mean", "std", "per_seed", "diff_vs_vanilla"}
+    assert row["kept"]["per_seed"] == {"0": v["kept"]}
+    assert s["state"] == "finished"
+
+
+def test_sample_gives_n_per_prompt(tiny):
+    from dynsdpb.decoder.models import load_causal_lm, load_lm_tokenizer
+    cfg, _ = tiny
+    tok, m = load_lm_tokenizer(cfg.model), load_causal_lm(cfg.model)
+    torch.manual_seed(0)
+    out = sample(m, tok, ["what is 1 plus 2", "what is 3 plus 3", "what is 0 plus 0"],
+                 max_new_tokens=4, temperature=1.0, n=3, batch_size=2)
+    assert [len(o) for o in out] == [3, 3, 3]
+    assert HINT.format(answer=3) not in out[0][0]
+
+
+# ----------------------------------------------------------------------------------------
+# CLI and JobManager
+
+def test_cli_selftrain_runs_resumes_and_refuses_bad_input_in_one_line(tiny, tmp_path, capsys):
+    from dynsdpb.cli.main import main
+    cfg, _ = tiny
+    out = tmp_path / "cli"
+    rc = main(["selftrain", "--loop", "dream", "--model", cfg.model, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "loop='dream'" in err and not out.exists()
+    rc = main(["resume", str(tmp_path)])
+    assert rc == 2 and "not an experiment folder" in capsys.readouterr().err
+    flags = ["--model", cfg.model, "--dataset", cfg.dataset, "--val-size", "2", "--test-size",
+             "4", "--max-train-samples", "0", "--max-len", "48", "--steps", "2",
+             "--batch-size", "4", "--lora-target-modules", "q_proj,v_proj", "--lora-r", "4",
+             "--max-new-tokens", "4", "--probe-size", "2", "--save-model", "false",
+             "--top-k", "8", "--eval-every", "2"]
+    rc = main(["selftrain", *flags, "--methods", "vanilla,dynsdpb", "--seeds", "0",
+               "--loop", "star", "--rounds", "1", "--questions", "6", "--temperature", "0",
+               "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "round 1: generating" in cap.err and "dynsdpb" in cap.out and "state: finished" \
+        in cap.out
+    stamp = (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns
+    assert main(["selftrain", "--resume", str(out)]) == 0      # nothing left: nothing redone
+    assert (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns == stamp
+    assert main(["selftrain", "--demo", "--out", str(out)]) == 2    # --out not empty
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_jobmanager_runs_a_selftrain_loop_in_its_queue(tiny, tmp_path):
+    from dynsdpb.jobs.queue import JobManager
+    cfg, _ = tiny
+    jm = JobManager(tmp_path / "runs", isolation="thread")
+    try:
+        with pytest.raises(ConfigError, match="samples"):
+            jm.submit_selftrain(cfg, _opt(samples=2, temperature=0), ["vanilla"], [0])
+        assert list((tmp_path / "runs").iterdir()) == []       # refused before any folder
+        job = jm.submit_selftrain(cfg, _opt(questions=6, temperature=0), ["vanilla"], [0],
+                                  name="loop")
+        assert jm.wait_idle(300)
+        assert job.error == ""
+        assert RunDir(job.exp_dir).raw_status()["state"] == "finished"
+        assert read_json(job.exp_dir / "summary.json")["rounds"][0]["methods"]["vanilla"]
+        again = jm.resume("loop")            # a finished loop: resuming redoes nothing
+        assert jm.wait_idle(120) and again.error == ""
+    finally:
+        jm.close()
+
+
+def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    from dynsdpb.paths import APP_MAIN
+    cfg, _ = tiny
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("DYNSDPB_RUNS_DIR", str(runs))
+    monkeypatch.setenv("DYNSDPB_ISOLATION", "thread")
+    d = create_selftrain(runs / "loop", cfg, _opt(questions=8, rationalize=True),
+                         ["vanilla", "dynsdpb"], [0])
+    assert run_selftrain(d, generate=Scripted())["state"] == "finished"
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP_MAIN), default_timeout=120)
+        at.run()
+        at.switch_page(str(APP_MAIN.parent.parent / "pages" / "selftrain.py")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.title[0].value == "Self-training"
+        page = " ".join(str(getattr(e, "value", "")) for e in at.main)
+        assert "finished" in page and "vanilla" in " ".join(c.value for c in at.code)
+        assert len(at.get("plotly_chart")) >= 3          # kept, accuracy, inner loss curves
+        df = at.dataframe[0].value
+        assert len(df) > 0 and {"prompt", "target", "rationalized"} <= set(df.columns)
+        assert not any("Hint" in p for p in df["prompt"])
+        # bad loop options: the field and the fix, nothing queued
+        at.session_state["w_st_samples"] = 2
+        at.session_state["w_st_temperature"] = 0.0
+        at.run()
+        at.button[1].click().run()                      # Start (after the preset button)
+        assert any("samples" in e.value for e in at.error), [e.value for e in at.error]
+        assert [p.parent.name for p in runs.glob("*/selftrain.json")] == ["loop"]
+    finally:
+        st.cache_resource.clear()
