@@ -47,7 +47,10 @@ class Experiment:
 
 def dump_experiment(base: C.RunConfig, methods: list[str], seeds: list[int], name: str = "",
                     description: str = "") -> str:
-    """YAML of the whole experiment; `load_experiment` reads it back to the same values."""
+    """YAML of the experiment: its name, description, methods and seeds, then only the fields
+    whose value differs from RunConfig's default (a reader sees what the experiment changes);
+    `load_experiment` reads it back to the same values. Full files, as earlier versions wrote
+    them, load the same way."""
     head: dict = {}
     name = name or base.name              # RunConfig.name and the experiment's name are one
     if name:
@@ -56,7 +59,9 @@ def dump_experiment(base: C.RunConfig, methods: list[str], seeds: list[int], nam
         head["description"] = description
     head["methods"] = list(methods)
     head["seeds"] = [int(s) for s in seeds]
-    body = {k: v for k, v in base.to_dict().items() if k not in ("method", "seed", "name")}
+    defaults = C.RunConfig().to_dict()
+    body = {k: v for k, v in base.to_dict().items()
+            if k not in ("method", "seed", "name") and v != defaults[k]}
     return yaml.safe_dump({**head, **body}, sort_keys=False, allow_unicode=True, width=100)
 
 

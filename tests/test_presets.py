@@ -17,9 +17,10 @@ def test_round_trip_keeps_every_field():
     # the base carries the last distilling method and the first seed, everything else as given
     assert e.base == base.replace(method="dlb", seed=3)
     assert dump_experiment(e.base, e.methods, e.seeds, e.name, e.description) == text
-    # every field except the per-arm ones is written at top level
+    # the fields that differ from the defaults are written at top level, and only those
     top = {line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()}
-    assert top == (set(C.FIELDS) - {"method", "seed"}) | {"methods", "seeds", "description"}
+    assert top == {"lr", "alpha_max", "budget", "save_model", "text_pair_column", "name",
+                   "methods", "seeds", "description"}
 
 
 def test_old_single_run_yaml_is_one_arm():
@@ -79,12 +80,35 @@ def test_presets_ship_and_load():
         load_preset("nope")
 
 
-def test_preset_files_are_complete():
-    """Every preset file states every field, so a later default change does not alter it."""
+def test_preset_files_hold_only_what_differs_from_the_defaults():
+    """A preset says what it changes: every field it names has a value other than the default,
+    and it loads to the experiment scripts/make_presets.py describes."""
+    import yaml
+
+    from scripts.make_presets import PRESETS
+    defaults = C.RunConfig().to_dict()
     for p in presets_dir().glob("*.yaml"):
-        text = p.read_text()
-        for f in set(C.FIELDS) - {"method", "seed", "name"}:
-            assert f"\n{f}:" in text, f"{p.name} lacks {f}; run scripts/make_presets.py"
+        d = yaml.safe_load(p.read_text())
+        fields = set(d) - {"name", "description", "methods", "seeds"}
+        assert fields <= set(C.FIELDS)
+        same = sorted(f for f in fields if d[f] == defaults[f])
+        assert same == [], f"{p.name} repeats defaults {same}; run scripts/make_presets.py"
+        desc, methods, seeds, over = PRESETS[p.stem]
+        e = load_preset(p.stem)
+        assert e.base.replace(method="vanilla", seed=0) == C.RunConfig(**over).replace(
+            method="vanilla", seed=0)
+        assert (e.methods, e.seeds, e.description) == (methods, seeds, desc)
+
+
+def test_a_full_experiment_file_of_earlier_versions_still_loads():
+    import yaml
+    base = C.RunConfig(steps=7, lr=3e-4, augment="token-mask")
+    full = {"methods": ["vanilla", "dlb"], "seeds": [1, 2],
+            **{k: v for k, v in base.to_dict().items() if k not in ("method", "seed", "name")}}
+    e = load_experiment(yaml.safe_dump(full, sort_keys=False))
+    short = dump_experiment(base, ["vanilla", "dlb"], [1, 2])
+    assert "\nsteps: 7" in short and "\nbatch_size:" not in short   # only what differs
+    assert load_experiment(short) == e
 
 
 def test_setup_page_preset_picker_fills_the_form(tmp_path, monkeypatch):
