@@ -125,7 +125,8 @@ DATA_PATH = "local file path or hub id"
 # fields that matter only under another field's value. The form draws a field only where
 # `field_applies` says so; everything else about a field comes from RunConfig.
 
-ENCODER_ONLY_FIELDS = ("text_column", "text_pair_column", "label_column", "min_confidence")
+ENCODER_ONLY_FIELDS = ("text_column", "text_pair_column", "label_column", "min_confidence",
+                       "augment", "augment_p")
 FIELD_NEEDS = {"lora_r": ("finetune", "lora"), "lora_alpha": ("finetune", "lora"),
                "lora_dropout": ("finetune", "lora"), "lora_target_modules": ("finetune", "lora"),
                "save_format": ("finetune", "lora"), "top_k": ("kd_cache", "topk"),

@@ -35,6 +35,8 @@ KD_CACHES = ("topk", "full")
 SAVE_FORMATS = ("adapter", "merged")
 TAU_DIRECTIONS = ("soften-uncertain", "sharpen-uncertain")
 DEVICES = ("auto", "cpu", "cuda")
+# Views for text (encoder/views.py): how each training forward of a sample is augmented.
+AUGMENTS = ("none", "token-mask", "word-dropout", "span-cutoff")
 # Llama-family attention and MLP projections: the usual LoRA targets.
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # val_size/test_size 0 (the default) = auto: this share of the usable rows (after the dedup),
@@ -124,6 +126,17 @@ class RunConfig:
                            "extra no-grad forward of the new chunk without dropout (same "
                            "weights, before the update), so the target carries no dropout "
                            "noise.", "method", TEACHER_MODES)
+    augment: str = _f("none", "Views for text (encoders), as DLB's second augmented view of an "
+                      "image: every training forward of a sample sees its own view, drawn from "
+                      "(seed, sample, step), so a carried sample's second pass sees another view "
+                      "than the pass that made its soft target. Every arm gets the same kind of "
+                      "views (vanilla and refeed too); evaluation never augments. token-mask: "
+                      "tokens replaced by the mask token; word-dropout: words removed; "
+                      "span-cutoff: one span of each segment removed. none: the same tokens "
+                      "twice.", "method", AUGMENTS)
+    augment_p: float = _f(0.1, "Views: the share of tokens masked (token-mask), of words "
+                          "dropped (word-dropout) or of each segment cut (span-cutoff).",
+                          "method")
 
     # --- decoder models (causal LM); encoders ignore these ------------------------------
     finetune: str = _f("lora", "Decoder models: lora trains small low-rank adapters on a frozen "
@@ -453,6 +466,14 @@ def validate(cfg: RunConfig) -> list[Problem]:
         bad("label_noise", "use a share in [0, 1), e.g. 0.2 for 20% flipped training labels")
     elif cfg.label_noise and cfg.task in ("regression", "causal-lm"):
         bad("label_noise", f"flips class labels; task {cfg.task} has none: set 0")
+    if not (math.isfinite(cfg.augment_p) and 0 <= cfg.augment_p < 1):
+        bad("augment_p", "use a share in [0, 1), e.g. 0.1")
+    elif cfg.augment != "none" and cfg.augment_p == 0:
+        bad("augment_p", f"augment {cfg.augment} with p = 0 draws no views: use e.g. 0.1, or set "
+            "augment none")
+    if cfg.augment != "none" and is_causal_lm(cfg):
+        bad("augment", "views are for encoders: a decoder's target tokens must stay intact and "
+            "its prompt views are not implemented; set augment none")
     if not (0 <= cfg.min_confidence <= 1):
         bad("min_confidence", "use a value in [0, 1]")
     if cfg.eval_every < 1:

@@ -99,6 +99,12 @@ n_arms = len(methods) * len(seeds)
 st.caption(f"{n_arms} run(s): {', '.join(f'{m}-s{s}' for s in seeds for m in methods) or '-'}. "
            "They train in lockstep, one step each in turn.")
 
+if not decoder:
+    st.caption("Views (every arm, vanilla too): each training forward of a sample sees its own "
+               "augmented view, so a carried sample's second pass sees another view than the "
+               "one its soft target came from, as DLB's second augmented image (Learn §2).")
+    grid(["augment", "augment_p"], 4)
+
 if "dlb" in methods or "dynsdpb" in methods:
     both = "dlb" in methods and "dynsdpb" in methods
     dl, dy = st.columns(2) if both else (st.container(), st.container())

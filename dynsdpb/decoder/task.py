@@ -210,10 +210,11 @@ class CausalLMTask:
         return AdapterView(self._base, arm, self.tokenizer, merged=self.opt.save == "merged")
 
     # -- batches and forward ------------------------------------------------------------------
-    def batch(self, e: EncodedLM, ids: list[int], device) -> Batch:
+    def batch(self, e: EncodedLM, ids: list[int], device, view=None) -> Batch:
         """Inputs of the whole rows; labels and logits of their last K positions only.
         Targets end every row (prompt + target, left padding), so K = the longest target + 1
-        (the position before a target predicts its first token) covers them all. The LM head
+        (the position before a target predicts its first token) covers them all. Views are
+        refused for decoders at validation (config.validate), so `view` is always None here. The LM head
         then runs on K positions instead of T: on arith-easy (T ~ 54, K ~ 4) that saves
         most of a step's largest tensor, (B, T, 49k) logits, and the head's matmul."""
         b = collate([e.rows[i] for i in ids], self.tokenizer.pad_token_id)

@@ -10,9 +10,11 @@ import torch
 from dynsdpb.config import RunConfig
 from dynsdpb.encoder.data import Split, TaskData
 from dynsdpb.encoder.models import build_model, load_tokenizer
+from dynsdpb.encoder.views import augment, view_rng, word_groups
 from dynsdpb.engine import schedules
 from dynsdpb.engine.losses import LossParts, dynsdpb_loss
-from dynsdpb.engine.task import Batch
+from dynsdpb.engine.task import Batch, View
+from dynsdpb.errors import ConfigError
 from dynsdpb.metrics import PRIMARY, classification_metrics, regression_metrics
 
 
@@ -22,6 +24,7 @@ class Encoded:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
+    words: list[list[int]] | None = None   # views.word_groups per sample (train, views on)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -46,7 +49,11 @@ class SequenceClassification:
         self.data = data
         self.tokenizer = load_tokenizer(cfg)
         self.max_len = cfg.max_len
-        self.train = self._encode(data.train)
+        # Views (encoder/views.py): every arm of an experiment shares the task and the kind
+        self.augment, self.augment_p = cfg.augment, cfg.augment_p
+        self.mask_id = (self.tokenizer.mask_token_id if self.tokenizer.mask_token_id is not None
+                        else self.tokenizer.unk_token_id)
+        self.train = self._encode(data.train, views=self.augment != "none")
         self.val = self._encode(data.val)
         self.test = self._encode(data.test)
 
@@ -59,20 +66,42 @@ class SequenceClassification:
         return PRIMARY[self.name]
 
     # -- tokenizing and collating ------------------------------------------------------
-    def _encode(self, s: Split) -> Encoded:
+    def _encode(self, s: Split, views: bool = False) -> Encoded:
         enc = self.tokenizer(s.texts, s.pairs, truncation=True, max_length=self.max_len)
-        return Encoded(enc["input_ids"], enc.get("token_type_ids"), s.labels)
+        words = None
+        if views:
+            if not getattr(enc, "is_fast", False):
+                raise ConfigError.one("augment", self.augment, "views need a fast tokenizer "
+                                      "(word boundaries); this model has none: set augment none")
+            words = [word_groups(enc.word_ids(i), enc.sequence_ids(i))
+                     for i in range(len(enc["input_ids"]))]
+        return Encoded(enc["input_ids"], enc.get("token_type_ids"), s.labels, words)
 
-    def collate(self, e: Encoded, ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        feats = [{"input_ids": e.input_ids[i]} for i in ids]
-        if e.token_type_ids is not None:
-            for f, i in zip(feats, ids):
-                f["token_type_ids"] = e.token_type_ids[i]
+    def _view(self, e: Encoded, i: int, view: View) -> tuple[list[int], list[int] | None]:
+        types = None if e.token_type_ids is None else e.token_type_ids[i]
+        return augment(e.input_ids[i], types, e.words[i], self.augment, self.augment_p,
+                       view_rng(view.seed, i, view.step), self.mask_id)
+
+    def collate(self, e: Encoded, ids: list[int], device: torch.device,
+                view: View | None = None) -> dict[str, torch.Tensor]:
+        if view is not None and e.words is not None:
+            feats = []
+            for i in ids:
+                x, tt = self._view(e, i, view)
+                feats.append({"input_ids": x} if tt is None else
+                             {"input_ids": x, "token_type_ids": tt})
+        else:
+            feats = [{"input_ids": e.input_ids[i]} for i in ids]
+            if e.token_type_ids is not None:
+                for f, i in zip(feats, ids):
+                    f["token_type_ids"] = e.token_type_ids[i]
         batch = self.tokenizer.pad(feats, return_tensors="pt")
         return {k: v.to(device) for k, v in batch.items()}
 
-    def batch(self, e: Encoded, ids: list[int], device: torch.device) -> Batch:
-        return Batch(self.collate(e, ids, device), torch.as_tensor(e.labels[ids], device=device))
+    def batch(self, e: Encoded, ids: list[int], device: torch.device,
+              view: View | None = None) -> Batch:
+        return Batch(self.collate(e, ids, device, view),
+                     torch.as_tensor(e.labels[ids], device=device))
 
     # -- model, forward, loss -------------------------------------------------------------
     def build_model(self, cfg: RunConfig, arm: str):

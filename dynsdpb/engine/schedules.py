@@ -135,6 +135,13 @@ def describe(cfg: RunConfig, task: str = "classification") -> str:
     if task == "regression" and sched not in ("none", "refeed"):
         rule = ("alpha_i = alpha_max * exp(-|yhat_prev - y| / s), s = std of the training "
                 "targets" if sched == "dynsdpb-v1" else f"the {sched} schedule's alpha")
-        return REGRESSION_FORMULA.format(alpha_rule=rule)
-    tau_term = "(1 + u)" if cfg.tau_direction == "soften-uncertain" else "(1 - u/2)"
-    return FORMULAS[sched].format(tau_term=tau_term, **cfg.to_dict())
+        text = REGRESSION_FORMULA.format(alpha_rule=rule)
+    else:
+        tau_term = "(1 + u)" if cfg.tau_direction == "soften-uncertain" else "(1 - u/2)"
+        text = FORMULAS[sched].format(tau_term=tau_term, **cfg.to_dict())
+    return text + (VIEWS_FORMULA.format(**cfg.to_dict()) if cfg.augment != "none" else "")
+
+
+VIEWS_FORMULA = (" Views [DLB's second view, ours for text]: every training forward sees its own "
+                 "{augment} view of a sample (p = {augment_p}), so a carried sample's second "
+                 "pass sees another view than the pass its soft target came from.")

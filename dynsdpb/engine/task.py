@@ -20,6 +20,14 @@ class Batch:
     labels: torch.Tensor              # (N,) class ids or targets; (N, T) token ids for an LM
 
 
+@dataclass(frozen=True)
+class View:
+    """Which view a training forward draws (encoder/views.py): the run's seed and the step that
+    forwards the batch; the task adds each sample's id. None: the sample as it is."""
+    seed: int
+    step: int
+
+
 @runtime_checkable
 class Task(Protocol):
     """The hooks the loop calls. Every task implements every one of them."""
@@ -38,8 +46,10 @@ class Task(Protocol):
         """The arm's model (torch's global RNG seeded by the loop; `arm` names it, e.g. for a
         LoRA adapter)."""
 
-    def batch(self, split, ids: list[int], device: torch.device) -> Batch:
-        """Model inputs and labels of those samples."""
+    def batch(self, split, ids: list[int], device: torch.device, view: View | None = None
+              ) -> Batch:
+        """Model inputs and labels of those samples; `view` (training forwards only): each
+        sample's own augmented view, or refuse views at validation time (decoders)."""
 
     def forward(self, model, batch: Batch) -> torch.Tensor:
         """Logits: (N, C) classes, (N,) regression, (N, T, V) tokens for a causal LM."""

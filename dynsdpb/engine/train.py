@@ -25,6 +25,7 @@ from dynsdpb.engine import dist
 from dynsdpb.config import RunConfig
 from dynsdpb.errors import BUG_HINT, NAN_HINT, OOM_HINT, ConfigError, TrainingFault
 from dynsdpb.engine.layout import BatchLayout
+from dynsdpb.engine.task import View
 from dynsdpb.engine.dist import pick_device
 from dynsdpb.records import RECORD_KEYS
 from dynsdpb.engine.schedules import describe
@@ -297,6 +298,10 @@ class Arm:
         fault.all_ranks = True    # every rank raised it at the same collective
         raise fault from err
 
+    def _view(self, step: int) -> View | None:
+        """The views a training forward at `step` (1-based) draws; None with views off."""
+        return View(self.cfg.seed, step) if self.cfg.augment != "none" else None
+
     @property
     def checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint_every
@@ -328,8 +333,10 @@ class Arm:
         with self._ranks_agree(t + 1):
             self._test_fault(t + 1, "forward")
             # 1) batch: the carried half (new at step t-1) first, then this step's new chunk
+            #    (views on: each sample's own view of this step, so the carried half is seen
+            #    through another view than the one its soft target came from)
             b = self.layout.batch(t)
-            batch = task.batch(task.train, b.ids, self.device)
+            batch = task.batch(task.train, b.ids, self.device, self._view(t + 1))
             n_car = len(b.carried)
 
             # 2) teacher: what these carried samples got one step ago, with alpha/tau fixed then
@@ -356,7 +363,7 @@ class Arm:
             drift_parts = {}
             prev = self.split_prev
             if split and n_car and self._evaluates_after(t) and prev is not None:
-                pb = task.batch(task.train, prev["ids"], self.device)
+                pb = task.batch(task.train, prev["ids"], self.device, self._view(t))
                 now_eval = self._forward_nograd(batch, False)[:n_car]
                 replay = self._forward_nograd(pb, True, (prev["rng"], prev["cuda_rng"]))
                 cur = logits[:n_car].detach().float()
@@ -371,7 +378,7 @@ class Arm:
             #     dropout (same weights, before the update)
             teach_logits, teach_labels = logits[n_car:], batch.labels[n_car:]
             if cfg.distills and t + 1 < cfg.steps and cfg.teacher_mode == "eval":
-                nb = task.batch(task.train, b.new, self.device)
+                nb = task.batch(task.train, b.new, self.device, self._view(t + 1))
                 teach_logits, teach_labels = self._forward_nograd(nb, False), nb.labels
 
             # 4) loss parts: CE on all, alpha * tau^2 * KL on the positions with a teacher
