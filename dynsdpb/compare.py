@@ -127,4 +127,25 @@ def format_table(summary: dict) -> str:
              "  ".join(c.ljust(w[c]) for c in cols),
              "  ".join("-" * w[c] for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(w[c]) for c in cols) for r in rows]
+    lines += power_lines(summary)
     return "\n".join(lines)
+
+
+def power_lines(summary: dict) -> list[str]:
+    """dynsdpb - dlb, and what the seeds could detect: the smallest effect (80% power, 5% test)
+    of each paired part, from the observed spread over seeds."""
+    m = summary.get("primary_metric", "test_accuracy")
+    pct = m in PERCENT
+    out = []
+    for method, r in summary.get("methods", {}).items():
+        v = r.get(m, {})
+        d = v.get("diff_vs_dlb")
+        if d:
+            out.append(f"{method} - dlb: {fmt_ci(d, pct)} (n = {d.get('n', 0)} seeds)")
+        parts = [(k, v[k]) for k in ("diff_vs_vanilla", "refeed_part", "distillation_part")
+                 if v.get(k) and math.isfinite(v[k].get("mde", float("nan")))]
+        if parts:
+            out.append(f"{method}: smallest effect {len(r.get('seeds', []))} seeds detect (80% "
+                       "power): " + ", ".join(f"{k.replace('_', ' ')} {_fmt(p['mde'], pct)}"
+                                               for k, p in parts))
+    return [""] + out if out else []
