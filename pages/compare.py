@@ -17,7 +17,7 @@ st.title("Compare")
 
 
 def sweeps() -> None:
-    """A sweep's paired gain per grid cell (dynsdpb/sweep_read.py): a heatmap, interval on hover,
+    """A sweep's paired gain per grid cell (dynsdpb/sweep/read.py): a heatmap, interval on hover,
     * on cells whose 95% interval excludes 0; the same numbers as each cell's summary."""
     from dynsdpb.sweep import read as SR
     found = SR.find_sweeps(common.runs_dir())

@@ -293,7 +293,7 @@ st.markdown(
     "- **Target tokens only.** The prompt (and padding) carry the label −100: no CE and no KD "
     "there. Teacher forcing: the model reads prompt + target and predicts every target token.\n"
     "- **The causal shift.** The logits at position j predict token j + 1, so the labels move "
-    "one to the left before any loss (`lm_loss.causal_shift`, the one place that shifts).\n"
+    "one to the left before any loss (`decoder.loss.causal_shift`, the one place that shifts).\n"
     "- **Per-sequence alpha and tau.** u and d are computed per target token from the cached "
     "prediction; alpha_i and tau_i then come from their **mean over the sequence's target "
     "tokens** (granularity `token`: one pair per token instead).")
@@ -333,7 +333,7 @@ st.markdown(
     "**Why it is weak at high tau.** A temperature spreads the mass over the whole "
     "vocabulary. Measured with SmolLM2-135M on the target tokens of 16 arith-easy examples "
     "(39 tokens), the share of the mass in the top 64 of 49,152 tokens:")
-# Measured once (2026-11, 2-core CPU): lm_models.load_causal_lm("smollm2-135m"), the first 16
+# Measured once (2026-11, 2-core CPU): decoder.models.load_causal_lm("smollm2-135m"), the first 16
 # training rows of load_lm_splits("arith-easy", 0, 32, 4, 4) encoded with max_len 64, logits at
 # the shifted target positions, softmax(z / tau).topk(64).sum() averaged over the 39 tokens.
 st.dataframe([{"tau": t, "top-64 mass (mean over tokens)": f"{m:.1f} %"}

@@ -24,7 +24,7 @@ st.title("Runs")
 
 
 def sweeps() -> bool:
-    """Sweep folders (dynsdpb/sweep_read.py) in the runs directory: progress, stop, delete. Their
+    """Sweep folders (dynsdpb/sweep/read.py) in the runs directory: progress, stop, delete. Their
     heatmaps and reports are on Compare. Returns whether there are any."""
     from dynsdpb.sweep import read as SR
     found = SR.find_sweeps(jm.runs_dir)

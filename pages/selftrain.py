@@ -1,6 +1,6 @@
 """Self-training: set up a STaR or self-correction loop, start it through the JobManager, watch
 the per-round numbers (kept traces, accuracy per method) beside each round's fine-tuning
-curves, and browse the kept rationales and corrections (dynsdpb/selftrain.py).
+curves, and browse the kept rationales and corrections (dynsdpb/selftrain/run.py).
 
 A loop lives in its own folder of the runs directory (selftrain.json); each round is an engine
 experiment inside it, so the fine-tuning curves are the engine's own metrics.jsonl."""

@@ -1,4 +1,4 @@
-"""Setup's sweep expander: the experiment above run over a grid of fields (dynsdpb/sweep.py)."""
+"""Setup's sweep expander: the experiment above run over a grid of fields (dynsdpb/sweep/spec.py)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -11,7 +11,7 @@ ss = st.session_state
 
 
 def draw_sweep(cfg: C.RunConfig, methods: list[str], seeds: list[int], n_problems: int) -> None:
-    """A grid of fields around the config above (dynsdpb/sweep.py): each cell runs the methods
+    """A grid of fields around the config above (dynsdpb/sweep/spec.py): each cell runs the methods
     x seeds chosen above; baselines that do not read a swept field run once. The runs are
     queued (Live shows the queue); Compare draws the gain per cell as a heatmap."""
     with st.expander("Sweep: run this experiment over a grid"):

@@ -66,7 +66,7 @@ KD_CACHE_SOURCE = "records: kd_cache_bytes of the compare's dynsdpb arm / a kd_c
 # pure arithmetic
 
 def cache_bytes_per_token(kind: str, k: int, vocab: int) -> int:
-    """Bytes one distilled target token holds in the teacher cache (lm_loss.TokenTeacher):
+    """Bytes one distilled target token holds in the teacher cache (decoder.loss.TokenTeacher):
     target id int64 + alpha, tau, u, d fp32 = 24, then top-k: k ids int32 + k log q fp32 +
     log q(rest) fp32 + aux 3 x fp32 = 8 min(k, V) + 16; full: V logits fp16 = 2 V."""
     common = 8 + 4 * 4

@@ -3,7 +3,7 @@ one run.
 
 Absolute times on a shared machine are noise; a ratio of two things measured in the same run,
 interleaved, mostly is not. Each figure (issue #12), for the built-in encoder (this module;
-`--decoder`: bench_decoder.py, same figures on SmolLM2 with LoRA plus the teacher cache):
+`--decoder`: bench/decoder.py, same figures on SmolLM2 with LoRA plus the teacher cache):
 
   dynsdpb_vs_vanilla_step_time   median DynSDPB step time / median vanilla step time, equal
                                  samples forwarded per step (budget: compute), lockstep arms.

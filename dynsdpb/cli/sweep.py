@@ -12,7 +12,7 @@ from dynsdpb.cli.args import add_config_flags, resolve
 
 
 def cmd_sweep(a) -> int:
-    """A grid or search over fields (dynsdpb/sweep.py): create the folder or continue one."""
+    """A grid or search over fields (dynsdpb/sweep/spec.py): create the folder or continue one."""
     from tqdm import tqdm
     from dynsdpb.sweep import spec as SW
     from dynsdpb.sweep import read as SR

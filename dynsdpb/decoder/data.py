@@ -11,7 +11,7 @@ match); hub ids go through `datasets` (network needed).
 
 Tokenization: prompt through the chat template (user turn + generation prompt), then the
 target and eos. labels = -100 on prompt and padding positions, so CE and KD both see only
-target tokens. The causal shift is NOT done here (lm_loss.causal_shift is the one place).
+target tokens. The causal shift is NOT done here (decoder.loss.causal_shift is the one place).
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
              batch_size: int = 16) -> list[str]:
     """Greedy completions (special tokens dropped) for raw prompts, in order.
 
-    Each prompt goes through the chat template as in training (lm_data.prompt_text).
+    Each prompt goes through the chat template as in training (decoder.data.prompt_text).
     """
     return [c[0] for c in sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size)]

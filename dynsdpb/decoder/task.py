@@ -1,16 +1,16 @@
-"""CausalLMTask: the decoder-only task for the engine's task seam (tasks.py).
+"""CausalLMTask: the decoder-only task for the engine's task seam (engine/task.py).
 
-It has tasks.SequenceClassification's interface (tasks.py lists it), with a decoder's
+It implements engine.task.Task, as encoder.task.SequenceClassification does, with a decoder's
 answers to the hooks:
 
     task.build_model(cfg, arm)   -> the arm's model. LoRA (default): an `AdapterView` on one
                                     frozen base shared by all arms of the experiment, so the
                                     loop's optimizer, clipping, state_dict and save_pretrained
                                     see only that arm's adapter. full: an own full copy.
-    task.loss(logits, batch, teacher) -> lm_loss.TokenLossParts (top-k cache, alignment).
+    task.loss(logits, batch, teacher) -> decoder.loss.TokenLossParts (top-k cache, alignment).
     task.pack / unpack           cache entries are plain dicts of tensors (a checkpoint holds
                                     them as it holds the encoders'); `unpack` turns them into
-                                    lm_loss.TokenTeachers laid over the batch (None for new
+                                    decoder.loss.TokenTeachers laid over the batch (None for new
                                     rows), since the top-k cache is not a logits tensor.
     task.samples                 the last evaluation's sample generations (samples.jsonl)
     task.token_view(batch, parts) the first carried sequence's target tokens with the alpha and

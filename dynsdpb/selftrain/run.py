@@ -20,12 +20,12 @@ round r before any starts round r+1, so per-round numbers are paired like `compa
       5) carry      continue mode, distilling arms: the teacher cache of the kept set, keyed
                     by question, goes to round r+1. There it teaches each training row the
                     first time the row is new (where DLB has no teacher yet), on the longest
-                    common prefix of the cached and the regenerated target (lm_loss's
+                    common prefix of the cached and the regenerated target (decoder/loss.py's
                     alignment); round.json logs the cached tokens kept and dropped.
 
-The folder it writes (`DIR`) and its read-back are selftrain_store.py's; the prompts, loop
-options, traces and evaluation are selftrain_loops.py's; each round's engine task and the
-carried teacher cache are selftrain_round.py's. This module is the import surface of the
+The folder it writes (`DIR`) and its read-back are selftrain/store.py's; the prompts, loop
+options, traces and evaluation are selftrain/loops.py's; each round's engine task and the
+carried teacher cache are selftrain/round.py's. This module is the import surface of the
 loops (`__all__`: what the CLI, the job queue, the worker and the app use).
 
 Resume works at every point: a finished round (round.json) is never redone; generation cut

@@ -14,9 +14,9 @@ postgresql://...`) reuse each other's runs. A killed sweep resumes: its half-don
 marked failed and its cell asked again, its interrupted run resumes from its checkpoint.
 
 This module is the sweep's spec: run keys, the grid and search flags, sweep.json and the
-runs a grid plans. Running it: sweep_run.py (the CLI through Optuna; the app as a queue of
+runs a grid plans. Running it: sweep/run.py (the CLI through Optuna; the app as a queue of
 experiments, `plan_runs` + JobManager, into the same folder layout). Reading it back:
-sweep_read.py (`cells` for the Compare page's heatmap, reports and the Runs listing).
+sweep/read.py (`cells` for the Compare page's heatmap, reports and the Runs listing).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Self-training loops (dynsdpb/selftrain.py and its selftrain_*.py modules) on a tiny local Llama.
+"""Self-training loops (dynsdpb/selftrain/run.py and its selftrain_*.py modules) on a tiny local Llama.
 
 A scripted generator stands in for the model only where generation quality does not matter
 (filtering, rationalization bookkeeping, round resume after a kill); one round runs end to end
