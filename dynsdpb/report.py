@@ -221,6 +221,17 @@ def _sweep_section(path: Path, out: Path, label: str) -> tuple[str, dict]:
                   "paired by seed; **bold** = the interval excludes 0.", "",
                   _md_table(["cell", "re-feed part"] + [f"{m} - refeed" for m in distilling]
                             + (["dynsdpb - dlb"] if both else []), rows), ""]
+    dyn = SR.dynamics(path)
+    if dyn:
+        rows = [[", ".join(f"{k}={d['params'][k]}" for k in axes), d["method"], str(d["seeds"]),
+                 f"{d['alpha']:.3f}", f"{d['tau']:.2f}", f"{100 * d['kd_share']:.2f}%",
+                 f"{d['logit_drift']:.4f}"] for d in dyn]
+        lines += ["How much the distillation term weighs, per cell: over each run's last 20 "
+                  "steps, the mean alpha and tau, the KD term's share of the loss (kd / loss) "
+                  "and the train-mode logit drift KL(prev || now) at tau 1, in nats; averaged "
+                  "over the seeds.", "",
+                  _md_table(["cell", "method", "seeds", "alpha", "tau", "kd / loss",
+                             "logit drift"], rows), ""]
     for m in [m for m in methods if m != "vanilla"]:
         # A method that does not read a swept field (refeed and dlb ignore alpha_max) has the
         # same runs, hence the same differences, in the cells that differ only in that field:

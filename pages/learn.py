@@ -9,7 +9,7 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from app import common, figures
+from app import common, figures, gain
 from dynsdpb import config as C
 from dynsdpb.engine.layout import BatchLayout
 from dynsdpb.paths import ASSETS
@@ -344,3 +344,30 @@ st.caption("At tau ~ 3.6 (dynsdpb-v1 gives tau_0 (1 + u), so 3 to 6) the top 64 
            "inside it. Use kd_cache = full (fp16 logits, 2 bytes x vocabulary per target token) "
            "where that matters, or a schedule with tau near 1. Each step logs the cache's bytes "
            "(kd_cache_bytes).")
+
+# =============================================================================================
+st.header("5 · Where the gain comes from")
+st.markdown(
+    "A distilling arm trains on more than a distillation term: DLB's layout also **re-feeds** "
+    "the carried half, so those samples get a second CE pass. The **refeed** arm is the "
+    "control: the same layout, the same views, the same data order, with alpha = 0. Paired by "
+    "seed, a distilling arm's gain over vanilla splits into two parts:")
+st.latex(r"\underbrace{\text{arm} - \text{vanilla}}_{\text{gain}} = "
+         r"\underbrace{(\text{refeed} - \text{vanilla})}_{\text{re-feed part}} + "
+         r"\underbrace{(\text{arm} - \text{refeed})}_{\text{distillation part}}")
+st.markdown(
+    "With **views** on (`augment`), every forward of a sample sees its own augmented version, "
+    "so the carried half is distilled toward what the model said about *another view* one "
+    "step earlier: a consistency target, as in DLB's image experiments. Without views the "
+    "teacher saw the same tokens, and teacher and student differ only by dropout and one "
+    "update.")
+_verdict = gain.load(ASSETS / "results" / "distillation-regime.json")
+if _verdict:
+    _s = _verdict["summary"]
+    _n = len(_s["methods"].get("vanilla", {}).get("seeds", []))
+    st.plotly_chart(gain.figure(_s, f"{_verdict['setting']}: {_n} seeds, "
+                                    f"{_verdict['test_items']} test items each"),
+                    key="learn_gain", width="stretch")
+    st.caption(_verdict["reading"] + f" Measured with `{_verdict['command']}` "
+               "(docs/results.md). Grey bars: the 95% interval contains 0, so these seeds "
+               "cannot tell that part from no effect.")

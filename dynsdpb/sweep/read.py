@@ -129,3 +129,39 @@ def find_sweeps(runs_dir: str | Path) -> list[Path]:
     found = [p.parent for p in root.glob(f"*/{SWEEP_FILE}")] if root.is_dir() else []
     return sorted(found, key=lambda p: (read_json(p / SWEEP_FILE, {}) or {}).get("created", 0),
                   reverse=True)
+
+
+def dynamics(path: str | Path, last: int = 20) -> list[dict]:
+    """Per cell and distilling method, what its loss looked like at the end of training, from
+    the run folders here: over the last `last` steps, the mean alpha and tau, the KD term's
+    share of the loss (kd / loss) and the train-mode logit drift, then averaged over the seeds.
+    [{params, method, seeds, alpha, tau, kd_share, logit_drift}]"""
+    import statistics
+
+    from dynsdpb.store import RunDir
+    path = Path(path)
+    spec = load_sweep(path)
+    params_list = expand_grid(spec["grid"]) if spec["kind"] == "grid" else [
+        c["params"] for c in cells(path)]
+    out = []
+    for cell in params_list:
+        per: dict[str, list[dict]] = {}
+        for c in cell_configs(spec, cell):
+            if not c.distills or c.method == "refeed":
+                continue
+            rd = RunDir(run_dir(path, spec_key(spec, c)) / f"{c.method}-s{c.seed}")
+            recs = [r for r in rd.metrics() if r.get("kd") is not None][-last:]
+            if not recs:
+                continue
+
+            def mean(k, recs=recs):
+                v = [r[k] for r in recs if r.get(k) is not None]
+                return statistics.mean(v) if v else float("nan")
+            loss = mean("loss")
+            per.setdefault(c.method, []).append(
+                {"alpha": mean("alpha"), "tau": mean("tau"), "logit_drift": mean("logit_drift"),
+                 "kd_share": mean("kd") / loss if loss else float("nan")})
+        for m, rows in per.items():
+            out.append({"params": cell, "method": m, "seeds": len(rows),
+                        **{k: statistics.mean(r[k] for r in rows) for k in rows[0]}})
+    return out

@@ -289,6 +289,22 @@ def test_grid_sweep_runs_each_unique_run_once_and_heatmap_equals_summaries(tiny_
     assert fmt_ci(dd["distillation_part"], True) in row and fmt_ci(dd["diff_vs_dlb"], True) in row
     assert fmt_ci({"mean": -1e-9, "ci_low": -0.01, "ci_high": 0.01}, True) == \
         "+0.00 [-1.00, +1.00]"
+    # the dynamics table: per cell and distilling method, kd / loss from the runs' records
+    dyn = SR.dynamics(out)
+    assert {(tuple(d["params"].items()), d["method"]) for d in dyn} == {
+        (tuple(c["params"].items()), m) for c in cl for m in ("dlb", "dynsdpb")}
+    d = next(x for x in dyn if x["method"] == "dynsdpb"
+             and x["params"] == {"alpha_max": 2.0, "lr": 1e-2})
+    import statistics
+    shares = []
+    for cfg in SW.cell_configs(SW.load_sweep(out), d["params"]):
+        if cfg.method == "dynsdpb":
+            recs = [r for r in RunDir(SW.run_dir(out, SW.run_key(cfg)) / f"dynsdpb-s{cfg.seed}")
+                    .metrics() if r.get("kd") is not None][-20:]
+            shares.append(statistics.mean(r["kd"] for r in recs)
+                          / statistics.mean(r["loss"] for r in recs))
+    assert d["seeds"] == 2 and abs(d["kd_share"] - statistics.mean(shares)) < 1e-12
+    assert f"{100 * d['kd_share']:.2f}%" in md and "kd / loss" in md
 
 
 def test_sweep_resumes_after_a_kill(tiny_csv, tmp_path):
