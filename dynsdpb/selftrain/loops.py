@@ -1,4 +1,4 @@
-"""The self-training loops' own pieces (selftrain.py drives them): the prompts, the loop
+"""The self-training loops' own pieces (selftrain/run.py drives them): the prompts, the loop
 options (`LoopConfig`, `loop_from_dict`, `check_loop`, the CPU demo preset), the generation of
 one round's traces (`star_traces`, `selfcorrect_traces`), the kept set they give
 (`training_rows`), and the greedy test of a model (`evaluate`). Plain functions of a generator,

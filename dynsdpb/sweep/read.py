@@ -1,4 +1,4 @@
-"""Reading a sweep back (sweep.py holds its spec, sweep/run.py runs it): each cell with the
+"""Reading a sweep back (sweep/spec.py holds its spec, sweep/run.py runs it): each cell with the
 summary of its runs, the heatmap of a paired gain over two grid axes, one line per sweep
 for a listing. Summaries come from the run folders, else from the Optuna study (a shared
 database holds other machines' runs). Read by the Compare page, reports and the Runs page.

@@ -1,4 +1,4 @@
-"""Running a sweep (sweep.py holds its spec): the CLI's Optuna loop and the app's queue.
+"""Running a sweep (sweep/spec.py holds its spec): the CLI's Optuna loop and the app's queue.
 
 `run_sweep` asks Optuna for a cell (GridSampler for a grid, TPE for a search), trains the
 cell's runs that neither the sweep folder nor the study holds yet (`_run_one`, one one-arm
