@@ -56,6 +56,7 @@ def test_presets_ship_and_load():
     names = list_presets()
     assert names[0] == "quick-demo"
     assert set(names) == {"quick-demo", "classroom", "paper-equal-epochs", "equal-compute",
+                          "distillation-regime",
                           "warmup-ablation", "decoder-quick-demo"}
     # classroom: a dataset and lr where the model becomes sure within the run (issue 11)
     c = load_preset("classroom")
