@@ -285,11 +285,18 @@ def fig_loss(arms: list[ArmView], x: str = "step", uirev: str = "loss",
     return _finish(spec)
 
 
+def title_of(key: str) -> str:
+    """'Validation accuracy (%)': a record key in words with its unit, for a chart title."""
+    from dynsdpb.records import axis_title
+    t = axis_title(key)
+    return t[:1].upper() + t[1:]
+
+
 def fig_metric(arms: list[ArmView], key: str, x: str = "step", uirev: str = "metric",
                color_by: str = "method", title: str | None = None) -> go.Figure:
     """One metric against x for every arm (eval metrics have points at eval steps only)."""
     spec = {"data": [], "layout": _layout(uirev, x, (key,))}
-    spec["layout"]["title"] = {"text": title or key, "x": 0, "font": {"size": 14}}
+    spec["layout"]["title"] = {"text": title or title_of(key), "x": 0, "font": {"size": 14}}
     multi = _multi_exp(arms)
     eval_only = key.startswith("val_") or key == "probe_drift"
     for i, a in enumerate(arms):

@@ -7,25 +7,20 @@ import math
 
 
 def summary_rows(summary: dict) -> list[dict]:
-    """The engine's summary table as the app shows it: the unit in the column name, "—" for
-    nothing to show, and every "n/a" says why (one seed has no spread and no interval)."""
+    """The engine's summary table as the app shows it: columns in words with their unit, the
+    seeds and test items behind each row, "—" for nothing to show, and every "n/a" says why
+    (one seed has no spread and no interval)."""
     from dynsdpb.compare import table_rows
-    pm = summary.get("primary_metric", "")
-    unit = " (%)" if is_percent(pm) else ""
     out = []
     for row in table_rows(summary):
         n_seeds = len(summary["methods"].get(row["method"], {}).get("seeds", []))
         why = "n/a: one seed" if n_seeds < 2 else "n/a: a value is missing"
         new = {}
         for k, v in row.items():
-            if k == f"{pm} mean":
-                k = f"{pm} mean{unit}"
             if isinstance(v, str):
                 if v.strip() in ("-", "", "None"):
                     v = "—" if not (row["method"] != "vanilla" and k.startswith("diff")) \
                         else "—: no vanilla arm to pair with"
-                elif "[n/a, n/a]" in v:
-                    v = v.replace("[n/a, n/a]", f"[{why}]")
                 elif "n/a" in v:
                     v = v.replace("n/a", why)
             elif v is None:
@@ -50,6 +45,7 @@ def decoder_summary_rows(summary: dict) -> list[dict]:
     rows = []
     for method, r in summary.get("methods", {}).items():
         rows.append({"method": method, "seeds": len(r.get("seeds", [])),
+                     "test items": summary.get("test_size") or "—",
                      "exact match (%)": fmt("test_exact_match", r.get("test_exact_match", {})),
                      "perplexity": fmt("test_perplexity", r.get("test_perplexity", {})),
                      "test loss (nats/token)": fmt("test_loss", r.get("test_loss", {}))})

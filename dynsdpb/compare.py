@@ -13,6 +13,29 @@ TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc")
                 "causal-lm": ("test_exact_match", "test_perplexity", "test_loss")}
 # Shares in [0, 1], printed in %.
 PERCENT = ("test_accuracy", "test_macro_f1", "test_exact_match")
+# A test set this small makes one item worth more than 2 points: say so next to the results.
+TINY_TEST = 50
+
+
+def metric_title(m: str) -> str:
+    """'Test accuracy (%)': a test metric in words with its unit, for a column or a title."""
+    from dynsdpb.records import KEYS
+    k = KEYS.get("val_" + m.removeprefix("test_"))
+    if k is None:
+        return m
+    label = "test" + k.label.removeprefix("validation")
+    unit = "%" if m in PERCENT else k.unit
+    return f"{label[0].upper()}{label[1:]}" + (f" ({unit})" if unit else "")
+
+
+def excludes_zero(d: dict | None) -> bool:
+    """Does a paired difference have a 95% interval (two seeds or more) that excludes 0?
+    Only such a difference may be called a gain or a loss (bold, "winner")."""
+    if not d:
+        return False
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
+    return ok and (lo > 0 or hi < 0)
 
 
 def summarize_runs(runs: list[RunDir]) -> dict:
@@ -34,16 +57,31 @@ def summarize(summaries: list[dict]) -> dict:
     its 95% t-interval; with a dlb arm, dynsdpb also gets diff_vs_dlb."""
     by_method: dict[str, dict[int, dict]] = {}
     task = "classification"
+    sizes, classes = [], None
     for s in summaries:
         if not s:
             continue
         task = s.get("task", task)
         by_method.setdefault(s["method"], {})[int(s["seed"])] = s
+        if s.get("test_size"):
+            sizes.append(int(s["test_size"]))
+        if s.get("labels"):
+            classes = len(s["labels"])
     metrics = TEST_METRICS[task]
-    out: dict = {"task": task, "primary_metric": metrics[0], "methods": {}}
+    # test_size: the number of test items behind each mean (the smallest, if runs differ);
+    # classes: for classification, what chance level is (1 / classes).
+    out: dict = {"task": task, "primary_metric": metrics[0], "methods": {},
+                 "test_size": min(sizes) if sizes else None,
+                 "test_sizes_differ": len(set(sizes)) > 1,
+                 "classes": classes if task == "classification" else None}
     base = by_method.get("vanilla", {})
     for method, seeds in by_method.items():
         row: dict = {"seeds": sorted(seeds), "schedule": next(iter(seeds.values()))["schedule"],
+                     # per seed, how many classes the model predicted over the test set
+                     # (encoder classification; 1 = a constant prediction)
+                     "predicted_classes": {str(k): v["test_predicted_classes"]
+                                           for k, v in sorted(seeds.items())
+                                           if v.get("test_predicted_classes") is not None},
                      "formula": next(iter(seeds.values())).get("formula", "")}
         for m in metrics:
             vals = [seeds[s].get(m) for s in sorted(seeds)]
@@ -79,19 +117,87 @@ def _fmt(x, pct: bool) -> str:
     return f"{100 * x:.2f}" if pct else f"{x:.4f}"
 
 
+def item_points(summary: dict) -> float | None:
+    """What one test item is worth in points of the primary metric (shares in %), or None."""
+    n = summary.get("test_size")
+    return 100.0 / n if n and summary.get("primary_metric") in PERCENT else None
+
+
+def sample_size(summary: dict) -> str:
+    """'2 seeds x 6 test items; one item = 16.67 points': what every mean stands on."""
+    seeds = sorted({len(r.get("seeds", [])) for r in summary.get("methods", {}).values()})
+    sd = "/".join(map(str, seeds)) or "0"
+    n = summary.get("test_size")
+    txt = f"{sd} seed{'s' if seeds != [1] else ''} per method"
+    if n:
+        txt += f" x {n} test items" + (" (the smallest; runs differ)"
+                                       if summary.get("test_sizes_differ") else "")
+    pts = item_points(summary)
+    if pts is not None:
+        txt += f"; one test item = {pts:.2f} points"
+    return txt
+
+
+def cautions(summary: dict) -> list[str]:
+    """What makes these results weak, one sentence each: a tiny test set, one seed (no
+    interval), accuracy below chance, a model predicting one class for every test item."""
+    out = []
+    methods = summary.get("methods", {})
+    n = summary.get("test_size")
+    pts = item_points(summary)
+    if n and n < TINY_TEST:
+        out.append(f"Tiny test set: {n} items" + (f", so one item is worth {pts:.2f} points"
+                                                   if pts is not None else "")
+                   + "; differences of a few items are noise. Use more test rows "
+                   "(test_size) for a result to report.")
+    if methods and all(len(r.get("seeds", [])) < 2 for r in methods.values()):
+        out.append("One seed per method: a difference has no interval and cannot be called "
+                   "a gain or a loss. Run 3 or more seeds.")
+    k = summary.get("classes")
+    pm = summary.get("primary_metric")
+    if k and pm == "test_accuracy":
+        chance = 1.0 / k
+        for m, r in methods.items():
+            mean = r.get(pm, {}).get("mean")
+            if isinstance(mean, float) and math.isfinite(mean) and mean < chance:
+                out.append(f"{m}: test accuracy {100 * mean:.2f} % is below chance "
+                           f"({100 * chance:.1f} % for {k} classes): it learned nothing "
+                           "usable, the differences between arms say nothing about the method.")
+    for m, r in methods.items():
+        const = [s for s, c in r.get("predicted_classes", {}).items() if c <= 1]
+        if const:
+            out.append(f"{m}: predicts one class for every test item (seed "
+                       f"{', '.join(const)}): a constant predictor.")
+    if pm == "test_accuracy" and not any(r.get("predicted_classes") for r in methods.values()):
+        # runs written before predicted_classes was recorded: every arm and seed at the same
+        # accuracy with an MCC of exactly 0 is what a constant prediction gives
+        vals = {v for r in methods.values() for v in r.get(pm, {}).get("per_seed", {}).values()}
+        mccs = {v for r in methods.values()
+                for v in r.get("test_mcc", {}).get("per_seed", {}).values()}
+        if len(methods) > 1 and len(vals) == 1 and mccs == {0.0}:
+            out.append(f"Every arm scores {100 * vals.pop():.2f} % with MCC 0: this is what "
+                       "a constant prediction (one class for every item) gives.")
+    return out
+
+
 def table_rows(summary: dict) -> list[dict]:
-    """One row per method for the primary metric, ready for printing or a dataframe."""
+    """One row per method for the primary metric, ready for printing or a dataframe: column
+    names in words, the number of seeds and test items next to every difference."""
     m = summary.get("primary_metric", "test_accuracy")
     pct = m in PERCENT
+    n_test = summary.get("test_size")
+    diff_col = f"difference to vanilla{' (points)' if pct else ''} [95% CI]"
     rows = []
     for method, r in summary.get("methods", {}).items():
         v = r.get(m, {})
         d = v.get("diff_vs_vanilla")
         rows.append({
             "method": method, "schedule": r.get("schedule"),
-            f"{m} mean": _fmt(v.get("mean"), pct), "std": _fmt(v.get("std"), pct),
+            metric_title(m): _fmt(v.get("mean"), pct), "std": _fmt(v.get("std"), pct),
             "per seed": " ".join(_fmt(x, pct) for x in v.get("per_seed", {}).values()),
-            "diff vs vanilla [95% CI]": "-" if d is None else fmt_ci(d, pct),
+            "seeds": len(r.get("seeds", [])),
+            "test items": n_test if n_test else "-",
+            diff_col: "-" if d is None else fmt_ci(d, pct),
         })
         if "refeed" in summary.get("methods", {}):
             # the gain over vanilla, split: re-feeding alone, and distillation on top of it
@@ -110,8 +216,17 @@ def _signed(x, pct: bool) -> str:
 
 
 def fmt_ci(d: dict, pct: bool) -> str:
-    """'+1.20 [-0.40, +2.80]': a paired difference, signed, with its 95% interval."""
+    """'+1.20 [-0.40, +2.80], n=3': a paired difference, signed, with its 95% interval and
+    the number of seed pairs; one pair has no interval and says so."""
+    n = d.get("n")
+    ok = all(isinstance(d.get(k), (int, float)) and math.isfinite(d[k])
+             for k in ("ci_low", "ci_high"))
+    if not ok:
+        pairs = "one seed" if n in (None, 1) else f"n={n}"
+        return f"{_signed(d['mean'], pct)} [no interval: {pairs}]"
     return (f"{_signed(d['mean'], pct)} [{_signed(d['ci_low'], pct)}, "
+            f"{_signed(d['ci_high'], pct)}], n={n}" if n else
+            f"{_signed(d['mean'], pct)} [{_signed(d['ci_low'], pct)}, "
             f"{_signed(d['ci_high'], pct)}]")
 
 
@@ -120,14 +235,15 @@ def format_table(summary: dict) -> str:
     if not rows:
         return "(no finished runs)"
     m = summary.get("primary_metric", "")
-    unit = " (%)" if m in PERCENT else ""
     cols = list(rows[0].keys())
     w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = [f"{m}{unit}, mean and sample std over seeds; paired difference to vanilla",
+    lines = [f"{metric_title(m)}, mean and sample std over seeds; paired difference to "
+             f"vanilla by seed ({sample_size(summary)})",
              "  ".join(c.ljust(w[c]) for c in cols),
              "  ".join("-" * w[c] for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(w[c]) for c in cols) for r in rows]
     lines += power_lines(summary)
+    lines += [f"Caution: {c}" for c in cautions(summary)]
     return "\n".join(lines)
 
 
@@ -141,7 +257,7 @@ def power_lines(summary: dict) -> list[str]:
         v = r.get(m, {})
         d = v.get("diff_vs_dlb")
         if d:
-            out.append(f"{method} - dlb: {fmt_ci(d, pct)} (n = {d.get('n', 0)} seeds)")
+            out.append(f"{method} - dlb: {fmt_ci(d, pct)}")      # fmt_ci names n
         parts = [(k, v[k]) for k in ("diff_vs_vanilla", "refeed_part", "distillation_part")
                  if v.get(k) and math.isfinite(v[k].get("mde", float("nan")))]
         if parts:

@@ -1,6 +1,7 @@
 """`dynsdpb report RUN_OR_SWEEP... --out DIR`: report.md and its charts as PNG.
 
-report.md holds the tasks x methods table (mean ± std over seeds, best per column in bold),
+report.md holds the tasks x methods table (mean ± std over seeds; the best of a column in
+bold only when its paired interval against every other method excludes 0),
 per experiment the paired differences (vs vanilla; with a refeed arm split into re-feed and
 distillation parts), the config diff, the formula each arm used, and per sweep a table of
 cells and heatmaps of the paired gain. Charts are drawn with matplotlib (Agg): plotly's static
@@ -13,7 +14,9 @@ import math
 from pathlib import Path
 
 from dynsdpb import config as C
-from dynsdpb.compare import PERCENT, TEST_METRICS, fmt_ci, summarize_runs
+from dynsdpb.compare import (PERCENT, TEST_METRICS, cautions, excludes_zero, fmt_ci,
+                             metric_title, sample_size, summarize_runs)
+from dynsdpb.metrics import paired_diff
 from dynsdpb.errors import ConfigError
 from dynsdpb.store import ExperimentDir, safe_name
 from dynsdpb.sweep import spec as SW
@@ -34,12 +37,26 @@ def _mean_std(v: dict, pct: bool) -> str:
         else f"{s} ± {_num(v['std'], pct)}"
 
 
-def _best(vals: dict[str, float], metric: str) -> str | None:
+def _best(methods: dict[str, dict], metric: str) -> str | None:
+    """The method to print in bold for `metric`, or None: the best mean, and only when its
+    paired difference (by seed) to every other method has a 95% interval that excludes 0 on
+    the right side. One seed has no interval: no winner then, however large the gap."""
+    vals = {k: r.get(metric, {}).get("mean") for k, r in methods.items()}
     ok = {k: v for k, v in vals.items() if v is not None and math.isfinite(v)}
-    if not ok:
+    if len(ok) < 2:
         return None
-    pick = min if metric in LOWER_IS_BETTER else max
-    return pick(ok, key=ok.get)
+    lower = metric in LOWER_IS_BETTER
+    best = (min if lower else max)(ok, key=ok.get)
+    mine = methods[best][metric].get("per_seed", {})
+    for k in ok:
+        if k == best:
+            continue
+        theirs = methods[k][metric].get("per_seed", {})
+        seeds = sorted(set(mine) & set(theirs))
+        d = paired_diff([mine[s] for s in seeds], [theirs[s] for s in seeds])
+        if not excludes_zero(d) or (d["ci_high"] > 0 if lower else d["ci_low"] < 0):
+            return None
+    return best
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -125,18 +142,22 @@ def _experiment_section(exp: ExperimentDir, out: Path, label: str) -> tuple[str,
     metrics = TEST_METRICS[s["task"]]
     methods = list(s["methods"])
     lines = [f"## Experiment `{exp.id}`", ""]
-    header = ["method"] + [f"{m}{' (%)' if m in PERCENT else ''}" for m in metrics]
-    best = {m: _best({k: s["methods"][k][m]["mean"] for k in methods}, m) for m in metrics}
+    header = ["method", "seeds"] + [metric_title(m) for m in metrics]
+    best = {m: _best(s["methods"], m) for m in metrics}
     rows = []
     for k in methods:
-        r = [k]
+        r = [k, str(len(s["methods"][k]["seeds"]))]
         for m in metrics:
             cell = _mean_std(s["methods"][k][m], m in PERCENT)
             r.append(f"**{cell}**" if best[m] == k else cell)
         rows.append(r)
+    lines += [f"Sample size: {sample_size(s)}.", ""]
+    lines += [f"> **Caution:** {c}" for c in cautions(s)] + ([""] if cautions(s) else [])
     lines += ["Test metrics, mean ± sample std over seeds "
               f"({', '.join(map(str, s['methods'][methods[0]]['seeds'])) if methods else ''}); "
-              "best per column in bold.", "", _md_table(header, rows), ""]
+              "a column's best in bold only where its paired 95% interval against every other "
+              "method excludes 0" + ("" if any(best.values()) else " (none here)") + ".", "",
+              _md_table(header, rows), ""]
     pm = s["primary_metric"]
     pct = pm in PERCENT
     diff_rows = []
@@ -149,9 +170,10 @@ def _experiment_section(exp: ExperimentDir, out: Path, label: str) -> tuple[str,
                           fmt_ci(v["distillation_part"], pct) if "distillation_part" in v else "-",
                           fmt_ci(v["diff_vs_dlb"], pct) if "diff_vs_dlb" in v else "-"])
     if diff_rows:
-        lines += [f"Paired differences of {pm}{' (points)' if pct else ''}, same seed, mean "
-                  "[95% t-interval]; re-feed part = refeed - vanilla, distillation part = "
-                  "arm - refeed.", "",
+        lines += [f"Paired differences of {metric_title(pm)}{' in points' if pct else ''}, "
+                  "same seed, mean [95% t-interval], n = seed pairs; a difference whose "
+                  "interval contains 0 (or that has one seed) is not a gain or a loss; "
+                  "re-feed part = refeed - vanilla, distillation part = arm - refeed.", "",
                   _md_table(["method", "vs vanilla", "re-feed part", "distillation part",
                              "vs dlb"], diff_rows), ""]
     lines += ["Formula each arm used:", ""]
@@ -317,9 +339,7 @@ def write_report(paths: list[str], out: str | Path) -> str:
           "Sources: " + ", ".join(f"`{p}`" for p in paths), ""]
     if tasks:
         methods = list(dict.fromkeys(m for s in tasks.values() for m in s["methods"]))
-        best = {col: _best({m: s["methods"][m][s["primary_metric"]]["mean"]
-                            for m in s["methods"]}, s["primary_metric"])
-                for col, s in tasks.items()}
+        best = {col: _best(s["methods"], s["primary_metric"]) for col, s in tasks.items()}
         rows = []
         for m in methods:
             r = [m]
@@ -330,9 +350,12 @@ def write_report(paths: list[str], out: str | Path) -> str:
                 r.append(f"**{cell}**" if best[col] == m else cell)
             rows.append(r)
         md += ["## Tasks x methods", "", "Primary test metric per task (in % for shares), "
-               "mean ± std over seeds; best per column in bold.", "",
-               _md_table(["method"] + [f"{c}: {s['primary_metric']}" for c, s in tasks.items()],
-                         rows), ""]
+               "mean ± std over seeds; a column's best in bold only where its paired 95% "
+               "interval against every other method excludes 0"
+               + ("" if any(best.values()) else " (none here)") + ". Sample size: "
+               + "; ".join(f"{c}: {sample_size(s)}" for c, s in tasks.items()) + ".", "",
+               _md_table(["method"] + [f"{c}: {metric_title(s['primary_metric'])}"
+                                       for c, s in tasks.items()], rows), ""]
     diff = config_diff(bases)
     md += ["## Config diff", ""]
     if diff:

@@ -6,7 +6,7 @@ import streamlit as st
 from app import common, downloads, figures, tables, views
 from app.livechart import live_chart
 from dynsdpb import config as C
-from dynsdpb.compare import summarize_runs
+from dynsdpb.compare import cautions, metric_title, sample_size, summarize_runs
 from dynsdpb.records import EVAL_KEYS, PLOTTABLE, axis_title
 from dynsdpb.store import RunDir
 
@@ -207,6 +207,10 @@ def charts() -> None:
     summary = summarize_runs([a.rd for a in arms])
     rows = tables.summary_rows(summary)
     if rows:
+        # what every number below stands on, then what makes it weak: before the numbers
+        st.markdown(f"**Sample size:** {sample_size(summary)}.")
+        for c in cautions(summary):
+            st.warning(c, icon=":material/warning:")
         st.dataframe(rows, hide_index=True, width="stretch")
         pm = summary["primary_metric"]
         if pm == "test_exact_match":
@@ -215,9 +219,11 @@ def charts() -> None:
             st.caption("Decoders: exact match = share of test prompts whose greedy "
                        "generation's final answer equals the gold one; perplexity = exp of the "
                        "mean CE per target token (lower is better); both per seed below.")
-        st.caption(f"{summary['primary_metric']}: mean and sample std over seeds; the "
-                   "difference to vanilla is paired by seed (same data order), with a 95% "
-                   "t-interval. Runs that have not finished are left out.")
+        st.caption(f"{metric_title(summary['primary_metric'])}: mean and sample std over "
+                   "seeds; the difference to vanilla is paired by seed (same data order), "
+                   "with a 95% t-interval and n = the number of seed pairs. A difference is a "
+                   "gain or a loss only when its interval excludes 0. Runs that have not "
+                   "finished are left out.")
         for m, r in summary["methods"].items():
             if r.get("formula"):
                 st.markdown(common.method_chip(m) + " &nbsp; " + r["formula"],

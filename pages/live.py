@@ -268,7 +268,7 @@ def live_charts() -> None:
         decoder_views(arms)
     else:
         live_chart(figures.figure(figures.fig_metric, arms, val_key, x, uirev=uirev + ":val",
-                                 title=f"{val_key} ({every})"),
+                                 title=f"{figures.title_of(val_key)} ({every})"),
                    key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
 
     st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")

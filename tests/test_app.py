@@ -275,7 +275,12 @@ def test_compare_page_renders_two_runs(runs_dir, csv):
         sorted(at.session_state["w_cmp_pick"]) == sorted([f"{exp}/vanilla-s0",
                                                           f"{exp}/dynsdpb-s0"])
     ch = {c["layout"]["title"]["text"]: c for c in specs(at)}
-    assert set(ch) == {"val_accuracy", "loss", "alpha", "logit_drift"}   # the default overlay
+    # the default overlay, titled in words with units
+    assert set(ch) == {"Validation accuracy (%)", "Loss (nats)", "Alpha (weight)",
+                       "Logit drift (KL, nats)"}
+    ch = dict(zip(("val_accuracy", "loss", "alpha", "logit_drift"),
+                  (ch["Validation accuracy (%)"], ch["Loss (nats)"], ch["Alpha (weight)"],
+                   ch["Logit drift (KL, nats)"])))
     for key in ("val_accuracy", "loss"):
         assert points(ch[key], "vanilla-s0") == 3 and points(ch[key], "dynsdpb-s0") == 3
     assert points(ch["alpha"], "dynsdpb-s0") >= 2 and points(ch["alpha"], "vanilla-s0") == 0
@@ -288,7 +293,12 @@ def test_compare_page_renders_two_runs(runs_dir, csv):
     assert [b.label for b in at.get("download_button")] == [
         "these charts (HTML, one file)", "metrics of the picked runs (CSV)"]
     # one unit for accuracy everywhere (%), and no "None" in any table
-    assert "test_accuracy mean (%)" in summary.columns
+    assert "Test accuracy (%)" in summary.columns
+    assert list(summary["seeds"]) == [1, 1] and "test items" in summary.columns
+    # what the numbers stand on, and what makes them weak (one seed), above the table
+    page = " ".join(m.value for m in at.markdown)
+    assert "**Sample size:** 1 seed per method x" in page and "one test item = " in page
+    assert any("One seed per method" in w.value for w in at.warning)
     assert "None" not in summary.to_string() and "None" not in diff.to_string()
     # the metric list is the engine's record keys (dynsdpb/records.py), not a copy of them
     from dynsdpb.records import PLOTTABLE

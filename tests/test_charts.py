@@ -205,10 +205,11 @@ def test_summary_table_says_why_an_interval_is_missing():
             "mean": 0.65, "std": None, "per_seed": {"0": 0.65},
             "diff_vs_vanilla": {"mean": 0.005, "ci_low": None, "ci_high": None}}}}}
     rows = {r["method"]: r for r in tables.summary_rows(summary)}
-    assert rows["vanilla"]["test_accuracy mean (%)"] == "64.50"
+    diff = "difference to vanilla (points) [95% CI]"
+    assert rows["vanilla"]["Test accuracy (%)"] == "64.50"
     assert rows["vanilla"]["std"] == "n/a: one seed"
-    assert rows["dynsdpb"]["diff vs vanilla [95% CI]"] == "+0.50 [n/a: one seed]"
-    assert rows["vanilla"]["diff vs vanilla [95% CI]"] == "—"
+    assert rows["dynsdpb"][diff] == "+0.50 [no interval: one seed]"
+    assert rows["vanilla"][diff] == "—"
     assert "None" not in str(rows)
     assert tables.result_text("test_accuracy", 0.645) == "accuracy 64.50 %"
     assert tables.cell("alpha", None) == "—"

@@ -217,7 +217,14 @@ class SequenceClassification:
         return out, cur
 
     def test_metrics(self, model, device: torch.device, use_amp: bool) -> dict:
-        return self.split_metrics(model, self.test, "test", device, use_amp)
+        """Test metrics, and for classification how many classes the model predicted over
+        the test set (1 = a constant prediction, which Compare and the report warn about)."""
+        e = self.test
+        z = self.predict(model, e, list(range(len(e))), device, use_amp)
+        out = {f"test_{k}": v for k, v in self._metrics(torch.as_tensor(e.labels), z).items()}
+        if z.dim() == 2 and len(e):
+            out["test_predicted_classes"] = int(z.argmax(-1).unique().numel())
+        return out
 
 
 class SequenceRegression(SequenceClassification):

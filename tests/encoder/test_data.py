@@ -30,7 +30,8 @@ def test_cli_compare_end_to_end(tiny_csv, tmp_path, capsys):
     assert set(s["methods"]) == {"vanilla", "dynsdpb"}
     acc = s["methods"]["dynsdpb"]["test_accuracy"]
     assert len(acc["per_seed"]) == 2 and acc["std"] >= 0
-    assert "diff_vs_vanilla" in acc and "dynsdpb" in text and "diff vs vanilla" in text
+    assert "diff_vs_vanilla" in acc and "dynsdpb" in text and "difference to vanilla" in text
+    assert "test items" in text and "seeds" in text
     # a second compare into the same folder is refused with a clear message
     rc = main(["compare", "--model", "tiny-random-bert", "--dataset", str(tiny_csv),
                "--steps", "3", "--out", str(out)])
