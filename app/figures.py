@@ -189,8 +189,39 @@ def _note(spec: dict, text: str, col: int = 1, n: int = 1) -> None:
                                           "font": {"color": "#888"}})
 
 
+def _one_point_ranges(spec: dict) -> None:
+    """Axes whose data hold a single value get a range around it. plotly.js spans one value
+    v with v-1..v+1: one drift point of 0.0065 sat at "0" on a -1..1 axis, and one step 10
+    on an axis of 9..11. y: v ± half of it (the point in the middle, ticks near v); x: from 0
+    (or v) to a little past v, so a first point reads as "early in the run"."""
+    vals: dict[str, set] = {}
+    for t in spec["data"]:
+        if t.get("hoverinfo") == "skip":
+            continue
+        for ax, key in ((t.get("xaxis", "x"), "x"), (t.get("yaxis", "y"), "y")):
+            vals.setdefault(ax, set()).update(
+                v for v in t.get(key) or [] if isinstance(v, (int, float))
+                and not isinstance(v, bool) and math.isfinite(v))
+    lay = spec["layout"]
+    for ax, vs in vals.items():
+        if len(vs) != 1:
+            continue
+        name = ("xaxis" if ax[0] == "x" else "yaxis") + ax[1:]
+        a = lay.get(name)
+        if a is None or "range" in a:
+            continue
+        (v,) = vs
+        if ax[0] == "y":
+            d = abs(v) / 2 if v else 1.0
+            lay[name] = dict(a, range=[v - d, v + d])
+        else:
+            pad = abs(v) / 10 if v else 1.0
+            lay[name] = dict(a, range=[min(v, 0) - pad, max(v, 0) + pad])
+
+
 def _finish(spec: dict) -> go.Figure:
     _mark_coinciding(spec)
+    _one_point_ranges(spec)
     return go.Figure(spec, _validate=False)
 
 

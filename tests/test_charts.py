@@ -213,3 +213,23 @@ def test_summary_table_says_why_an_interval_is_missing():
     assert "None" not in str(rows)
     assert tables.result_text("test_accuracy", 0.645) == "accuracy 64.50 %"
     assert tables.cell("alpha", None) == "—"
+
+
+def test_a_one_point_chart_draws_its_value_on_a_range_around_it():
+    """One update_drift point of 0.0065 at step 10 (mid-run, issue 20) was drawn at "0" on a
+    -1..1 axis, and its x axis spanned 9..11."""
+    recs = [{"step": s, "logit_drift": 0.01 * s} for s in range(2, 11)]
+    recs[-1].update(update_drift=0.0065, dropout_drift=0.0)
+    fig = figures.fig_drift_split([_arm(recs)])
+    lo, hi = fig.layout.yaxis2.range
+    assert lo < 0.0065 < hi and hi - lo < 0.02 and lo > 0
+    xlo, xhi = fig.layout.xaxis2.range
+    assert xlo <= 0 and 10 < xhi <= 12
+    lo, hi = fig.layout.yaxis3.range            # a single 0: around it
+    assert lo < 0 < hi
+    assert fig.layout.yaxis.range is None       # many points: plotly's own autorange
+    assert fig.layout.xaxis.range is None
+    # one point of a share: its fixed 0-100 % axis stays
+    one = figures.fig_metric([_arm([{"step": 10, "val_accuracy": 0.5}])], "val_accuracy")
+    assert list(one.layout.yaxis.range) == [-2, 102]
+    assert one.layout.xaxis.range[0] <= 0
