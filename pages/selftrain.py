@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import common, figures, views
+from app.livechart import live_chart
 from dynsdpb import config as C
 from dynsdpb.selftrain import run as S
 from dynsdpb.errors import ConfigError
@@ -100,29 +101,16 @@ pick = st.selectbox("loop folder", ids, key="w_st_pick")
 path = jm.runs_dir / pick
 meta = read_json(path / S.META, {}) or {}
 sc = (meta.get("loop") or {}).get("loop") == "selfcorrect"
-status = RunDir(path).status()
-state = status.get("state", "?")
-active = state in ("queued", "running")
+ACTIVE = ("queued", "running")
+active_at_start = RunDir(path).status().get("state", "?") in ACTIVE
+# The same polling as Live: status every second while the loop runs; nothing when it is done.
+# A change of state (finished, stopped, started again) reruns the page once, which turns the
+# polling off or on and redraws the Stop/Resume buttons.
+POLL = 1.0
 
-c1, c2, c3 = st.columns([3, 1, 1])
-with c1:
-    where = (f"round {status.get('round')}/{status.get('rounds')}, {status.get('phase')}"
-             + (f" ({status['arm']})" if status.get("arm") and state == "running" else ""))
-    st.markdown(f"{common.state_badge(state)} &nbsp; {where}")
-    if status.get("error"):
-        st.error(f"{status['error']}" + (f" — hint: {status['hint']}" if status.get("hint")
-                                         else ""))
-with c2:
-    if active and st.button("Stop", help="finish the current step, checkpoint, stop"):
-        jm.stop(pick)
-        st.rerun()
-with c3:
-    if state in ("stopped", "failed", "interrupted") and st.button("Resume"):
-        try:
-            jm.resume(pick)
-            st.rerun()
-        except ConfigError as e:
-            st.error(str(e))
+# How the page names the answers, the same on Live: the gold one and the model's.
+SHOWN = {"answer": "gold answer", "extracted": "model's answer",
+         "first_extracted": "model's first answer"}
 
 
 # -- per-round charts beside the inner curves ---------------------------------------------------
@@ -156,50 +144,101 @@ def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
     return kept, acc
 
 
-@st.fragment(run_every=3.0 if active else None)
-def watch() -> None:
-    summary = S.summarize(path)
-    kept, acc = round_figures(summary)
-    left, right = st.columns(2)
-    with left:
-        st.plotly_chart(kept, key="st_kept")
-        st.plotly_chart(acc, key="st_acc")
-        if summary.get("rounds"):
-            st.code(S.format_rounds(summary), language=None)
-    with right:
-        rounds = sorted(path.glob("round-[0-9]*/experiment.json"))
-        if not rounds:
-            st.info("The first round's fine-tuning has not started yet.")
-            return
-        names = [p.parent.name for p in rounds]
-        r = st.selectbox("fine-tuning curves of", names, index=len(names) - 1, key="st_round")
-        arms = views.load_arms(path / r)
-        st.plotly_chart(figures.fig_loss(arms, uirev=f"st-loss-{r}"), key="st_loss")
-        cols = st.columns(2)
-        for col, k in zip(cols, ("alpha", "val_exact_match")):
-            with col:
-                st.plotly_chart(figures.fig_metric(arms, k, uirev=f"st-{k}-{r}"), key=f"st_{k}")
+def elapsed(sec: float) -> str:
+    sec = max(0, int(sec))
+    return f"{sec // 3600}h {sec % 3600 // 60:02d}m" if sec >= 3600 else \
+        f"{sec // 60}m {sec % 60:02d}s"
 
 
-watch()
+def header(status: dict) -> None:
+    state = status.get("state", "?")
+    c1, c2, c3 = st.columns([3, 1, 1])
+    with c1:
+        if state in ("queued", "running"):
+            where = (f"round {status.get('round')}/{status.get('rounds')}: "
+                     f"{status.get('phase')}"
+                     + (f" ({status['arm']})" if status.get("arm") and state == "running"
+                        else ""))
+        else:
+            where = f"{status.get('rounds', meta.get('loop', {}).get('rounds', '?'))} rounds"
+            t0 = meta.get("created")
+            if isinstance(t0, (int, float)) and status.get("updated"):
+                where += f", {elapsed(status['updated'] - t0)} from start to end"
+        st.markdown(f"{common.state_badge(state)} &nbsp; {where}")
+        if status.get("error"):
+            st.error(f"{status['error']}" + (f" — hint: {status['hint']}" if status.get("hint")
+                                             else ""))
+    with c2:
+        if state in ("queued", "running"):
+            if ss.get("st_stopping") == pick:
+                st.markdown(":orange-badge[stopping…]")
+            elif st.button("Stop", help="finish the current step, checkpoint, stop"):
+                jm.stop(pick)
+                ss["st_stopping"] = pick
+                st.rerun(scope="fragment")
+    with c3:
+        if state in ("stopped", "failed", "interrupted") and st.button("Resume"):
+            try:
+                jm.resume(pick)
+                ss.pop("st_stopping", None)
+                st.rerun()
+            except ConfigError as e:
+                st.error(str(e))
 
-# -- browse kept rationales / corrections --------------------------------------------------------
-st.subheader("Kept " + ("corrections" if sc else "rationales") + " and test answers")
-arm_dirs = sorted(p.parent for p in path.glob("round-[0-9]*/*/train.jsonl"))
-if not arm_dirs:
-    st.info("Nothing generated yet.")
-    st.stop()
-label = {str(p): f"{p.parent.name} / {p.name}" for p in arm_dirs}
-which = st.selectbox("round / arm", [str(p) for p in arm_dirs], format_func=label.get,
-                     key="st_browse")
-show = st.radio("show", ["kept (training data)", "all traces", "test answers"],
-                horizontal=True, key="st_show")
-f = {"kept (training data)": "train.jsonl", "all traces": "traces.jsonl",
-     "test answers": "eval.jsonl"}[show]
-rows = read_metrics(Path(which) / f)
-if not rows:
-    st.info(f"No {f} in this round yet.")
-else:
+
+def round_rows(status: dict) -> list[dict]:
+    """One row per round and arm: its phase, traces, kept, and why nothing was kept."""
+    rounds = int(status.get("rounds") or (meta.get("loop") or {}).get("rounds") or 0)
+    arms = [f"{m}-s{sd}" for m in meta.get("methods") or [] for sd in meta.get("seeds") or []]
+    cur, phase = status.get("round"), status.get("phase")
+    running = status.get("state") == "running"
+    rows = []
+    for r in range(1, rounds + 1):
+        for arm in arms:
+            d = path / f"round-{r:02d}" / arm
+            info = read_json(d / "round.json", None)
+            row = {"round": r, "arm": arm}
+            if isinstance(info, dict):
+                row.update(phase="done", traces=info.get("traces"), kept=info.get("kept"))
+                row["note"] = info.get("note") or ("" if info.get("kept") else
+                                                   "nothing kept: no right traces")
+            else:
+                kept = len(read_metrics(d / "train.jsonl")) if (d / "train.jsonl").is_file() \
+                    else None
+                traces = len(read_metrics(d / "traces.jsonl")) \
+                    if (d / "traces.jsonl").is_file() else None
+                arm_st = RunDir(d).raw_status() if d.is_dir() else {}
+                if running and r == cur and phase == "generating" and status.get("arm") == arm:
+                    ph = "generating"
+                elif arm_st.get("state") == "running":
+                    ph = f"training, step {arm_st.get('step', 0)}/{arm_st.get('steps', '?')}"
+                elif kept is not None:
+                    ph = "generated" + (", waiting to train" if running and r == cur else "")
+                elif running and r == cur:
+                    ph = "waiting"
+                else:
+                    ph = "not started"
+                row.update(phase=ph, traces=traces, kept=kept, note="")
+            rows.append(row)
+    return rows
+
+
+def browse(sc: bool) -> None:
+    st.subheader("Kept " + ("corrections" if sc else "rationales") + " and test answers")
+    arm_dirs = sorted(p.parent for p in path.glob("round-[0-9]*/*/train.jsonl"))
+    if not arm_dirs:
+        st.info("Nothing generated yet: the first round's traces appear here once generated.")
+        return
+    label = {str(p): f"{p.parent.name} / {p.name}" for p in arm_dirs}
+    keys = [str(p) for p in arm_dirs]
+    if ss.get("st_browse") not in keys:
+        ss.pop("st_browse", None)
+    which = st.selectbox("round / arm", keys, format_func=label.get, key="st_browse",
+                         index=len(keys) - 1)
+    show = st.radio("show", ["kept (training data)", "all traces", "test answers"],
+                    horizontal=True, key="st_show")
+    f = {"kept (training data)": "train.jsonl", "all traces": "traces.jsonl",
+         "test answers": "eval.jsonl"}[show]
     info = read_json(Path(which) / "round.json", {}) or {}
     if info:
         st.caption(f"{info.get('kept')} kept of {info.get('traces')} traces"
@@ -207,4 +246,62 @@ else:
                       f", {info.get('fixed')} fixed by the correction")
                    + f"; carried cache: {info.get('aligned_tokens')} tokens kept, "
                      f"{info.get('dropped_tokens')} dropped by alignment")
-    st.dataframe(rows, hide_index=True, width="stretch")
+    rows = read_metrics(Path(which) / f)
+    if not rows:
+        if f == "train.jsonl" and (Path(which) / f).is_file():
+            st.info("Nothing was kept in this round: "
+                    + (info.get("note") or "no trace ended with the gold answer") + ".")
+        elif f == "eval.jsonl" and not info:
+            st.info("No test answers yet: the round's model is tested after its fine-tuning.")
+        else:
+            st.info(f"No {show} in this round yet.")
+        return
+    rows = [{SHOWN.get(k, k): v for k, v in r.items()} for r in rows]
+    cols = {c: st.column_config.TextColumn(width="large")
+            for c in ("prompt", "target", "completion", "question", "first")}
+    cols.update({c: st.column_config.CheckboxColumn(c, width="small")
+                 for c in ("rationalized", "correct", "first_correct", "kept")})
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=cols)
+
+
+@st.fragment(run_every=POLL if active_at_start else None)
+def watch() -> None:
+    status = RunDir(path).status()
+    state = status.get("state", "?")
+    if ss.get("st_stopping") == pick and state not in ACTIVE:
+        ss.pop("st_stopping", None)
+    header(status)
+    summary = S.summarize(path)
+    st.markdown("##### Rounds")
+    rows = round_rows(status)
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch",
+                     column_config={"note": st.column_config.TextColumn(width="large")})
+    kept, acc = round_figures(summary)
+    left, right = st.columns(2)
+    with left:
+        live_chart(kept, key="st_kept")
+        live_chart(acc, key="st_acc")
+        if summary.get("rounds"):
+            st.code(S.format_rounds(summary), language=None)
+    with right:
+        rounds = sorted(path.glob("round-[0-9]*/experiment.json"))
+        if not rounds:
+            st.info("The first round's fine-tuning has not started yet.")
+        else:
+            names = [p.parent.name for p in rounds]
+            r = st.selectbox("fine-tuning curves of", names, index=len(names) - 1,
+                             key="st_round")
+            _, arms = views.load_arms_live(path / r)
+            for k in ("alpha", "val_exact_match"):
+                live_chart(figures.figure(figures.fig_metric, arms, k, uirev=f"st-{k}-{r}"),
+                           key=f"st_{k}")
+    if rounds:
+        # three panels need the page's width: at half width their titles ran into each other
+        live_chart(figures.figure(figures.fig_loss, arms, uirev=f"st-loss-{r}"), key="st_loss")
+    browse(sc)
+    if (state in ACTIVE) != active_at_start:
+        st.rerun()
+
+
+watch()

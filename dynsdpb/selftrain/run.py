@@ -294,14 +294,26 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                 m, ev = evaluate(opt.loop, gen, policies.get(state), shared.tokenizer, tests,
                                  shared.score, base.max_new_tokens)
                 write_jsonl(rd.path / "eval.jsonl", ev)
-                info.update(steps=0, **m)
-                rd.set_status("finished", step=0, steps=0,
-                              note="no right traces this round: nothing to fine-tune")
+                why = nothing_kept_reason(info, star, opt.rationalize)
+                info.update(steps=0, note=why, **m)
+                rd.set_status("finished", step=0, steps=0, note=why)
             info.update(cache_info)
             atomic_write_json(rd.path / "round.json", info)
             say(rd.id, {"event": "round", **info})
         write_summary(path)
     return _end(path, top, "finished", meta)
+
+
+def nothing_kept_reason(info: dict, star: bool, rationalize: bool) -> str:
+    """Why a round kept nothing, in one sentence (round.json's note; the app shows it)."""
+    n = info.get("traces", 0)
+    if not n:
+        return "no traces were generated this round: nothing to fine-tune"
+    what = ("none of the {n} traces ended with the gold answer"
+            + (" (hinted rationalizations included)" if star and rationalize else "")
+            if star else "no correction of the {n} first attempts ended with the gold answer")
+    return (what.format(n=n) + ": nothing to fine-tune; the model stays as it was and is "
+            "tested as is")
 
 
 def _end(path: Path, top: RunDir, state: str, meta: dict, error: str = "") -> dict:

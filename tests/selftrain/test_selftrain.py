@@ -395,8 +395,15 @@ def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatc
         page = " ".join(str(getattr(e, "value", "")) for e in at.main)
         assert "finished" in page and "vanilla" in " ".join(c.value for c in at.code)
         assert len(at.get("plotly_chart")) >= 3          # kept, accuracy, inner loss curves
-        df = at.dataframe[0].value
+        rounds = at.dataframe[0].value            # per round and arm: phase, kept, why not
+        assert set(rounds["phase"]) == {"done"} and list(rounds["kept"]) == [
+            (read_json(runs / "loop" / "round-01" / a / "round.json"))["kept"]
+            for a in ("vanilla-s0", "dynsdpb-s0")]
+        df = at.dataframe[1].value
         assert len(df) > 0 and {"prompt", "target", "rationalized"} <= set(df.columns)
+        # one naming for answers everywhere: the gold one and the model's
+        assert "gold answer" in df.columns and "answer" not in df.columns
+        assert not [e for e in at.info if "Nothing generated" in e.value]
         assert not any("Hint" in p for p in df["prompt"])
         # bad loop options: the field and the fix, nothing queued
         at.session_state["w_st_samples"] = 2
@@ -405,5 +412,41 @@ def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatc
         at.button[1].click().run()                      # Start (after the preset button)
         assert any("samples" in e.value for e in at.error), [e.value for e in at.error]
         assert [p.parent.name for p in runs.glob("*/selftrain.json")] == ["loop"]
+    finally:
+        st.cache_resource.clear()
+
+
+def test_a_round_that_kept_nothing_says_why_in_its_file_and_on_the_page(tiny, tmp_path,
+                                                                       monkeypatch):
+    """Issue 20: a round with no right trace said so only in an arm's status.json, and the
+    page then showed "No train.jsonl in this round yet" for a finished round."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    from dynsdpb.paths import APP_MAIN
+
+    def wrong(model, tok, prompts, *, max_new_tokens, temperature, n):
+        return [["so 0"] * n for _ in prompts]
+    cfg, _ = tiny
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("DYNSDPB_RUNS_DIR", str(runs))
+    monkeypatch.setenv("DYNSDPB_ISOLATION", "thread")
+    d = create_selftrain(runs / "loop", cfg, _opt(questions=6), ["vanilla"], [0])
+    assert run_selftrain(d, generate=wrong)["state"] == "finished"
+    info = read_json(d / "round-01" / "vanilla-s0" / "round.json")
+    assert info["kept"] == 0
+    assert info["note"].startswith("none of the 6 traces ended with the gold answer")
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP_MAIN), default_timeout=120)
+        at.run()
+        at.switch_page(str(APP_MAIN.parent.parent / "pages" / "selftrain.py")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        rounds = at.dataframe[0].value
+        assert list(rounds["kept"]) == [0] and list(rounds["phase"]) == ["done"]
+        assert rounds["note"][0] == info["note"]
+        said = [e.value for e in at.info]
+        assert any(s.startswith("Nothing was kept in this round: none of the 6") for s in said)
+        assert not any("No train.jsonl" in s for s in said), said
+        assert "Stop" not in [b.label for b in at.button]
     finally:
         st.cache_resource.clear()
