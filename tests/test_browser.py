@@ -295,3 +295,84 @@ def test_browser_bench_app_steps_keep_flowing_with_live_tabs_open(tmp_path, repo
         assert phase["median_step_s"] < 5.0, (n, phase)
     ratio = result["step_time_2_tabs_over_none"]
     assert ratio == ratio and ratio > 0                       # a number, not NaN
+
+
+def _fake_loop(runs: Path) -> Path:
+    """A self-training folder as the loop writes it, written by this test process step by step
+    (its status names this process, so the app sees a live writer): no model needed."""
+    from dynsdpb.store import RunDir, atomic_write_json
+    d = runs / "loop"
+    d.mkdir(parents=True)
+    atomic_write_json(d / "selftrain.json", {
+        "created": time.time(), "loop": {"loop": "star", "rounds": 1, "questions": 6,
+                                         "samples": 1, "rationalize": False},
+        "methods": ["vanilla"], "seeds": [0], "base_config": {}})
+    RunDir(d).set_status("queued", round=0, rounds=1, phase="queued")
+    return d
+
+
+def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
+    """Issue 20: the Self-training page kept "queued · round 0/1", a Stop button and "Nothing
+    generated yet" after the loop had finished, until a reload. It polls as Live does: each
+    phase shows, then the finished state, the kept count and why nothing was kept."""
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+    from dynsdpb.store import RunDir, atomic_write_json
+
+    runs = tmp_path / "runs"
+    d = _fake_loop(runs)
+    port = free_port()
+    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_health(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(30_000)
+            page.goto(f"http://127.0.0.1:{port}/selftrain")
+            page.get_by_text(re.compile(r"round 0/1[:,] queued")).wait_for()
+            page.get_by_role("button", name="Stop").wait_for()
+
+            RunDir(d).set_status("running", round=1, rounds=1, phase="generating",
+                                 arm="vanilla-s0")
+            page.get_by_text(re.compile(r"round 1/1[:,] generating \(vanilla-s0\)")).wait_for(
+                timeout=15_000)
+
+            arm = d / "round-01" / "vanilla-s0"
+            arm.mkdir(parents=True)
+            traces = [{"question": f"q{i}", "answer": "1", "completion": "so 0",
+                       "extracted": "0", "correct": False, "rationalized": False}
+                      for i in range(6)]
+            (arm / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
+            (arm / "train.jsonl").write_text("")
+            note = ("none of the 6 traces ended with the gold answer: nothing to fine-tune; "
+                    "the model stays as it was and is tested as is")
+            atomic_write_json(arm / "round.json", {
+                "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
+                "questions": 6, "traces": 6, "kept": 0, "rationalized": 0, "steps": 0,
+                "note": note, "test_exact_match": 0.0, "aligned_tokens": 0,
+                "dropped_tokens": 0})
+            RunDir(d).set_status("finished", phase="finished")
+            # no reload: the page sees the end by itself
+            page.get_by_text("Nothing was kept in this round: none of the 6 traces").wait_for(
+                timeout=15_000)
+            page.get_by_text("finished", exact=False).first.wait_for()
+            time.sleep(2.5)
+            body = page.evaluate("() => document.body.innerText")
+            assert "queued" not in body and "round 0/1" not in body, body[:2000]
+            assert page.get_by_role("button", name="Stop").count() == 0
+            assert "Nothing generated yet" not in body
+            assert "No train.jsonl" not in body
+            browser.close()
+    finally:
+        stop_server(proc, grace=10)
+        log.close()
