@@ -157,17 +157,18 @@ def cautions(summary: dict) -> list[str]:
     pm = summary.get("primary_metric")
     if k and pm == "test_accuracy":
         chance = 1.0 / k
-        for m, r in methods.items():
-            mean = r.get(pm, {}).get("mean")
-            if isinstance(mean, float) and math.isfinite(mean) and mean < chance:
-                out.append(f"{m}: test accuracy {100 * mean:.2f} % is below chance "
-                           f"({100 * chance:.1f} % for {k} classes): it learned nothing "
-                           "usable, the differences between arms say nothing about the method.")
-    for m, r in methods.items():
-        const = [s for s, c in r.get("predicted_classes", {}).items() if c <= 1]
-        if const:
-            out.append(f"{m}: predicts one class for every test item (seed "
-                       f"{', '.join(const)}): a constant predictor.")
+        low = [f"{m} {100 * r[pm]['mean']:.2f} %" for m, r in methods.items()
+               if isinstance(r.get(pm, {}).get("mean"), float)
+               and math.isfinite(r[pm]["mean"]) and r[pm]["mean"] < chance]
+        if low:
+            out.append(f"Below chance ({100 * chance:.1f} % for {k} classes): "
+                       f"{', '.join(low)}. Such a model learned nothing usable; a difference "
+                       "between arms says nothing about the method.")
+    const = [f"{m} (seed {', '.join(c)})" for m, r in methods.items()
+             if (c := [s for s, n in r.get("predicted_classes", {}).items() if n <= 1])]
+    if const:
+        out.append("A constant predictor (one class for every test item): "
+                   f"{', '.join(const)}.")
     if pm == "test_accuracy" and not any(r.get("predicted_classes") for r in methods.values()):
         # runs written before predicted_classes was recorded: every arm and seed at the same
         # accuracy with an MCC of exactly 0 is what a constant prediction gives

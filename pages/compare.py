@@ -209,8 +209,9 @@ def charts() -> None:
     if rows:
         # what every number below stands on, then what makes it weak: before the numbers
         st.markdown(f"**Sample size:** {sample_size(summary)}.")
-        for c in cautions(summary):
-            st.warning(c, icon=":material/warning:")
+        said = cautions(summary)
+        if said:
+            st.warning("\n".join(f"- {c}" for c in said), icon=":material/warning:")
         st.dataframe(rows, hide_index=True, width="stretch")
         pm = summary["primary_metric"]
         if pm == "test_exact_match":

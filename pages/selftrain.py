@@ -51,7 +51,7 @@ with st.expander("Set up a loop", expanded=not jm.is_active()):
     with c1:
         st.selectbox("loop", S.LOOPS, key="w_st_loop", help=S.LOOP_HELP["loop"])
         st.number_input("rounds", 1, 50, key="w_st_rounds", help=S.LOOP_HELP["rounds"])
-        st.number_input("questions per round", 0, 100000, key="w_st_questions",
+        st.number_input("questions per round (0 = all)", 0, 100000, key="w_st_questions",
                         help=S.LOOP_HELP["questions"])
         st.number_input("samples per question", 1, 64, key="w_st_samples",
                         help=S.LOOP_HELP["samples"])
@@ -137,10 +137,13 @@ def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
                 None if mean(r, key) is None else 100 * mean(r, key) for r in rs]
             acc.add_trace(go.Scatter(x=xs, y=ys, name=method + suffix, mode="lines+markers",
                                      line={"color": color, "dash": dash}))
-    kept.update_layout(title="kept traces per round", barmode="group", height=300,
-                       xaxis_title="round", yaxis_title="kept", margin={"t": 40})
-    acc.update_layout(title="test exact match (%) per round (0 = base model)", height=300,
-                      xaxis_title="round", yaxis_title="%", margin={"t": 40})
+    kept.update_layout(title="Kept traces per round", barmode="group", height=300,
+                       xaxis_title="round", yaxis_title="kept traces", margin={"t": 40},
+                       xaxis_dtick=1)
+    # a share: the same 0-100 axis as every % chart (a flat 33.3 % read as a wavy 32.5-34)
+    acc.update_layout(title="Test exact match (%) per round (0 = base model)", height=300,
+                      xaxis_title="round", yaxis_title="test exact match (%)",
+                      margin={"t": 40}, xaxis_dtick=1, yaxis_range=[-2, 102])
     return kept, acc
 
 
@@ -257,8 +260,12 @@ def browse(sc: bool) -> None:
             st.info(f"No {show} in this round yet.")
         return
     rows = [{SHOWN.get(k, k): v for k, v in r.items()} for r in rows]
-    cols = {c: st.column_config.TextColumn(width="large")
-            for c in ("prompt", "target", "completion", "question", "first")}
+    # widths that fit the page: with every text column "large" the flags at the right end
+    # ("rationalized") were pushed out of view
+    cols = {c: st.column_config.TextColumn(width="large") for c in ("prompt", "completion")}
+    cols.update({c: st.column_config.TextColumn(width="medium")
+                 for c in ("target", "question", "first")})
+    cols.update({c: st.column_config.TextColumn(width="small") for c in SHOWN.values()})
     cols.update({c: st.column_config.CheckboxColumn(c, width="small")
                  for c in ("rationalized", "correct", "first_correct", "kept")})
     st.dataframe(rows, hide_index=True, width="stretch", column_config=cols)
@@ -282,8 +289,6 @@ def watch() -> None:
     with left:
         live_chart(kept, key="st_kept")
         live_chart(acc, key="st_acc")
-        if summary.get("rounds"):
-            st.code(S.format_rounds(summary), language=None)
     with right:
         rounds = sorted(path.glob("round-[0-9]*/experiment.json"))
         if not rounds:
@@ -296,6 +301,8 @@ def watch() -> None:
             for k in ("alpha", "val_exact_match"):
                 live_chart(figures.figure(figures.fig_metric, arms, k, uirev=f"st-{k}-{r}"),
                            key=f"st_{k}")
+    if summary.get("rounds"):
+        st.code(S.format_rounds(summary), language=None)     # full width: no clipped column
     if rounds:
         # three panels need the page's width: at half width their titles ran into each other
         live_chart(figures.figure(figures.fig_loss, arms, uirev=f"st-loss-{r}"), key="st_loss")
