@@ -389,7 +389,9 @@ PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png",
 
 def chart_config(filename: str) -> dict:
     cfg = dict(PLOTLY_CONFIG)
-    cfg["toImageButtonOptions"] = dict(PLOTLY_CONFIG["toImageButtonOptions"], filename=filename)
+    # a nested experiment's key has slashes ('sweep/runs/key'): one file name, not a path
+    cfg["toImageButtonOptions"] = dict(PLOTLY_CONFIG["toImageButtonOptions"],
+                                       filename=filename.replace("/", "-"))
     return cfg
 
 

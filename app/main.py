@@ -49,7 +49,7 @@ with st.sidebar:
     cur = jm.current()
     queued = jm.queue()
     if cur:
-        st.markdown(f"**Training:** {views.exp_name(jm.runs_dir / cur)}")
+        st.markdown(f"**Training:** {views.job_label(jm, cur)}")
     else:
         st.markdown("**Training:** idle")
     if queued:

@@ -14,7 +14,7 @@ from pathlib import Path
 from app.common import runs_dir
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.store import ExperimentDir, RunDir, find_experiments, parse_records
+from dynsdpb.store import ExperimentDir, RunDir, find_experiments, parse_records, read_json
 
 
 @dataclass
@@ -121,12 +121,13 @@ def read_records(path: Path) -> list[dict]:
 def load_arms(exp: Path, with_records: bool = True) -> list[ArmView]:
     ed = ExperimentDir(exp)
     meta = ed.meta()
-    name = ed.name(meta)
+    name = exp_label(exp, meta)
+    key = exp_key(exp)
     out = []
     for rd in ed.arms(meta):
         if not rd.exists():
             continue
-        out.append(ArmView(rd, exp.name, name, rd.config(), rd.status(),
+        out.append(ArmView(rd, key, name, rd.config(), rd.status(),
                        read_records(rd.metrics_path) if with_records else [],
                        *(_decoder_logs(rd) if with_records else ([], []))))
     return out
@@ -188,29 +189,97 @@ def exp_state(states: list[str]) -> str:
     return "?"
 
 
-def experiments() -> list[Path]:
-    return find_experiments(runs_dir())
+def experiments(nested: bool = False) -> list[Path]:
+    """Experiment folders, newest first; `nested` adds the runs of sweeps and the rounds of
+    self-training loops (store.find_experiments)."""
+    return find_experiments(runs_dir(), nested)
+
+
+def exp_key(exp: Path) -> str:
+    """An experiment's key on the pages: its folder relative to the runs directory
+    ('demo', or 'my-sweep/runs/dynsdpb-s0-beca4e3af0', 'loop/round-01')."""
+    try:
+        return Path(exp).resolve().relative_to(runs_dir()).as_posix()
+    except ValueError:
+        return Path(exp).name
+
+
+def exp_label(exp: Path, meta: dict | None = None) -> str:
+    """A readable name: the experiment's own, or for a sweep's run the sweep and the cell
+    values of the swept fields ('lr-sweep: alpha_max=0.5, lr=0.001 (dynsdpb, seed 0)'), for a
+    self-training round the loop and the round ('star-loop: round 1')."""
+    exp = Path(exp)
+    if (exp.parent / "selftrain.json").is_file() and exp.name.startswith("round-"):
+        loop = read_json(exp.parent / "selftrain.json", {}) or {}
+        return f"{loop.get('name') or exp.parent.name}: round {int(exp.name[6:] or 0)}"
+    sweep = exp.parent.parent
+    if exp.parent.name == "runs" and (sweep / "sweep.json").is_file():
+        spec = read_json(sweep / "sweep.json", {}) or {}
+        axes = list(spec.get("grid") or spec.get("search") or {})
+        meta = ExperimentDir(exp).meta() if meta is None else meta
+        cfg = meta.get("base_config") or {}
+        cell = ", ".join(f"{a}={cfg.get(a)}" for a in axes)
+        who = f"{(meta.get('methods') or ['?'])[0]}, seed {(meta.get('seeds') or ['?'])[0]}"
+        return f"{spec.get('name') or sweep.name}: {cell} ({who})"
+    return exp_name(exp, meta)
+
+
+def exp_of_job(jm, job_id: str | None) -> str | None:
+    """The key of the experiment a job is training now: a sweep's run, a loop's newest round,
+    or the experiment itself."""
+    job = jm.job(job_id) if job_id else None
+    if job is None:
+        return job_id
+    path = Path(job.exp_dir)
+    if (path / "selftrain.json").is_file():
+        rounds = sorted(path.glob("round-[0-9]*/experiment.json"))
+        if not rounds:
+            return None
+        path = rounds[-1].parent
+    return exp_key(path)
+
+
+def job_label(jm, job_id: str) -> str:
+    """A job as the sidebar and the queue name it: never a bare id like 'dynsdpb-s0-beca4e'."""
+    job = jm.job(job_id)
+    if job is None:
+        return exp_name(runs_dir() / job_id)
+    path = Path(job.exp_dir)
+    if (path / "selftrain.json").is_file():
+        meta = read_json(path / "selftrain.json", {}) or {}
+        return f"{meta.get('name') or path.name} (self-training)"
+    return exp_label(path)
+
+
+def job_of_exp(key: str) -> str:
+    """The job id that trains an experiment key (Stop, Resume, the queue): a loop's round
+    belongs to the loop's job; anything else is its own folder's name."""
+    parts = key.split("/")
+    if len(parts) == 2 and parts[1].startswith("round-") and \
+            (runs_dir() / parts[0] / "selftrain.json").is_file():
+        return parts[0]
+    return parts[-1]
 
 
 def find_arm(key: str) -> ArmView | None:
-    exp_id, _, arm = key.partition("/")
+    exp_id, _, arm = key.rpartition("/")
     exp = runs_dir() / exp_id
     rd = RunDir(exp / arm)
     if not rd.exists():
         return None
-    return ArmView(rd, exp_id, exp_name(exp), rd.config(), rd.status(),
+    return ArmView(rd, exp_id, exp_label(exp), rd.config(), rd.status(),
                read_records(rd.metrics_path), *_decoder_logs(rd))
 
 
 def all_arm_keys() -> list[tuple[str, str]]:
     """(key, label) of every run, newest experiment first."""
     out = []
-    for exp in map(ExperimentDir, experiments()):
+    for exp in map(ExperimentDir, experiments(nested=True)):
         meta = exp.meta()
-        name = exp.name(meta)
+        name, key = exp_label(exp.path, meta), exp_key(exp.path)
         for rd in exp.arms(meta):
             if rd.exists():
-                out.append((f"{exp.id}/{rd.id}", f"{name} / {rd.id} "
+                out.append((f"{key}/{rd.id}", f"{name} / {rd.id} "
                              f"({rd.status().get('state', '?')})"))
     return out
 

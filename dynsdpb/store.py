@@ -451,12 +451,24 @@ def find_runs(runs_dir: str | Path) -> list[RunDir]:
     return found
 
 
-def find_experiments(runs_dir: str | Path) -> list[Path]:
-    """Every experiment folder under runs_dir, newest first."""
+# Experiments that live inside a workflow's folder: a sweep's runs (DIR/runs/<key>, next to
+# DIR/sweep.json) and a self-training loop's rounds (DIR/round-XX, next to DIR/selftrain.json).
+NESTED = (("runs/*", "../../sweep.json"), ("round-[0-9]*", "../selftrain.json"))
+
+
+def find_experiments(runs_dir: str | Path, nested: bool = False) -> list[Path]:
+    """Every experiment folder under runs_dir, newest first; with `nested`, also the ones
+    inside sweeps and self-training loops (every run the app starts, whatever its kind)."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    exps = [ExperimentDir(p.parent) for p in root.glob(f"*/{ExperimentDir.META}")]
+    found = [p.parent for p in root.glob(f"*/{ExperimentDir.META}")]
+    if nested:
+        for pattern, marker in NESTED:
+            up = marker.count("../")
+            found += [p.parent for p in root.glob(f"*/{pattern}/{ExperimentDir.META}")
+                      if (p.parents[up] / marker.replace("../", "")).is_file()]
+    exps = [ExperimentDir(p) for p in found]
     exps.sort(key=lambda e: e.meta().get("created") or 0, reverse=True)
     return [e.path for e in exps]
 

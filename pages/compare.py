@@ -40,11 +40,12 @@ def _sweep_view(found) -> None:
     spec = SW.load_sweep(path)
     cl = SR.cells(path)
     axes = list(spec["grid"] or spec["search"])
-    done = sum(c["runs_done"] for c in cl)
+    # the same count as Runs (SR.overview: unique runs), not runs counted once per cell
+    ov = SR.overview(path)
     st.caption(f"{spec['kind']} over {', '.join(axes)}; methods {', '.join(spec['methods'])}; "
-               f"seeds {', '.join(map(str, spec['seeds']))}; {done} of "
-               f"{sum(c['runs_total'] for c in cl)} cell runs finished (shared baselines "
-               "count in every cell that uses them).")
+               f"seeds {', '.join(map(str, spec['seeds']))}; {ov['runs_finished']} of "
+               f"{ov['runs_total']} runs finished, {len(cl)} cells (a baseline that does not "
+               "read a swept field is one run shared by the cells).")
     if spec["kind"] != "grid":
         st.dataframe([{**c["params"], "gain vs vanilla": SR.score(c["summary"], spec["target"])}
                       for c in cl], hide_index=True)
@@ -107,8 +108,8 @@ if not [k for k in ss.get("w_cmp_pick") or [] if k in labels]:
     def _state(k: str) -> str:
         return RunDir(common.runs_dir() / k).status().get("state", "?")
     done = [k for k in keys if _state(k) == "finished"]
-    newest = (done or keys)[0].split("/")[0]
-    ss["w_cmp_pick"] = [k for k in keys if k.split("/")[0] == newest]
+    newest = (done or keys)[0].rpartition("/")[0]
+    ss["w_cmp_pick"] = [k for k in keys if k.rpartition("/")[0] == newest]
 else:
     ss["w_cmp_pick"] = [k for k in ss["w_cmp_pick"] if k in labels]
 # Default charts by kind: decoders lead with exact match (%) and perplexity. A default list
@@ -165,7 +166,7 @@ def _picked_arms() -> list[views.ArmView]:
     """The picked runs, re-read only when their experiment's files changed (stat signature)."""
     by_exp: dict[str, list[str]] = {}
     for k in picked:
-        exp_id, _, arm = k.partition("/")
+        exp_id, _, arm = k.rpartition("/")
         by_exp.setdefault(exp_id, []).append(arm)
     found = {}
     for exp_id, wanted in by_exp.items():

@@ -28,17 +28,18 @@ ss = st.session_state
 jm = common.manager()
 
 st.title("Live")
-exps = views.experiments()
+exps = views.experiments(nested=True)     # sweeps' runs and loops' rounds too
 if not exps:
     st.info("No experiments yet. Start one on the Setup page.")
     if st.button("Go to Setup", key="btn_go_setup"):
         st.switch_page(common.ROOT / "pages" / "setup.py")
     st.stop()
 
-ids = [e.name for e in exps]
-names = {e.name: views.exp_name(e) for e in exps}
+ids = [views.exp_key(e) for e in exps]
+names = dict(zip(ids, map(views.exp_label, exps)))
 if ss.get("live_exp") not in ids:
-    ss["live_exp"] = jm.current() if jm.current() in ids else ids[0]
+    now = views.exp_of_job(jm, jm.current())
+    ss["live_exp"] = now if now in ids else ids[0]
 ss["w_live_pick"] = ss["live_exp"]
 ss.setdefault("w_live_x", "step")
 ss.setdefault("w_live_follow", True)
@@ -84,7 +85,8 @@ def _state_line(arms: list[views.ArmView]) -> str:
 @st.fragment(run_every=run_every)
 def live_status() -> None:
     """Status, progress, Stop/Resume, the runs table and the queue: always live."""
-    cur = jm.current()
+    cur = views.exp_of_job(jm, jm.current())      # the experiment training now, as a key
+    job = views.job_of_exp(exp_id)                # the job that trains the one shown
     exp = jm.runs_dir / exp_id
     _, arms = views.load_arms_live(exp)
     if not arms:
@@ -106,8 +108,8 @@ def live_status() -> None:
             parts.append(f"{info['samples_per_s']:.1f} samples/s per arm")
         if state == "running" and not info["latest"] and "loading…" not in parts:
             parts.append("loading the model and data…")
-        if exp_id in jm.queue():
-            parts.append(f"waiting in the queue (position {jm.queue().index(exp_id) + 1})")
+        if job in jm.queue():
+            parts.append(f"waiting in the queue (position {jm.queue().index(job) + 1})")
         st.markdown(" · ".join(parts))
         frac = info["done"] / info["total"] if info["total"] else 0.0
         if state != "finished":
@@ -128,14 +130,14 @@ def live_status() -> None:
             if st.button("Stop", key="btn_stop", width="stretch", icon=":material/stop:",
                          help="Finishes the current step, saves a checkpoint; resume later "
                               "from the Runs page."):
-                jm.stop(exp_id)
+                jm.stop(job)
                 ss["flash"] = "Stopping after the current step; it can be resumed later."
                 st.rerun()
         elif state in ("stopped", "interrupted", "failed"):
             if st.button("Resume", key="btn_resume", width="stretch",
                          icon=":material/play_arrow:",
                          help="Continue the unfinished runs from their last checkpoint."):
-                jm.resume(exp_id)
+                jm.resume(job)
                 st.rerun()
 
     from dynsdpb.records import axis_title
@@ -172,12 +174,12 @@ def live_status() -> None:
                         "at a time)")
             if cur and cur != exp_id:
                 st.markdown(f":material/play_circle: training now: "
-                            f"{views.exp_name(jm.runs_dir / cur)}")
+                            f"{views.job_label(jm, jm.current())}")
             for i, qid in enumerate(q):
                 qc1, qc2 = st.columns([5, 1])
-                this = " (shown here)" if qid == exp_id else ""
+                this = " (shown here)" if qid == job else ""
                 qc1.markdown(f"{i + 1}. :material/hourglass_empty: "
-                             f"{views.exp_name(jm.runs_dir / qid)}{this}")
+                             f"{views.job_label(jm, qid)}{this}")
                 if qc2.button("remove", key=f"btn_dequeue_{qid}"):
                     jm.stop(qid)
                     st.rerun()

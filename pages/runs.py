@@ -173,7 +173,8 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
     forms.prefill_setup(base, methods=meta.get("methods"), seeds=meta.get("seeds"))
     ss["w_exp_name"] = ""
     seeds_ = ", ".join(map(str, meta.get("seeds") or []))
-    ss["setup_msg"] = (f"Loaded the config of **{names[exp_id]}** (`{exp_id}`): methods "
+    folder = f" (`{exp_id}`)" if names[exp_id] != exp_id else ""   # not "X (X)"
+    ss["setup_msg"] = (f"Loaded the config of **{names[exp_id]}**{folder}: methods "
                        f"{', '.join(meta.get('methods') or [])}, seeds {seeds_ or '—'}. Change "
                        "what you like and Start a new experiment.")
     data = Path(str(base.get("dataset", "")))

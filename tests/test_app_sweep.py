@@ -55,6 +55,19 @@ def test_app_sweep_queues_runs_compare_draws_engine_numbers_runs_lists_and_delet
     for got, m in zip(z[0], want["z"][0]):
         assert math.isclose(got, 100 * m, rel_tol=1e-9, abs_tol=1e-12)
 
+    # every run the app starts can be overlaid on Compare and followed on Live, under a
+    # readable name (the sweep and its cell values), with the same run count as Runs
+    opts = at.multiselect(key="w_cmp_pick").options
+    mine = [o for o in opts if o.startswith("tiny-grid: alpha_max=")]
+    assert len(mine) == 3 and all("(finished)" in o for o in mine), opts
+    assert any("(dynsdpb, seed 0) / dynsdpb-s0" in o for o in mine), mine
+    assert not any("dynsdpb-s0-" in o.split(" / ")[0] for o in mine), mine   # no bare keys
+    assert any("3 of 3 runs finished, 2 cells" in c.value for c in at.caption)
+    at.switch_page(str(PAGES / "live.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    live = at.selectbox(key="w_live_pick").options
+    assert sum(o.startswith("tiny-grid: alpha_max=") for o in live) == 3, live
+
     # Runs: the sweep is listed with its progress; Delete asks first, then removes it all
     at.switch_page(str(PAGES / "runs.py")).run()
     assert not at.exception, [e.value for e in at.exception]

@@ -404,6 +404,15 @@ def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatc
         # one naming for answers everywhere: the gold one and the model's
         assert "gold answer" in df.columns and "answer" not in df.columns
         assert not [e for e in at.info if "Nothing generated" in e.value]
+        # each round's runs can be overlaid on Compare and followed on Live, named by round
+        pages = APP_MAIN.parent.parent / "pages"
+        at.switch_page(str(pages / "compare.py")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "loop: round 1 / dynsdpb-s0 (finished)" in at.multiselect(key="w_cmp_pick").options
+        at.switch_page(str(pages / "live.py")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any(o.startswith("loop: round 1") for o in at.selectbox(key="w_live_pick").options)
+        at.switch_page(str(pages / "selftrain.py")).run()
         assert not any("Hint" in p for p in df["prompt"])
         # bad loop options: the field and the fix, nothing queued
         at.session_state["w_st_samples"] = 2
