@@ -90,18 +90,44 @@ def token_scale(views: list[dict], show: str, arms: list[ArmView] | None = None)
     return top
 
 
-def sample_rows(arms: list[ArmView]) -> list[dict]:
+PROMPT_TAIL = 90   # characters: a prompt's end holds the question and its numbers
+
+
+def prompt_tail(prompt: str, n: int = PROMPT_TAIL) -> str:
+    """The end of a prompt, where the question is ('…what is 7 plus 8?'): long prompts start
+    with an instruction, and a table cut at its width hid the numbers."""
+    prompt = " ".join(prompt.split())
+    return prompt if len(prompt) <= n else "…" + prompt[-(n - 1):]
+
+
+def sample_rows(arms: list[ArmView], step: int | None = None) -> list[dict]:
     """The latest sample generations of each arm, one table: the same prompts of every arm
-    next to each other, correct as ✓/✗."""
+    next to each other, correct as ✓/✗, answers named as everywhere (gold answer, model's
+    answer), a generation that used every new token marked as cut off. `step`: that
+    evaluation's generations instead of the latest."""
     rows = []
     for a in arms:
-        for r in a.latest_samples():
-            rows.append({"prompt": str(r.get("prompt", "")), "run": a.id,
+        for r in (a.latest_samples() if step is None
+                  else [r for r in a.samples if r.get("step") == step]):
+            gen = str(r.get("generation", ""))
+            rows.append({"prompt (end)": prompt_tail(str(r.get("prompt", ""))), "run": a.id,
                          "step": r.get("step"),
-                         "generation": str(r.get("generation", "")),
-                         "answer": "—" if r.get("extracted") is None else str(r["extracted"]),
-                         "gold": "—" if r.get("gold") is None else str(r["gold"]),
+                         "generation": gen + (" ✂ [cut off: max_new_tokens reached]"
+                                              if r.get("cut_off") else ""),
+                         "model's answer": "—" if r.get("extracted") is None
+                         else str(r["extracted"]),
+                         "gold answer": "—" if r.get("gold") is None else str(r["gold"]),
                          "correct": "✓" if r.get("correct") else "✗"})
-    order = list(dict.fromkeys(r["prompt"] for r in rows))
-    rows.sort(key=lambda r: order.index(r["prompt"]))
+    order = list(dict.fromkeys(r["prompt (end)"] for r in rows))
+    rows.sort(key=lambda r: order.index(r["prompt (end)"]))
     return rows
+
+
+def sample_steps(arms: list[ArmView]) -> dict[str, int]:
+    """The step of each arm's latest evaluation with samples (they differ while arms run)."""
+    out = {}
+    for a in arms:
+        got = a.latest_samples()
+        if got:
+            out[a.id] = got[0].get("step")
+    return out

@@ -200,10 +200,18 @@ def decoder_views(arms: list[views.ArmView]) -> None:
     rows = samples.sample_rows(arms)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch",
-                     column_config={"prompt": st.column_config.TextColumn(width="medium"),
+                     column_config={"prompt (end)": st.column_config.TextColumn(width="large"),
                                     "generation": st.column_config.TextColumn(width="large")})
-        st.caption("Greedy generations on the first validation prompts; answer = the last "
-                   "number of the generation, compared with the gold answer (exact match).")
+        steps = samples.sample_steps(arms)
+        when = ("every arm at step " + str(next(iter(steps.values())))
+                if len(set(steps.values())) == 1 else
+                "each arm's latest evaluation, at different steps: "
+                + ", ".join(f"{k} at step {v}" for k, v in steps.items()))
+        st.caption(f"Greedy generations on the first validation prompts ({when}); prompt "
+                   "(end) = its last characters, where the question is; model's answer = the "
+                   "last number of the generation, compared with the gold answer (exact "
+                   "match); ✂ = the generation used every new token (max_new_tokens) and may "
+                   "have been cut before its answer.")
     else:
         st.caption("No generations yet: each evaluation stores a few (eval_generations), the "
                    "first at step " f"{arms[0].cfg.get('eval_every')}.")

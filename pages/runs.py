@@ -297,11 +297,9 @@ if dec_arms:
             else:
                 step = steps_[0] if steps_ else None
                 st.caption(f"one evaluation, at step {step}")
-        rows = [{"prompt": r.get("prompt", ""), "generation": r.get("generation", ""),
-                 "answer": "—" if r.get("extracted") is None else str(r["extracted"]),
-                 "gold": "—" if r.get("gold") is None else str(r["gold"]),
-                 "correct": "✓" if r.get("correct") else "✗"}
-                for r in a.samples if r.get("step") == step]
+        # the same columns and names as Live's table (app/samples.py)
+        rows = [{k: v for k, v in r.items() if k not in ("run", "step")}
+                for r in samples.sample_rows([a], step=step)]
         if rows:
             n_ok = sum(r["correct"] == "✓" for r in rows)
             st.dataframe(rows, hide_index=True, width="stretch")

@@ -224,13 +224,25 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
     assert axis_title("val_exact_match").endswith("(%)")
     assert sum(len(t["y"]) for t in val["data"]) == 2 * 2     # 2 arms x evaluations at 2, 4
 
-    # the latest generations of both arms: 3 prompts x 2 arms, with answer/gold/correct
+    # the latest generations of both arms: 3 prompts x 2 arms; answers named as everywhere
     gen = next(d.value for d in at.dataframe if "generation" in d.value.columns)
-    assert list(gen.columns) == ["prompt", "run", "step", "generation", "answer", "gold",
-                                 "correct"]
+    assert list(gen.columns) == ["prompt (end)", "run", "step", "generation",
+                                 "model's answer", "gold answer", "correct"]
     assert len(gen) == 3 * 2 and set(gen["run"]) == {"vanilla-s0", "dynsdpb-s0"}
     assert set(gen["step"]) == {4} and set(gen["correct"]) <= {"✓", "✗"}
-    assert gen["prompt"].iloc[0] == gen["prompt"].iloc[1]     # one prompt, both arms
+    assert gen["prompt (end)"].iloc[0] == gen["prompt (end)"].iloc[1]   # one prompt, both arms
+    # the prompt's end, where its numbers are, is shown (a long prompt was cut before them)
+    from app import samples as app_samples
+    stored = {" ".join(json.loads(ln)["prompt"].split()) for ln in
+              (exp / "vanilla-s0" / "samples.jsonl").read_text().splitlines()}
+    assert set(gen["prompt (end)"]) <= stored
+    long = "State the final answer to the following question as a number. " * 3 + \
+        "Question: what is 7 plus 8?"
+    assert app_samples.prompt_tail(long).startswith("…")
+    assert app_samples.prompt_tail(long).endswith("Question: what is 7 plus 8?")
+    # a generation that used all max_new_tokens (4 here) is marked as cut off
+    assert any("cut off" in g for g in gen["generation"])
+    assert any("every arm at step 4" in c.value for c in at.caption)
 
     # the carried sample's tokens: one span per target token, coloured by alpha
     view = RunDir(exp / "dynsdpb-s0").tokens()[-1]
@@ -270,9 +282,9 @@ def test_compare_and_runs_show_exact_match_perplexity_and_generations(runs_dir, 
     assert at.multiselect(key="w_cmp_metrics").value[:2] == ["val_exact_match",
                                                               "val_perplexity"]
     tables = [d.value for d in at.dataframe]
-    main = next(t for t in tables if "method" in t.columns and any(
-        c.startswith("test_exact_match mean") for c in t.columns))
-    assert "test_exact_match mean (%)" in main.columns
+    main = next(t for t in tables if "method" in t.columns and "seeds" in t.columns
+                and "schedule" in t.columns)
+    assert "Test exact match (%)" in main.columns
     dec = next(t for t in tables if "perplexity" in t.columns)
     assert list(dec["method"]) == ["vanilla", "dynsdpb"]
     assert all(float(v) > 1 for v in dec["perplexity"])      # exp(CE) of a random model

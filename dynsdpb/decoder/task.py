@@ -285,8 +285,14 @@ class CausalLMTask:
         ev = evaluate_generation(model, self.tokenizer, e.examples, self.score,
                                  self.opt.max_new_tokens, self.opt.gen_batch_size,
                                  self.opt.n_samples)
+        # cut_off: the generation used every one of max_new_tokens (its special tokens are
+        # dropped, so one that ended on its own is shorter): it may have been cut before its
+        # answer, which the app marks
+        n_max = self.opt.max_new_tokens
         self.samples = [dict(prompt=s["prompt"], generation=s["completion"],
-                             extracted=s["extracted"], gold=s["answer"], correct=s["correct"])
+                             extracted=s["extracted"], gold=s["answer"], correct=s["correct"],
+                             cut_off=len(self.tokenizer(s["completion"], add_special_tokens=False)
+                                         ["input_ids"]) >= n_max)
                         for s in ev.samples]
         return {f"{prefix}_loss": loss, f"{prefix}_perplexity": ppl,
                 f"{prefix}_exact_match": ev.accuracy}
