@@ -60,6 +60,12 @@ def tokens_html(view: dict, show: str = "alpha", vmax: float | None = None,
         spans.append(f"<span class='dyn-tok' title='{tip}' style='background:{bg};"
                      "padding:2px 3px;margin:1px;border-radius:3px;display:inline-block;"
                      f"font-family:monospace'>{_esc_token(str(t))}</span>")
+    prompt = view.get("prompt")
+    if prompt:
+        # the prompt, greyed: no loss and no KD there (runs before this record kept no prompt)
+        spans.insert(0, "<span class='dyn-prompt' title='prompt: no loss, no KD' "
+                     "style='color:#999;font-family:monospace;margin-right:4px'>"
+                     + _esc_token(prompt_tail(prompt, 240)) + "</span>")
     body = "<div style='line-height:2'>" + "".join(spans) + "</div>"
     return body + (token_legend(show, vmax, color) if legend else "")
 

@@ -260,7 +260,9 @@ def power_lines(summary: dict) -> list[str]:
         if d:
             out.append(f"{method} - dlb: {fmt_ci(d, pct)}")      # fmt_ci names n
         parts = [(k, v[k]) for k in ("diff_vs_vanilla", "refeed_part", "distillation_part")
-                 if v.get(k) and math.isfinite(v[k].get("mde", float("nan")))]
+                 # a summary read back from JSON holds null where the mde was nan
+                 if v.get(k) and isinstance(v[k].get("mde"), (int, float))
+                 and math.isfinite(v[k]["mde"])]
         if parts:
             out.append(f"{method}: smallest effect {len(r.get('seeds', []))} seeds detect (80% "
                        "power): " + ", ".join(f"{k.replace('_', ' ')} {_fmt(p['mde'], pct)}"

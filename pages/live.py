@@ -189,7 +189,7 @@ def live_status() -> None:
         st.rerun()
 
 
-ss.setdefault("w_live_tok_show", "alpha")
+ss.setdefault("w_live_tok_show", "kd")   # KD differs per token; alpha is often per sequence
 
 
 def decoder_views(arms: list[views.ArmView]) -> None:
@@ -239,9 +239,15 @@ def decoder_views(arms: list[views.ArmView]) -> None:
     ms = {a.method for a, _ in views}   # the legend in the arms' colour when they share one
     st.html(samples.token_legend(show, vmax, common.method_color(ms.pop()) if len(ms) == 1
                                 else common.METHOD_COLORS["vanilla"]))
-    st.caption("The carried sample is the first of the step before the evaluation. KD is "
-               "computed at target tokens only (the prompt is masked); hover a token for its "
-               "values.")
+    per_seq = [a.id for a, _ in views if a.method == "dlb"
+               or a.cfg.get("granularity", "sample") != "token"]
+    if per_seq and show == "alpha":
+        st.caption(f"alpha is one per sequence in {', '.join(per_seq)} (dlb, or granularity "
+                   "sample): every target token of a sequence gets the same alpha, hence one "
+                   "colour. The KD term differs per token.")
+    st.caption("The carried sample is the first of the step before the evaluation; its "
+               "prompt is grey (no loss, no KD there). KD is computed at target tokens only; "
+               "hover a token for its values.")
 
 
 @st.fragment(run_every=None if (paused or not run_every) else CHARTS_EVERY)

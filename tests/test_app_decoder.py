@@ -244,14 +244,19 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
     assert any("cut off" in g for g in gen["generation"])
     assert any("every arm at step 4" in c.value for c in at.caption)
 
-    # the carried sample's tokens: one span per target token, coloured by alpha
+    # the carried sample's tokens: one span per target token, coloured by the per-token KD
+    # term by default, after its prompt in grey
     view = RunDir(exp / "dynsdpb-s0").tokens()[-1]
     body = next(h for h in htmls(at) if "dyn-tok" in h)
     assert body.count("class='dyn-tok'") == len(view["tokens"])
     assert "dynsdpb-s0: step 4" in body
-    assert any("alpha (KD weight)" in h for h in htmls(at))      # the legend
-    at.segmented_control(key="w_live_tok_show").set_value("kd").run()
-    assert any("KD term (nats)" in h for h in htmls(at))
+    assert view["prompt"] and "class='dyn-prompt'" in body
+    assert body.index("dyn-prompt") < body.index("dyn-tok")
+    assert any("KD term (nats)" in h for h in htmls(at))         # the legend
+    at.segmented_control(key="w_live_tok_show").set_value("alpha").run()
+    assert any("alpha (KD weight)" in h for h in htmls(at))
+    # one alpha per sequence here (granularity sample): said, not left to guess
+    assert any("alpha is one per sequence in dynsdpb-s0" in c.value for c in at.caption)
 
 
 def test_token_text_is_escaped_and_new_token_views_are_picked_up(runs_dir, tiny):

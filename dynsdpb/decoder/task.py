@@ -276,7 +276,16 @@ class CausalLMTask:
             # 4 significant digits: enough to colour by, small files (alpha can be 1e-4)
             return [None if v != v else float(f"{v:.4g}") for v in t[0, pos].tolist()]
         ids = y[pos].tolist()
-        return {"tokens": [self.tokenizer.decode([i]) for i in ids], "token_ids": ids,
+        # the prompt before the targets (no loss, no KD there): the app shows it greyed, so
+        # a target like "7<|im_end|>" reads as the answer to its question
+        ids_in = batch.inputs["input_ids"][0]
+        # labels may cover only the end of the sequence (the target region): count from there
+        first = (ids_in.numel() - batch.labels.shape[1]
+                 + int((batch.labels[0] != IGNORE).nonzero()[0, 0]))
+        mask = batch.inputs.get("attention_mask")
+        keep = ids_in[:first] if mask is None else ids_in[:first][mask[0, :first].bool()]
+        return {"prompt": self.tokenizer.decode(keep.tolist()),
+                "tokens": [self.tokenizer.decode([i]) for i in ids], "token_ids": ids,
                 "alpha": col(parts.alpha_tok), "kd": col(parts.kd_tok)}
 
     # -- evaluation -------------------------------------------------------------------------

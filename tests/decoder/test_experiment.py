@@ -82,7 +82,8 @@ def test_lockstep_lora_arms_share_one_base_and_write_decoder_logs(tiny, tmp_path
     for run in (van, dyn):
         s = run.samples()
         assert [r["step"] for r in s] == [2, 2, 4, 4, 5, 5]
-        assert set(s[0]) == {"step", "prompt", "generation", "extracted", "gold", "correct"}
+        assert set(s[0]) == {"step", "prompt", "generation", "extracted", "gold", "correct",
+                             "cut_off"}
         assert run.samples(-1) == s[-2:]
     # tokens.jsonl: distilling arm only, one carried sample per evaluation step
     assert not van.tokens_path.exists()
@@ -91,6 +92,7 @@ def test_lockstep_lora_arms_share_one_base_and_write_decoder_logs(tiny, tmp_path
     t = toks[0]
     assert len(t["tokens"]) == len(t["alpha"]) == len(t["kd"]) == len(t["token_ids"]) > 1
     assert t["tokens"][:3] == ["the", "answer", "is"] and all(a is not None for a in t["alpha"])
+    assert "what is" in t["prompt"] and "the answer is" not in t["prompt"]   # prompt only
     assert any(k > 0 for k in t["kd"])
 
     # summaries: test exact match and perplexity per arm, a table for the experiment
@@ -100,7 +102,7 @@ def test_lockstep_lora_arms_share_one_base_and_write_decoder_logs(tiny, tmp_path
     summ = ExperimentDir(exp).summary()
     assert summ["primary_metric"] == "test_exact_match"
     assert set(summ["methods"]) == {"vanilla", "dynsdpb"}
-    assert "test_exact_match (%)" in format_table(summ)
+    assert "Test exact match (%)" in format_table(summ)
     # LoRA: the adapter in PEFT format with the tokenizer
     assert (dyn.model_path / "adapter_model.safetensors").is_file()
     assert (dyn.model_path / "tokenizer.json").is_file()
