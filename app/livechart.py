@@ -4,7 +4,8 @@ Why not `st.plotly_chart`: in Streamlit 1.67 its element id hashes the figure, s
 update mounts a new chart and `layout.uirevision` never gets a chance to keep the zoom
 (checked in Chromium: a drag-zoom is gone at the next update). This small
 `st.components.v2` component keeps one plot div per key and calls `Plotly.react` on it,
-which is exactly what `uirevision` was made for.
+which is exactly what `uirevision` was made for. A hidden tab (document.visibilityState)
+draws nothing until it is shown again, then only the latest figure.
 
 plotly.js is served by Streamlit's static file serving (`server.enableStaticServing`,
 `app/static/`), copied there from the installed plotly package: no network, no CDN. When
@@ -33,13 +34,33 @@ export default function (component) {
     host.style.width = "100%";
     parentElement.appendChild(host);
   }
-  const draw = () => {
+  const render = (d) => {
     // A fragment rerun with nothing new sends the same figure again: nothing to redraw.
-    if (host.__dynsdpbFigure === data.figure && host.data) return;
-    host.__dynsdpbFigure = data.figure;
-    const fig = JSON.parse(data.figure);
+    if (host.__dynsdpbFigure === d.figure && host.data) return;
+    host.__dynsdpbFigure = d.figure;
+    const fig = JSON.parse(d.figure);
     // Plotly.react on the same div: layout.uirevision keeps zoom and legend clicks.
-    window.Plotly.react(host, fig.data, fig.layout, data.config || {});
+    window.Plotly.react(host, fig.data, fig.layout, d.config || {});
+  };
+  const draw = () => {
+    // A tab nobody looks at (another tab in front, a minimised window) draws nothing: it
+    // keeps the latest figure and draws it once, when it is shown again. Drawing in hidden
+    // tabs took CPU from the training on the same machine.
+    host.__dynsdpbLatest = data;
+    if (document.visibilityState === "hidden") {
+      if (!host.__dynsdpbWaiting) {
+        host.__dynsdpbWaiting = true;
+        const onShow = () => {
+          if (document.visibilityState === "hidden") return;
+          document.removeEventListener("visibilitychange", onShow);
+          host.__dynsdpbWaiting = false;
+          if (host.isConnected && host.__dynsdpbLatest) render(host.__dynsdpbLatest);
+        };
+        document.addEventListener("visibilitychange", onShow);
+      }
+      return;
+    }
+    render(data);
   };
   if (window.Plotly) {
     draw();

@@ -376,3 +376,66 @@ def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
     finally:
         stop_server(proc, grace=10)
         log.close()
+
+
+JS_HIDE = """(v) => { Object.defineProperty(document, 'visibilityState',
+    {get: () => v, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange')); }"""
+JS_COUNT_REACTS = """() => { window.__reacts = 0; const r = window.Plotly.react;
+    window.Plotly.react = function (...a) { window.__reacts++; return r.apply(this, a); }; }"""
+JS_KEPT = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
+    d => (d.data || []).map(t => (t.y || []).join(',')).join(';'))"""
+
+
+def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
+    """Issue 20: every open tab redrew every chart at every update, hidden tabs too, taking
+    CPU from the training. A hidden tab (document.visibilityState) now draws nothing and draws
+    the latest figure once when shown again."""
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+    from dynsdpb.store import RunDir, atomic_write_json
+
+    runs = tmp_path / "runs"
+    d = _fake_loop(runs)
+    RunDir(d).set_status("running", round=1, rounds=1, phase="generating", arm="vanilla-s0")
+    port = free_port()
+    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_health(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(30_000)
+            page.goto(f"http://127.0.0.1:{port}/selftrain")
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
+                                   ".length >= 2 && window.Plotly")
+            time.sleep(2.5)
+            page.evaluate(JS_COUNT_REACTS)
+            page.evaluate(JS_HIDE, "hidden")
+            arm = d / "round-01" / "vanilla-s0"
+            arm.mkdir(parents=True)
+            (arm / "train.jsonl").write_text(json.dumps({"prompt": "p", "target": "so 1",
+                                                         "answer": "1"}) + "\n")
+            atomic_write_json(arm / "round.json", {
+                "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
+                "questions": 6, "traces": 6, "kept": 3, "rationalized": 0, "steps": 0,
+                "test_exact_match": 0.5, "aligned_tokens": 0, "dropped_tokens": 0})
+            time.sleep(5)                   # five polls: new data for the kept-traces chart
+            assert page.evaluate("() => window.__reacts") == 0
+            assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
+            page.evaluate(JS_HIDE, "visible")
+            page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)
+            assert "3" in page.evaluate(JS_KEPT)[0]           # the latest figure, drawn
+            browser.close()
+    finally:
+        stop_server(proc, grace=10)
+        log.close()
