@@ -124,6 +124,26 @@ def fmt_left(s: float) -> str:
     return f"about {h} h {m} min left"
 
 
+def fmt_took(s: float) -> str:
+    """'took 2 min 05 s': how long a finished experiment ran, start to end."""
+    s = int(round(max(s, 0)))
+    if s < 90:
+        return f"took {s} s"
+    if s < 90 * 60:
+        return f"took {s // 60} min {s % 60:02d} s"
+    return f"took {s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def elapsed(arms: list[ArmView]) -> float | None:
+    """Seconds from the first arm's start to the last arm's last status update, once no arm
+    is running or queued; None while one is (the time left is the news then)."""
+    if not arms or any(a.state in ("running", "queued") for a in arms):
+        return None
+    starts = [float(a.status["started"]) for a in arms if a.status.get("started")]
+    ends = [float(a.status["updated"]) for a in arms if a.status.get("updated")]
+    return (max(ends) - min(starts)) if starts and ends else None
+
+
 def progress_info(arms: list[ArmView], now: float | None = None) -> dict:
     """Steps per arm, each arm's phase, the time left (training, then the test evaluation of
     each arm, one after another) as words, and where a resume started."""
@@ -165,7 +185,8 @@ def progress_info(arms: list[ArmView], now: float | None = None) -> dict:
                 latest = (a, r)
     return {"steps": steps, "done": done, "total": total, "phases": phases, "left": left,
             "test_each": test_each_s, "resumed_from": resumed, "active": active,
-            "samples_per_s": (sum(sps) / len(sps)) if sps else None, "latest": latest}
+            "samples_per_s": (sum(sps) / len(sps)) if sps else None, "latest": latest,
+            "elapsed": elapsed(arms)}
 
 
 def progress_words(info: dict) -> list[str]:
@@ -199,6 +220,8 @@ def progress_words(info: dict) -> list[str]:
             parts.append(left)
         elif any(p == "testing" for p in phases.values()):
             parts.append("testing…")
+    if info.get("elapsed") is not None:
+        parts.append(fmt_took(info["elapsed"]))
     if info["resumed_from"]:
         parts.append(" and ".join(f"resumed from the step-{s} checkpoint"
                                   for s in info["resumed_from"]))

@@ -126,11 +126,18 @@ def live_status() -> None:
         st.caption(text, help="Step records are written by the training thread; this page "
                    "re-reads them about once a second.")
     with top2:
-        if state in ("running", "queued"):
+        if state not in ("running", "queued"):
+            ss.pop("live_stopping", None)
+        if state in ("running", "queued") and ss.get("live_stopping") == exp_id:
+            # Stop takes a step and a checkpoint (seconds): say so until the state changes
+            st.markdown(":orange-badge[:material/hourglass_top: stopping…]",
+                        help="Finishing the current step and saving a checkpoint.")
+        elif state in ("running", "queued"):
             if st.button("Stop", key="btn_stop", width="stretch", icon=":material/stop:",
                          help="Finishes the current step, saves a checkpoint; resume later "
                               "from the Runs page."):
                 jm.stop(job)
+                ss["live_stopping"] = exp_id
                 ss["flash"] = "Stopping after the current step; it can be resumed later."
                 st.rerun()
         elif state in ("stopped", "interrupted", "failed"):

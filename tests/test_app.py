@@ -137,6 +137,8 @@ def test_setup_starts_run_live_shows_it_finished_with_points(runs_dir, csv):
     assert "finished]" in page, page[:2000]
     assert "3/3" in page or "6/6 steps" in page
     assert "latest step 3 of" in page
+    import re
+    assert re.search(r"· took \d+ (s|min)", page), page[:600]   # how long it ran, once done
 
     ch = specs(at)
     assert len(ch) == 5                     # + the drift split (update vs dropout part)
@@ -398,6 +400,10 @@ def test_stop_button_stops_a_running_experiment(runs_dir, csv):
     at.session_state["live_exp"] = first
     at.run()
     at.button(key="btn_stop").click().run()
+    if "running]" in at.markdown[0].value:
+        # while the step and the checkpoint finish: "stopping…" where Stop was, no Stop
+        assert any("stopping…" in m.value for m in at.markdown)
+        assert not [b for b in at.button if b.key == "btn_stop"]
     deadline = time.time() + 60
     while time.time() < deadline and not any(f"{s}]" in at.markdown[0].value
                                              for s in ("stopped", "finished", "failed")):
