@@ -183,6 +183,7 @@ if b[2].button("Relaunch in Setup", key="btn_runs_relaunch", icon=":material/rep
         # experiment keeps its own copy (and survives deleting this one).
         blob = data.read_bytes()
         ss["upload"] = {"name": data.name, "data": blob, "sha1": hashlib.sha1(blob).hexdigest()}
+        ss["upload_sized"] = ss["upload"]["sha1"]     # its sizes come with the relaunch
         ss["w_data_source"] = forms.DATA_UPLOAD
     st.switch_page(common.ROOT / "pages" / "setup.py")
 if queued:

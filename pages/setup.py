@@ -170,7 +170,7 @@ with st.expander("Evaluation, checkpoints, device", expanded=any(problems.get(n)
 # -- problems not shown yet (hidden fields) and Start ---------------------------------------
 st.divider()
 for p in form.unshown():
-    st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon=":material/warning:")
+    st.error(setup_form.problem_text(p), icon=":material/warning:")
 n_problems = sum(len(v) for v in problems.values())
 
 c1, c2, c3 = st.columns([2, 1, 3])
@@ -214,7 +214,7 @@ if start:
             job = jm.submit(cfg, methods, seeds, name=str(ss["w_exp_name"]).strip(), upload=upload)
         except ConfigError as e:
             for p in e.problems:
-                st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon=":material/warning:")
+                st.error(setup_form.problem_text(p), icon=":material/warning:")
         else:
             ss["live_exp"] = job.id
             st.switch_page(common.ROOT / "pages" / "live.py")

@@ -213,11 +213,19 @@ def test_uploaded_file_gets_a_column_mapping(runs_dir, tmp_path):
     at = new_app()
     at.session_state["w_data_source"] = "upload a file"
     at.run()
-    assert any("upload a CSV" in e.value for e in at.error)
+    # before any upload: one line saying what to do, no "dataset = ``"
+    assert [e.value for e in at.error] == [
+        "**dataset** is empty: upload a CSV, TSV, JSONL, JSON or Parquet file"]
     data = "sentence;sentiment\n" + "\n".join(f"word{i} text;{'a' if i % 2 else 'b'}"
                                               for i in range(60))
+    # sizes typed for an earlier dataset: a new upload switches them to auto and says so
+    at.session_state["f_val_size"], at.session_state["f_test_size"] = "400", "800"
     at.session_state["upload"] = {"name": "mine.csv", "data": data.encode()}
-    # split sizes given (the default, 0 = auto, would fit 60 rows: 6 + 6 + 48)
+    at.run()
+    assert (at.session_state["f_val_size"], at.session_state["f_test_size"]) == ("0", "0")
+    assert any("New file: val_size and test_size set to 0 (auto" in i.value for i in at.info)
+    assert not any("usable rows" in e.value for e in at.error)
+    # split sizes given again by hand (the default, 0 = auto, would fit 60 rows: 6 + 6 + 48)
     at.session_state["f_val_size"], at.session_state["f_test_size"] = "400", "800"
     at.run()
     assert not at.exception

@@ -181,6 +181,8 @@ def draw_source(form, family: str | None, builtins: dict[str, tuple[str, str]],
             st.download_button("Sample CSV to try (210 short reviews, 3 labels)",
                                (ASSETS / "sample" / "reviews.csv").read_bytes(), "reviews.csv",
                                mime="text/csv", key="btn_sample_csv", icon=":material/download:")
+        if ss.get("upload_note"):
+            st.info(ss.pop("upload_note"), icon=":material/info:")
         if ss.get("upload"):
             c1, c2 = st.columns([3, 1])
             c1.caption(f"Using **{ss['upload']['name']}** "

@@ -4,6 +4,8 @@ engine's own checks (before drawing, so each problem sits under its field), the 
 """
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import streamlit as st
@@ -83,6 +85,30 @@ def is_decoder(raw: dict) -> bool:
         return False
 
 
+def upload_id(up: dict | None) -> str | None:
+    if not up:
+        return None
+    return up.get("sha1") or hashlib.sha1(up.get("data") or b"").hexdigest()
+
+
+def auto_sizes_for_new_upload() -> None:
+    """A newly uploaded file gets auto split sizes: sizes typed for an earlier dataset (400
+    validation, 800 test) blocked Start on a 210-row upload. Said once, above the file."""
+    up = ss.get("upload")
+    if ss.get("w_data_source") != DATA_UPLOAD or not up or \
+            ss.get("upload_sized") == upload_id(up):
+        return
+    ss["upload_sized"] = upload_id(up)
+    changed = [k for k in ("val_size", "test_size")
+               if str(ss.get(FORM_PREFIX + k, "0")).strip() not in ("", "0")]
+    for k in changed:
+        ss[FORM_PREFIX + k] = "0"
+    if changed:
+        ss["upload_note"] = (f"New file: {' and '.join(changed)} set to 0 (auto: a share of "
+                             "its rows, see the field's help); set them again if you want "
+                             "fixed sizes.")
+
+
 def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str],
                        bool]:
     problems: dict[str, list[Problem]] = {}
@@ -92,6 +118,7 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
         if all(q.fix != p.fix for q in lst):
             lst.append(p)
 
+    auto_sizes_for_new_upload()
     raw = {n: ss[FORM_PREFIX + n] for n in C.FIELDS if n not in forms.SPECIAL_FIELDS}
     choice = ss["w_model_choice"]
     raw["model"] = ss["w_model_other"] if choice == OTHER_MODEL else choice
@@ -143,6 +170,9 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
         add(Problem("model", raw["model"], "no such folder; give a folder with config.json and "
                     f"safetensors weights, a hub id, or a built-in ({', '.join(BUILTIN_MODELS)})"))
     if src == DATA_UPLOAD and not ss.get("upload"):
+        # nothing uploaded yet: one line saying what to do (the empty dataset field's own
+        # "give a built-in dataset name..." does not apply to an upload)
+        problems["dataset"] = []
         add(Problem("dataset", "", "upload a CSV, TSV, JSONL, JSON or Parquet file"))
     elif src == DATA_PATH and raw["dataset"].strip():
         kind = dataset_kind(raw["dataset"].strip())
@@ -179,6 +209,15 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
 # ---------------------------------------------------------------------------------------
 # Drawing the fields
 
+def problem_text(p: Problem) -> str:
+    """'**lr** = `abc`: use a number > 0'; an empty value says so in words (not `` ``)."""
+    v = "" if p.value is None else str(p.value)
+    if not v.strip():
+        return f"**{p.field}** is empty: {p.fix}"
+    tick = "``" if "`" in v else "`"
+    return f"**{p.field}** = {tick}{v}{tick}: {p.fix}"
+
+
 class Form:
     """The field widgets of one rerun: each with its help text and its problems under it.
     `shown` names the fields whose problems are drawn; the rest are listed above Start."""
@@ -189,7 +228,7 @@ class Form:
 
     def show_problems(self, name: str, where=st) -> None:
         for p in self.problems.get(name, []):
-            where.error(f"**{name}** = `{p.value}`: {p.fix}", icon=":material/warning:")
+            where.error(problem_text(p), icon=":material/warning:")
         self.shown.add(name)
 
     def field(self, name: str, where=st) -> None:

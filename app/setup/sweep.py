@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import common
+from app.setup.form import problem_text
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
 
@@ -32,7 +33,7 @@ def draw_sweep(cfg: C.RunConfig, methods: list[str], seeds: list[int], n_problem
                 ids = SX.queue_grid(common.manager(), folder)
             except ConfigError as e:
                 for p in e.problems:
-                    st.error(f"**{p.field}** = `{p.value}`: {p.fix}", icon=":material/warning:")
+                    st.error(problem_text(p), icon=":material/warning:")
             else:
                 st.success(f"Queued {len(ids)} runs for {len(SW.expand_grid(grid))} cells in "
                            f"`{folder.name}`; see Live for the queue and Compare for the heatmap.")
