@@ -123,6 +123,9 @@ def test_setup_page_preset_picker_fills_the_form(tmp_path, monkeypatch):
         at = AppTest.from_file(str(APP_MAIN), default_timeout=60).run()
         assert not at.exception, [e.value for e in at.exception]
         assert at.selectbox(key="w_preset").options[0].startswith("quick-demo: ")
+        # on first load nothing is picked (the form holds the defaults, not quick-demo's)
+        assert at.selectbox(key="w_preset").value is None
+        assert at.button(key="btn_load_preset").disabled
         at.selectbox(key="w_preset").set_value("warmup-ablation").run()
         at.button(key="btn_load_preset").click().run()
         assert not at.exception, [e.value for e in at.exception]

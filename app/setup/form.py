@@ -289,11 +289,15 @@ def draw_presets(decoder: bool) -> None:
                             + "".join(" " + n for n in notes))
 
     c1, c2, c3 = st.columns([3, 1, 1.4], vertical_alignment="bottom")
-    c1.selectbox("preset", list(shipped), key="w_preset",
+    # Nothing picked until the user picks: the form holds the defaults, and a picker showing
+    # "quick-demo" on the first load said otherwise.
+    c1.selectbox("preset", list(shipped), key="w_preset", index=None,
+                 placeholder="none: the form holds the defaults; pick one to load",
                  format_func=lambda n: f"{n}: {shipped[n].description}",
                  help="A whole experiment (model, data, methods, seeds, every field) from "
                  "assets/presets/; `dynsdpb compare --preset NAME` runs the same.")
     c2.button("Load preset", key="btn_load_preset", width="stretch",
+              disabled=not ss.get("w_preset"),
               on_click=lambda: _load_preset(ss["w_preset"], f"Preset {ss['w_preset']}"))
     # The quick demo follows the model kind: with a decoder picked, the decoder demo (when the
     # engine ships one) instead of MiniLM on tweets.
