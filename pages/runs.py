@@ -249,6 +249,7 @@ with st.expander("Rename"):
         except ValueError as e:
             st.error(str(e))
         else:
+            ss["flash"] = f"Renamed {names[exp_id]} to {new_name.strip()}."   # said, not silent
             st.rerun()
     st.caption("Only the name shown in the app changes; the folder keeps its name.")
 

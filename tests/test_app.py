@@ -331,6 +331,11 @@ def test_runs_page_rename_relaunch_delete(runs_dir, csv):
     meta = json.loads((runs_dir / exp / "experiment.json").read_text())
     assert meta["name"] == "teaching demo" and (runs_dir / exp).is_dir()
     assert list(at.dataframe[0].value["name"]) == ["teaching demo"]
+    assert any("to teaching demo" in t.value for t in at.toast)     # the rename is confirmed
+    # and Live's picker shows the new name at once
+    at.switch_page(str(PAGES / "live.py")).run()
+    assert at.selectbox(key="w_live_pick").options == [f"teaching demo  ({exp})"]
+    at.switch_page(str(PAGES / "runs.py")).run()
 
     # test results in % (as on Compare), no "None" in the tables
     assert all(" %" in r for r in at.dataframe[0].value["test result (mean)"])
