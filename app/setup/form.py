@@ -91,22 +91,35 @@ def upload_id(up: dict | None) -> str | None:
     return up.get("sha1") or hashlib.sha1(up.get("data") or b"").hexdigest()
 
 
+def _size(k: str) -> int:
+    try:
+        return max(int(str(ss.get(FORM_PREFIX + k, "0")).strip() or 0), 0)
+    except ValueError:
+        return 0
+
+
 def auto_sizes_for_new_upload() -> None:
-    """A newly uploaded file gets auto split sizes: sizes typed for an earlier dataset (400
-    validation, 800 test) blocked Start on a 210-row upload. Said once, above the file."""
+    """A newly uploaded file whose rows the typed split sizes do not leave room for gets auto
+    sizes: sizes typed for an earlier dataset (400 validation, 800 test) blocked Start on a
+    210-row upload. Sizes that fit the file are kept. Said once, above the file."""
     up = ss.get("upload")
     if ss.get("w_data_source") != DATA_UPLOAD or not up or \
             ss.get("upload_sized") == upload_id(up):
         return
     ss["upload_sized"] = upload_id(up)
-    changed = [k for k in ("val_size", "test_size")
-               if str(ss.get(FORM_PREFIX + k, "0")).strip() not in ("", "0")]
+    try:
+        rows, _ = setup_data.file_rows(*setup_data.file_source())
+    except Exception:  # noqa: BLE001 - an unreadable file gets its own error further down
+        return
+    if _size("val_size") + _size("test_size") < len(rows):
+        return
+    changed = [k for k in ("val_size", "test_size") if _size(k)]
     for k in changed:
         ss[FORM_PREFIX + k] = "0"
     if changed:
-        ss["upload_note"] = (f"New file: {' and '.join(changed)} set to 0 (auto: a share of "
-                             "its rows, see the field's help); set them again if you want "
-                             "fixed sizes.")
+        ss["upload_note"] = (f"New file: {' and '.join(changed)} set to 0 (auto, see the "
+                             f"field's help): the sizes typed before left none of its "
+                             f"{len(rows)} rows for training.")
 
 
 def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str],
