@@ -115,15 +115,15 @@ def sample_rows(arms: list[ArmView], step: int | None = None) -> list[dict]:
     for a in arms:
         for r in (a.latest_samples() if step is None
                   else [r for r in a.samples if r.get("step") == step]):
-            gen = str(r.get("generation", ""))
             rows.append({"prompt (end)": prompt_tail(str(r.get("prompt", ""))), "run": a.id,
                          "step": r.get("step"),
-                         "generation": gen + (" ✂ [cut off: max_new_tokens reached]"
-                                              if r.get("cut_off") else ""),
                          "model's answer": "—" if r.get("extracted") is None
                          else str(r["extracted"]),
                          "gold answer": "—" if r.get("gold") is None else str(r["gold"]),
-                         "correct": "✓" if r.get("correct") else "✗"})
+                         "correct": "✓" if r.get("correct") else "✗",
+                         # its own column: a mark at the end of a long generation was hidden
+                         "cut off": "✂ cut off" if r.get("cut_off") else "",
+                         "generation": str(r.get("generation", ""))})
     order = list(dict.fromkeys(r["prompt (end)"] for r in rows))
     rows.sort(key=lambda r: order.index(r["prompt (end)"]))
     return rows

@@ -207,7 +207,9 @@ def decoder_views(arms: list[views.ArmView]) -> None:
     rows = samples.sample_rows(arms)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch",
-                     column_config={"prompt (end)": st.column_config.TextColumn(width="large"),
+                     # the short columns first and narrow, the long texts last: nothing
+                     # that decides a row (answers, correct, cut off) is pushed out of view
+                     column_config={"prompt (end)": st.column_config.TextColumn(width="medium"),
                                     "generation": st.column_config.TextColumn(width="large")})
         steps = samples.sample_steps(arms)
         when = ("every arm at step " + str(next(iter(steps.values())))

@@ -226,8 +226,8 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
 
     # the latest generations of both arms: 3 prompts x 2 arms; answers named as everywhere
     gen = next(d.value for d in at.dataframe if "generation" in d.value.columns)
-    assert list(gen.columns) == ["prompt (end)", "run", "step", "generation",
-                                 "model's answer", "gold answer", "correct"]
+    assert list(gen.columns) == ["prompt (end)", "run", "step", "model's answer",
+                                 "gold answer", "correct", "cut off", "generation"]
     assert len(gen) == 3 * 2 and set(gen["run"]) == {"vanilla-s0", "dynsdpb-s0"}
     assert set(gen["step"]) == {4} and set(gen["correct"]) <= {"✓", "✗"}
     assert gen["prompt (end)"].iloc[0] == gen["prompt (end)"].iloc[1]   # one prompt, both arms
@@ -241,7 +241,7 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
     assert app_samples.prompt_tail(long).startswith("…")
     assert app_samples.prompt_tail(long).endswith("Question: what is 7 plus 8?")
     # a generation that used all max_new_tokens (4 here) is marked as cut off
-    assert any("cut off" in g for g in gen["generation"])
+    assert set(gen["cut off"]) == {"✂ cut off"}
     assert any("every arm at step 4" in c.value for c in at.caption)
 
     # the carried sample's tokens: one span per target token, coloured by the per-token KD
