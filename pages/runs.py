@@ -71,11 +71,48 @@ def sweeps() -> bool:
     return True
 
 
+def loops() -> bool:
+    """Self-training loops (their rounds are experiments inside the loop's folder): state,
+    round and phase, a way to the Self-training page. Returns whether there are any."""
+    from dynsdpb.selftrain.store import META
+    from dynsdpb.store import RunDir, read_json
+    found = sorted((p.parent for p in jm.runs_dir.glob(f"*/{META}")),
+                   key=lambda p: (read_json(p / META, {}) or {}).get("created", 0),
+                   reverse=True)
+    if not found:
+        return False
+    rows = []
+    for d in found:
+        meta = read_json(d / META, {}) or {}
+        stt = RunDir(d).status()
+        loop = meta.get("loop") or {}
+        rows.append({
+            "loop": meta.get("name") or d.name, "state": stt.get("state", "?"),
+            "round": f"{stt.get('round', '?')}/{stt.get('rounds', loop.get('rounds', '?'))}",
+            "phase": stt.get("phase", ""), "kind": loop.get("loop", ""),
+            "methods": ", ".join(meta.get("methods") or []),
+            "seeds": len(meta.get("seeds") or []),
+            "created": datetime.fromtimestamp(meta.get("created", 0)).strftime(
+                "%Y-%m-%d %H:%M"), "folder": d.name})
+    with st.expander(f"Self-training loops ({len(found)}): rounds, kept traces and answers "
+                     "are on Self-training; each round's runs are on Live and Compare"):
+        st.dataframe(rows, hide_index=True, width="stretch")
+        pick = st.selectbox("loop", [d.name for d in found], key="w_runs_loop",
+                            format_func=lambda n: next(r["loop"] for r in rows
+                                                       if r["folder"] == n))
+        if st.button("Open on Self-training", key="btn_runs_loop_open",
+                     icon=":material/autorenew:"):
+            ss["w_st_pick"] = pick
+            st.switch_page(common.ROOT / "pages" / "selftrain.py")
+    return True
+
+
 any_sweeps = sweeps()
+any_loops = loops()
 exps = views.experiments()
 if not exps:
-    st.info(f"No experiments in `{jm.runs_dir}`" + (" outside sweeps" if
-            any_sweeps else "") + " yet. Start one on the Setup page.")
+    st.info(f"No experiments in `{jm.runs_dir}`" + (" outside sweeps and loops" if
+            any_sweeps or any_loops else "") + " yet. Start one on the Setup page.")
     st.stop()
 
 # -- overview with filters -------------------------------------------------------------------

@@ -412,6 +412,12 @@ def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatc
         at.switch_page(str(pages / "live.py")).run()
         assert not at.exception, [e.value for e in at.exception]
         assert any(o.startswith("loop: round 1") for o in at.selectbox(key="w_live_pick").options)
+        at.switch_page(str(pages / "runs.py")).run()     # and found on Runs, with its state
+        assert not at.exception, [e.value for e in at.exception]
+        loops = next(d.value for d in at.dataframe if "loop" in d.value.columns)
+        assert list(loops["state"]) == ["finished"] and list(loops["round"]) == ["1/1"]
+        at.button(key="btn_runs_loop_open").click().run()
+        assert at.title[0].value == "Self-training"
         at.switch_page(str(pages / "selftrain.py")).run()
         assert not any("Hint" in p for p in df["prompt"])
         # bad loop options: the field and the fix, nothing queued
