@@ -102,7 +102,8 @@ st.caption(f"{n_arms} run(s): {', '.join(f'{m}-s{s}' for s in seeds for m in met
 if not decoder:
     st.caption("Views (every arm, vanilla too): each training forward of a sample sees its own "
                "augmented view, so a carried sample's second pass sees another view than the "
-               "one its soft target came from, as DLB's second augmented image (Learn §2).")
+               "one its soft target came from: the second augmented image of self-distillation on "
+               "images, for text (Learn §5).")
     grid(["augment", "augment_p"], 4)
 
 if "dlb" in methods or "dynsdpb" in methods:
