@@ -32,6 +32,10 @@ def base_model(name: str) -> str | None:
     return None
 
 
+def tags(method: str) -> list[str]:
+    return list(dict.fromkeys(["dynsdpb", "self-distillation", method]))
+
+
 def reproduce_command(cfg: RunConfig) -> str:
     """`dynsdpb train` with every field that differs from the defaults as its flag."""
     default = RunConfig()
@@ -49,7 +53,7 @@ def _num(v) -> str:
 
 
 def metrics_table(summary: dict, vanilla: dict | None) -> str:
-    keys = [k for k, v in summary.items() if k.startswith("test_")
+    keys = [k for k, v in summary.items() if k.startswith("test_") and k != "test_size"
             and isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not keys:
         return "No test metrics were recorded for this run.\n"
@@ -70,12 +74,24 @@ def metrics_table(summary: dict, vanilla: dict | None) -> str:
             "winner.\n")
 
 
+def render(meta: dict, title: str, facts: list[str], formula: str, results: str,
+           config: dict, reproduce: list[str]) -> str:
+    """A card: YAML metadata between --- lines, then the sections every card has."""
+    return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+                      f"# {title}", "", *[f"- {f}" for f in facts], "",
+                      "## Method and formula", "", formula, "",
+                      "## Results", "", results,
+                      "## Config", "", "```yaml",
+                      yaml.safe_dump(config, sort_keys=False).strip(), "```", "",
+                      "## Reproduce", "", *reproduce, ""])
+
+
 def card_text(cfg: RunConfig, summary: dict | None = None, vanilla: dict | None = None,
               *, adapter: bool = False, task: str | None = None) -> str:
     task = task or (summary or {}).get("task") or "classification"
     meta = {"library_name": "peft" if adapter else "transformers",
             "pipeline_tag": PIPELINE.get(task, "text-classification"),
-            "tags": ["dynsdpb", "self-distillation", cfg.method]}
+            "tags": tags(cfg.method)}
     base = base_model(cfg.model)
     if base:
         meta["base_model"] = base
@@ -85,25 +101,17 @@ def card_text(cfg: RunConfig, summary: dict | None = None, vanilla: dict | None 
     ds = BUILTIN_DATASETS.get(cfg.dataset)
     dataset = f"`{cfg.dataset}`" + (f" (built-in: {ds.description})" if ds else "")
     model = f"`{cfg.model}`" + (f" ({base})" if base and base != cfg.model else "")
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-             f"# {cfg.model.split('/')[-1]} fine-tuned with {cfg.method} on "
-             f"{cfg.dataset.split('/')[-1]}", "",
-             f"- **Base model:** {model}",
-             f"- **Dataset:** {dataset}",
-             f"- **Task:** {task}",
-             f"- **Method:** {METHOD_NAMES.get(cfg.method, cfg.method)} "
+    facts = [f"**Base model:** {model}", f"**Dataset:** {dataset}", f"**Task:** {task}",
+             f"**Method:** {METHOD_NAMES.get(cfg.method, cfg.method)} "
              f"(schedule `{cfg.resolved_schedule}`)",
-             f"- **Saved as:** {'a PEFT adapter' if adapter else 'a transformers model'}; "
-             "load it with `from_pretrained` on this folder.", "",
-             "## Method and formula", "", formula, "",
-             "## Results", "", metrics_table(summary or {}, vanilla) if summary else
-             "Test metrics were not computed for this save.\n",
-             "## Config", "", "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(),
-             "```", "",
-             "## Reproduce", "",
-             "With the DynSDPB Workbench installed (`pip install .` in its repository):", "",
-             "```bash", reproduce_command(cfg), "```", ""]
-    return "\n".join(lines)
+             f"**Saved as:** {'a PEFT adapter' if adapter else 'a transformers model'}; "
+             "load it with `from_pretrained` on this folder."]
+    results = (metrics_table(summary, vanilla) if summary
+               else "Test metrics were not computed for this save.\n")
+    return render(meta, f"{cfg.model.split('/')[-1]} fine-tuned with {cfg.method} on "
+                  f"{cfg.dataset.split('/')[-1]}", facts, formula, results, cfg.to_dict(),
+                  ["With the DynSDPB Workbench installed (`pip install .` in its repository):",
+                   "", "```bash", reproduce_command(cfg), "```"])
 
 
 def write_card(folder: Path, cfg: RunConfig, summary: dict | None = None,

@@ -48,8 +48,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from dynsdpb.config import FIELDS, RunConfig, validate
 from dynsdpb.decoder.loss import TokenTeacher, make_teachers, shift_labels, token_loss
 from dynsdpb.engine import schedules
+from dynsdpb.engine.schedules import describe
 from dynsdpb.engine.layout import BatchLayout
 from dynsdpb.engine.losses import dynsdpb_loss
+from dynsdpb.engine.model_card import (CARD, METHOD_NAMES, PIPELINE, base_model, render,
+                                        tags)
 from dynsdpb.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -202,6 +205,7 @@ class DynSDPBTrainer(Trainer):
         self._acc: list[_StepAcc] = []
         self._rows = None
         self._collator_checked = False
+        self._task_seen: str | None = None
         self.add_callback(_ChainCheckpoint(self))
         self._refuse_wrong_combinations()
 
@@ -361,6 +365,7 @@ class DynSDPBTrainer(Trainer):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         n_car, t = mb.n_carried, self.state.global_step      # t: 0-based step
         tokens = logits.ndim == 3
+        self._task_seen = "causal-lm" if tokens else "classification"
         acc = self._acc[-1]
         if tokens:
             teachers = None
@@ -515,3 +520,58 @@ class DynSDPBTrainer(Trainer):
                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         self._flush_records()
         return out
+
+    # -- the saved model's card ---------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's save, and (not for checkpoints) a Hub-format model card, README.md."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.args.should_save:
+            folder = output_dir or self.args.output_dir
+            with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
+                f.write(self.model_card())
+
+    def model_card(self) -> str:
+        cfg, a = self.dynsdpb, self.args
+        model = self.model
+        adapter = hasattr(model, "peft_config")
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+        if adapter:
+            name = getattr(model.peft_config.get("default"), "base_model_name_or_path", name)
+        task = self._task_seen or "classification"
+        meta = {"library_name": "peft" if adapter else "transformers",
+                "pipeline_tag": PIPELINE[task],
+                "tags": tags(cfg.method)}
+        hub = base_model(name) if name else None
+        if hub:
+            meta["base_model"] = hub
+        n = len(self._rows) if self._rows is not None else None
+        facts = [f"**Base model:** `{name or type(model).__name__}`",
+                 f"**Dataset:** the training dataset given to DynSDPBTrainer"
+                 + (f" ({n} rows)" if n else ""),
+                 f"**Task:** {task}",
+                 f"**Method:** {METHOD_NAMES.get(cfg.method, cfg.method)} (schedule "
+                 f"`{cfg.resolved_schedule}`), trained with DynSDPBTrainer "
+                 f"({self.state.global_step} optimizer steps)",
+                 f"**Saved as:** {'a PEFT adapter' if adapter else 'a transformers model'}; "
+                 "load it with `from_pretrained` on this folder."]
+        evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
+        if evals:
+            rows = ["| metric | value | step |", "|---|---|---|"]
+            rows += [f"| {k[5:]} | {v:.4f} | {evals[-1].get('step')} |"
+                     for k, v in evals[-1].items() if k.startswith("eval_")
+                     and isinstance(v, float) and not k.endswith(("runtime", "_per_second"))]
+            results = "\n".join(rows) + ("\n\nThe last evaluation on the eval_dataset; "
+                                         "no vanilla run to compare with in this training.\n")
+        else:
+            results = "No evaluation was run.\n"
+        config = {k: getattr(cfg, k) for k in METHOD_FIELDS}
+        config.update({k: getattr(a, k) for k in (
+            "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+            "max_steps", "num_train_epochs", "warmup_steps", "weight_decay", "max_grad_norm",
+            "lr_scheduler_type", "seed", "data_seed")})
+        config["lr_scheduler_type"] = str(config["lr_scheduler_type"])
+        return render(meta, f"{(name or type(model).__name__).split('/')[-1]} fine-tuned with "
+                      f"{cfg.method} (DynSDPBTrainer)", facts, describe(cfg, task), results,
+                      config, ["The training script that ran `DynSDPBTrainer` with the settings "
+                               "above (dynsdpb.integrations; see the workbench's "
+                               "examples/hf_trainer.py)."])

@@ -28,3 +28,8 @@ def test_example_runs_offline_and_writes_tensorboard_events(tmp_path):
             "train/agreement", "eval/accuracy"} <= tags, tags
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert model.config.num_labels == 3
+    card = (out / "model" / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "base_model: sentence-transformers/all-MiniLM-L6-v2" \
+        not in card      # a local folder (the package's copy), not named as a Hub id
+    assert "DynSDPB" in card and "dynsdpb-v1" in card and "| accuracy |" in card
+    assert "learning_rate: 5.0e-05" in card

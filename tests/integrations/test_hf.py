@@ -239,3 +239,10 @@ def test_peft_lora_causal_lm_resumes_as_uninterrupted(tiny_lm, tmp_path, one_thr
     resumed = _lm_trainer(cfg, tmp_path / "b", model=lora())
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert_parts_equal(resumed.dynsdpb_records, recs[3:], range(4, 7))
+    # the saved adapter carries a Hub-format card (checkpoints do not)
+    resumed.save_model(str(tmp_path / "final"))
+    card = (tmp_path / "final" / "README.md").read_text(encoding="utf-8")
+    assert "library_name: peft" in card and "pipeline_tag: text-generation" in card
+    assert "DLB [paper]" in card and "6 optimizer steps" in card
+    assert not (ckpt / "README.md").exists() or "DynSDPBTrainer" not in \
+        (ckpt / "README.md").read_text(encoding="utf-8")
