@@ -41,11 +41,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", default="/tmp/hf-speed")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    ap.add_argument("--out", default="hf-speed")
     a = ap.parse_args(argv)
 
     import sys
     from pathlib import Path
+
+    import torch
+    if a.threads:
+        torch.set_num_threads(a.threads)
     sys.path.insert(0, str(Path(__file__).parent))
     from hf_trainer import load_rows, model_folder
 
@@ -71,7 +76,10 @@ def main(argv=None) -> dict:
             clock = StepClock()
             cls(model=copy.deepcopy(base), args=args, train_dataset=train,
                 data_collator=DataCollatorWithPadding(tok), callbacks=[clock], **extra).train()
-            times[name] += [b - e for e, b in zip(clock.ends, clock.ends[1:])][a.warmup:]
+            got = [b - e for e, b in zip(clock.ends, clock.ends[1:])][a.warmup:]
+            times[name] += got
+            print(f"repeat {r + 1} {name:22s} median step {statistics.median(got) * 1000:8.1f} ms",
+                  flush=True)
     ref = statistics.median(times["Trainer"])
     out = {}
     for name in names:
