@@ -45,7 +45,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from dynsdpb.config import FIELDS, RunConfig, validate
+from dynsdpb.config import RunConfig, validate
 from dynsdpb.decoder.loss import TokenTeacher, make_teachers, shift_labels, token_loss
 from dynsdpb.engine import schedules
 from dynsdpb.engine.schedules import describe
@@ -277,7 +277,8 @@ class DynSDPBTrainer(Trainer):
         n, c, ga = len(ds), self.chunk_size, self.args.gradient_accumulation_steps
         per_epoch = (n // (c * ga)) * ga
         if per_epoch == 0:
-            raise ConfigError.one("per_device_train_batch_size", self.args.per_device_train_batch_size,
+            raise ConfigError.one("per_device_train_batch_size",
+                                  self.args.per_device_train_batch_size,
                                   f"{n} training rows do not fill one optimizer step of {c * ga} "
                                   "new rows: lower the batch size or gradient_accumulation_steps")
         self._rows = _Indexed(ds)
@@ -546,7 +547,7 @@ class DynSDPBTrainer(Trainer):
             meta["base_model"] = hub
         n = len(self._rows) if self._rows is not None else None
         facts = [f"**Base model:** `{name or type(model).__name__}`",
-                 f"**Dataset:** the training dataset given to DynSDPBTrainer"
+                 "**Dataset:** the training dataset given to DynSDPBTrainer"
                  + (f" ({n} rows)" if n else ""),
                  f"**Task:** {task}",
                  f"**Method:** {METHOD_NAMES.get(cfg.method, cfg.method)} (schedule "

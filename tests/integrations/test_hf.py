@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import shutil
 
+import datasets
 import pytest
 import torch
+from transformers import DataCollatorWithPadding, TrainingArguments
 
 from dynsdpb.errors import ConfigError
 from dynsdpb.experiment import create_experiment, run_experiment
+from dynsdpb.integrations import DynSDPBTrainer, method_config
 from dynsdpb.store import read_metrics
 from tests.conftest import tiny_config
-
-datasets = pytest.importorskip("datasets")
-from transformers import DataCollatorWithPadding, TrainingArguments  # noqa: E402
-
-from dynsdpb.integrations import DynSDPBTrainer, method_config  # noqa: E402
 
 PARTS = ("loss", "ce", "kd", "alpha", "alpha_lo", "alpha_hi", "tau", "tau_lo", "tau_hi",
          "logit_drift", "agreement", "u_mean", "d_mean")
