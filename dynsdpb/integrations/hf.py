@@ -302,6 +302,8 @@ class DynSDPBTrainer(Trainer):
         mask = batch.get("attention_mask")
         for r, f in enumerate(feats):
             want = list(f["input_ids"]) if "input_ids" in f else None
+            if want is not None and "attention_mask" in f:     # rows padded beforehand
+                want = [x for x, m in zip(want, f["attention_mask"]) if int(m)]
             have = got[r] if mask is None else got[r][mask[r].bool()]
             if want is not None and have.tolist() != [int(x) for x in want]:
                 raise ConfigError.one("data_collator", type(self.data_collator).__name__,

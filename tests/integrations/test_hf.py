@@ -244,3 +244,18 @@ def test_peft_lora_causal_lm_resumes_as_uninterrupted(tiny_lm, tmp_path, one_thr
     assert "DLB [paper]" in card and "6 optimizer steps" in card
     assert not (ckpt / "README.md").exists() or "DynSDPBTrainer" not in \
         (ckpt / "README.md").read_text(encoding="utf-8")
+
+
+def test_rows_padded_beforehand_pass_the_collator_check(tiny_csv, no_dropout_model, tmp_path):
+    """padding="max_length" at tokenization: the check compares the rows' real tokens."""
+    cfg = _cfg(tiny_csv, no_dropout_model, "dynsdpb", steps=2)
+    tr = make_trainer(cfg, tmp_path / "a")
+    L = cfg.max_len
+
+    def pad(r):
+        n = len(r["input_ids"])
+        return {"input_ids": r["input_ids"] + [0] * (L - n), "attention_mask": [1] * n +
+                [0] * (L - n), "token_type_ids": r["token_type_ids"] + [0] * (L - n)}
+    tr.train_dataset = tr.train_dataset.map(pad)
+    tr.train()
+    assert [r["step"] for r in tr.dynsdpb_records] == [1, 2]
