@@ -377,11 +377,12 @@ class DynSDPBTrainer(Trainer):
             parts = token_loss(logits, labels, teachers)
             n_ce = parts.n_targets
         else:
-            if logits.ndim != 2 or logits.shape[-1] < 2:
+            if logits.ndim != 2 or logits.shape[-1] < 2 or labels.ndim != 1:
                 raise ConfigError.one("model", type(model).__name__, "DynSDPBTrainer trains "
-                                      "sequence classification ((N, C) logits, C >= 2) and "
-                                      "causal LMs ((N, T, V) logits); regression heads are not "
-                                      "supported here yet")
+                                      "sequence classification ((N, C) logits, C >= 2, one class "
+                                      "id per row) and causal LMs ((N, T, V) logits); "
+                                      "regression and multi-label heads are not supported here "
+                                      "yet")
             if n_car:
                 tch = mb.carried.teacher
                 dev, n_new = logits.device, len(labels) - n_car

@@ -259,3 +259,19 @@ def test_rows_padded_beforehand_pass_the_collator_check(tiny_csv, no_dropout_mod
     tr.train_dataset = tr.train_dataset.map(pad)
     tr.train()
     assert [r["step"] for r in tr.dynsdpb_records] == [1, 2]
+
+
+def test_a_regression_head_is_refused_before_any_update(tiny_csv, no_dropout_model, tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    cfg = _cfg(tiny_csv, no_dropout_model, "dynsdpb", steps=2)
+    tr = make_trainer(cfg, tmp_path / "a")
+    mc = AutoConfig.from_pretrained(no_dropout_model)
+    mc.problem_type, mc.num_labels = "regression", 1
+    model = AutoModelForSequenceClassification.from_config(mc)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ds = tr.train_dataset.map(lambda r: {"labels": float(r["labels"])})
+    reg = DynSDPBTrainer(model=model, args=tr.args, train_dataset=ds,
+                         data_collator=tr.data_collator, method="dynsdpb")
+    with pytest.raises(ConfigError, match="regression"):
+        reg.train()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
