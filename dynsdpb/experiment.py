@@ -277,6 +277,7 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
                    upload: bytes | None = None) -> dict:
     """Train every arm of an experiment folder in lockstep and write its summary.json."""
     from dynsdpb.compare import write_summary
+    from dynsdpb.engine.model_card import write_experiment_cards
     exp = ExperimentDir(exp_dir)
     meta = exp.check()
     rds = exp.arms(meta)
@@ -316,6 +317,10 @@ def run_experiment(exp_dir: str | Path, stop: threading.Event | None = None,
             progress("data", {"state": "warning", "warnings": list(task.data.warnings)})
     final = run_arms(arms, stop, progress)
     summary = write_summary(exp.path) if d.main else {}
+    if d.main:
+        # Each saved model folder gets its model card (README.md), with the vanilla arm's
+        # test metrics now that every arm's summary is written.
+        write_experiment_cards(exp.path)
     if d.active and not any(a.out_of_step for a in arms):
         # The ranks are at the same collective: none ends (a failed arm ends a rank with exit
         # status 1, and the launcher then stops the others) before rank 0 has written every

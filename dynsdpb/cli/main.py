@@ -11,7 +11,7 @@ from pathlib import Path
 from dynsdpb.cli.args import add_config_flags
 from dynsdpb.cli.bench import add_bench
 from dynsdpb.cli.report import add_report
-from dynsdpb.cli.run import cmd_compare, cmd_resume, cmd_train
+from dynsdpb.cli.run import add_report_to, cmd_compare, cmd_resume, cmd_train
 from dynsdpb.cli.selftrain import add_selftrain
 from dynsdpb.cli.sweep import add_sweep
 from dynsdpb.engine import dist
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a field by name (for scripts), e.g. --set lr=3e-5")
     t.add_argument("--out", default="runs/train", help="experiment folder to create")
     t.add_argument("--dump", action="store_true", help="print the resolved config and exit")
+    add_report_to(t)
     add_config_flags(t, compare=False)
     t.set_defaults(fn=cmd_train)
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare", help="experiment folder to create")
     c.add_argument("--dump", action="store_true", help="print the resolved experiment as YAML "
                    "(loadable with --config and by the app) and exit")
+    add_report_to(c)
     add_config_flags(c, compare=True)
     c.set_defaults(fn=cmd_compare)
 
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted experiment")
     r.add_argument("dir")
+    add_report_to(r)
     r.set_defaults(fn=cmd_resume)
 
     ls = sub.add_parser("list", help="list built-in models or datasets")

@@ -12,7 +12,15 @@ from dynsdpb import config as C
 from dynsdpb.engine import dist
 from dynsdpb.cli.args import fresh_out, resolve
 from dynsdpb.errors import ConfigError
+from dynsdpb.integrations.trackers import REPORT_TO, check_report_to
 from dynsdpb.store import ExperimentDir
+
+
+def add_report_to(parser) -> None:
+    parser.add_argument("--report-to", default="none", choices=REPORT_TO,
+                        help="also write every record's numbers as TensorBoard scalars, one "
+                        "TensorBoard run per arm, in OUT/tensorboard (pip install "
+                        "'dynsdpb[tensorboard]')")
 
 
 def _progress_bars(total_steps: int, arms: list[str]):
@@ -42,7 +50,20 @@ def _progress_bars(total_steps: int, arms: list[str]):
     return bar, progress
 
 
-def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None) -> int:
+def with_tracker(progress, tracker):
+    """The progress callback that also hands every step's record to `tracker` (if any)."""
+    if tracker is None:
+        return progress
+
+    def both(arm: str, rec: dict) -> None:
+        tracker.write(arm, rec)
+        if progress is not None:
+            progress(arm, rec)
+    return both
+
+
+def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None,
+                report_to: str = "none") -> int:
     from dynsdpb.compare import format_table
     from dynsdpb.experiment import run_experiment
     exp = ExperimentDir(exp_dir)
@@ -52,6 +73,11 @@ def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None) -
     bar, progress = _progress_bars(steps, meta["arms"])
     if not main_rank:
         bar.disable, progress = True, None
+    tracker = None
+    if report_to == "tensorboard" and main_rank:
+        from dynsdpb.integrations.trackers import TensorBoardScalars
+        tracker = TensorBoardScalars(Path(exp_dir) / "tensorboard")
+        progress = with_tracker(progress, tracker)
     stop = threading.Event()
     t0 = time.time()
     try:
@@ -77,6 +103,8 @@ def _experiment(exp_dir: Path, resume: bool = False, made: Path | None = None) -
         return 130
     finally:
         bar.close()
+        if tracker is not None:
+            tracker.close()
     wall = time.time() - t0
     if not main_rank:
         return 0 if all(s == "finished" for s in out["states"].values()) else 1
@@ -113,6 +141,7 @@ def cmd_train(a) -> int:
             raise ConfigError.one(name, vals, f"train runs one arm: pick one with {flag}, or run "
                                   "them all with `dynsdpb compare` and the same file")
     cfg = C.check_config(base.replace(method=methods[0], seed=seeds[0]))
+    check_report_to(a.report_to)
     if a.dump:
         print(C.dumps(cfg), end="")
         return 0
@@ -120,7 +149,7 @@ def cmd_train(a) -> int:
     out = _on_rank0(lambda: fresh_out(a.out))
     exp = _on_rank0(lambda: create_experiment(out.parent, cfg, [cfg.method], [cfg.seed],
                                               exp_dir=out))
-    return _experiment(exp, made=out if made else None)
+    return _experiment(exp, made=out if made else None, report_to=a.report_to)
 
 
 def cmd_compare(a) -> int:
@@ -134,18 +163,20 @@ def cmd_compare(a) -> int:
         return 0
     # Every check that needs no data (e.g. a seed given twice) before --out is created.
     check_experiment(base, methods, seeds)
+    check_report_to(a.report_to)
     made = not Path(a.out).exists()
     out = _on_rank0(lambda: fresh_out(a.out))
     exp = _on_rank0(lambda: create_experiment(out.parent, base, methods, seeds, exp_dir=out,
                                               check=False))
-    return _experiment(exp, made=out if made else None)
+    return _experiment(exp, made=out if made else None, report_to=a.report_to)
 
 
 def cmd_resume(a) -> int:
     from dynsdpb.cli.selftrain import selftrain_with_progress
     from dynsdpb.selftrain.run import is_selftrain
     p = Path(a.dir)
+    check_report_to(a.report_to)
     if is_selftrain(p):            # a self-training loop (dynsdpb selftrain --out DIR)
         return selftrain_with_progress(p, resume=True)
     ExperimentDir(p).check("dir")  # refused with one line before anything is touched
-    return _experiment(p, resume=True)
+    return _experiment(p, resume=True, report_to=a.report_to)

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from dynsdpb.cli.args import add_config_flags, resolve
+from dynsdpb.store import read_metrics
 
 
 def cmd_sweep(a) -> int:
@@ -17,6 +18,8 @@ def cmd_sweep(a) -> int:
     from dynsdpb.sweep import spec as SW
     from dynsdpb.sweep import read as SR
     from dynsdpb.sweep import run as SX
+    from dynsdpb.integrations.trackers import check_report_to
+    check_report_to(a.report_to)
     if a.resume:
         out = Path(a.resume)
         spec = SW.load_sweep(out)
@@ -35,6 +38,10 @@ def cmd_sweep(a) -> int:
     bar = tqdm(total=n_runs * steps, unit="step", dynamic_ncols=True, desc="sweep",
                disable=not sys.stderr.isatty() and os.environ.get("DYNSDPB_PROGRESS") != "1")
     counted: set[str] = set()
+    tracker = None
+    if a.report_to == "tensorboard":
+        from dynsdpb.integrations.trackers import TensorBoardScalars
+        tracker = TensorBoardScalars(out / "tensorboard")
 
     def progress(arm: str, rec: dict) -> None:
         if "step" in rec:
@@ -47,6 +54,10 @@ def cmd_sweep(a) -> int:
     def on_run(key: str, reused: bool) -> None:
         if reused and key not in counted:   # shared or done before: its steps at once
             bar.update(steps)
+        if tracker is not None and key not in counted:   # each run once, when it is done
+            d = SW.run_dir(out, key)
+            for arm in sorted(p.name for p in d.glob("*-s*") if p.is_dir()):
+                tracker.write_all(f"{key}/{arm}", read_metrics(d / arm / "metrics.jsonl"))
         counted.add(key)
 
     stop = threading.Event()
@@ -59,6 +70,8 @@ def cmd_sweep(a) -> int:
         return 130
     finally:
         bar.close()
+        if tracker is not None:
+            tracker.close()
     t = spec["target"]
     for c in res["cells"]:
         g = SR.score(c["summary"], t)
@@ -96,5 +109,9 @@ def add_sweep(sub, precedence: str) -> None:
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="set a field by name, e.g. --set label_noise=0.2")
     sw.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)
+    sw.add_argument("--report-to", default="none", choices=("none", "tensorboard"),
+                    help="also write each finished run's records as TensorBoard scalars, one "
+                    "TensorBoard run per cell and arm, in OUT/tensorboard (pip install "
+                    "'dynsdpb[tensorboard]')")
     add_config_flags(sw, compare=True)
     sw.set_defaults(fn=cmd_sweep)

@@ -8,4 +8,5 @@ nothing of a model family: it talks to a task through `task.Task` only.
     train.py       Arm: one run, one optimizer step at a time, its records and evaluations
     checkpoint.py  an arm's checkpoint: save, load, the data check on resume
     dist.py        data parallel under torchrun / accelerate launch; the device a run uses
+    model_card.py  the README.md model card (Hub format) of a saved model folder
 """
