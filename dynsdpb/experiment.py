@@ -234,6 +234,41 @@ def check_experiment(base: RunConfig, methods: list[str], seeds: list[int]) -> l
     return [check_config(c) for c in experiment_configs(base, methods, seeds)]
 
 
+# The fields `prepare` and the device choice read: configs equal on these load the same data,
+# tokenizer and device, so `preflight` loads them once.
+PREPARE_FIELDS = ("model", "trust_remote_code", "dataset", "task", "text_column",
+                  "text_pair_column", "label_column", "min_confidence", "max_train_samples",
+                  "val_size", "test_size", "split_seed", "max_len", "label_noise", "finetune",
+                  "device")
+
+
+def preflight(cfgs: list[RunConfig]) -> list:
+    """The check a command makes before it creates anything: every config valid, its device
+    there, its data and model (tokenizer) loadable with the columns it names: `prepare` once
+    per distinct data setting. Returns those tasks (a workflow checks more on them, e.g.
+    selftrain's answers); their data warnings are in task.data.warnings. Raises ConfigError
+    (or TrainingFault: out of memory while loading)."""
+    from dynsdpb.engine.dist import pick_device
+    tasks: dict[tuple, object] = {}
+    for c in cfgs:
+        check_config(c)
+        key = tuple(getattr(c, f) for f in PREPARE_FIELDS)
+        if key in tasks:
+            continue
+        pick_device(c)
+        try:
+            tasks[key] = prepare(c)
+        except (ConfigError, TrainingFault):
+            raise
+        except Exception as e:  # noqa: BLE001 - a data or model file prepare cannot read
+            if is_oom(e):
+                raise TrainingFault("out of memory while loading", OOM_HINT) from None
+            raise ConfigError.one("dataset", c.dataset, f"could not be loaded with model "
+                                  f"{c.model} ({type(e).__name__}: {str(e)[:160]}); check the "
+                                  "file and the model") from None
+    return list(tasks.values())
+
+
 def create_experiment(runs_dir: str | Path, base: RunConfig, methods: list[str],
                       seeds: list[int], name: str = "", exp_dir: Path | None = None, *,
                       check: bool = True) -> Path:

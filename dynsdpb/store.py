@@ -346,6 +346,57 @@ class MirrorRunDir(RunDir):
         return st
 
 
+# The file that marks each kind of folder the workbench writes, what to call it, and how to
+# continue one. `sweep.spec` and `selftrain.store` take their file names from here.
+SWEEP_META = "sweep.json"
+SELFTRAIN_META = "selftrain.json"
+FOLDER_KINDS = {"experiment.json": ("an experiment", "dynsdpb resume {out}"),
+                SWEEP_META: ("a sweep", "dynsdpb sweep --resume {out}"),
+                SELFTRAIN_META: ("a self-training loop", "dynsdpb resume {out}")}
+
+
+def check_out(out: str | Path, field: str = "--out", reuse: bool = False) -> Path:
+    """The one rule for a folder a command writes into, checked before anything is created:
+    not a file, not under a file, somewhere this process can write, and (reuse=False) new or
+    empty. reuse=True (a report's folder) also takes a folder that exists with files in it,
+    but never one that holds an experiment, a sweep or a self-training loop. Creates nothing."""
+    from dynsdpb.errors import ConfigError
+    p = Path(out).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError.one(field, str(out), "is a file; give a folder")
+    up = p
+    while not up.exists():          # the nearest part of the path that exists
+        if up.parent == up:
+            break
+        up = up.parent
+    if up != p and up.exists() and not up.is_dir():
+        raise ConfigError.one(field, str(out), f"is under a file ({up}); give a folder path "
+                              "whose parents are folders")
+    if p.is_dir():
+        for meta, (what, how) in FOLDER_KINDS.items():
+            if (p / meta).exists():
+                raise ConfigError.one(field, str(out), f"already holds {what}; pick another "
+                                      f"folder, or continue it with `{how.format(out=out)}`")
+        if not reuse and any(p.iterdir()):
+            raise ConfigError.one(field, str(out), "exists and is not empty; pick a new folder")
+    if up.exists() and not os.access(up, os.W_OK | os.X_OK):
+        raise ConfigError.one(field, str(out), f"cannot write in {up} (read-only or not yours); "
+                              "pick a folder you can write to")
+    return p
+
+
+def make_out(out: str | Path, field: str = "--out", reuse: bool = False) -> Path:
+    """`check_out`, then create the folder (with its parents)."""
+    from dynsdpb.errors import ConfigError
+    p = check_out(out, field, reuse)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError.one(field, str(out), f"cannot create it ({e.strerror}); pick a folder "
+                              "you can write to") from None
+    return p
+
+
 def check_not_busy(rds: "Iterable[RunDir]", where: str) -> None:
     from dynsdpb.errors import ConfigError
     busy = [(rd.id, pid) for rd in rds if (pid := rd.busy_elsewhere())]

@@ -9,31 +9,33 @@ from pathlib import Path
 
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.store import ExperimentDir
+from dynsdpb.store import make_out
 
 
 METAVAR = {int: "N", float: "X", str: "TEXT", "int": "N", "float": "X", "str": "TEXT"}
 
 
 def fresh_out(out: str) -> Path:
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ConfigError.one("--out", out, "is a file; give a folder for the experiment")
-    if ExperimentDir(p).exists():
-        raise ConfigError.one("--out", out, "already holds an experiment; pick another folder or "
-                              f"continue it with `dynsdpb resume {out}`")
-    if p.exists() and any(p.iterdir()):
-        raise ConfigError.one("--out", out, "exists and is not empty; pick a new folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError.one("--out", out, f"cannot create it ({e.strerror}); pick a folder "
-                              "you can write to") from None
-    return p
+    """The --out folder of a command that creates one (train, compare, selftrain, sweep): the
+    store's one rule (store.check_out), then created."""
+    return make_out(out)
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def only_resume(a, keep: tuple[str, ...] = ()) -> None:
+    """--resume DIR continues DIR as it was made: an option that would change what it runs
+    (or a new --out) does not apply; it is refused rather than ignored. `keep`: options that
+    do apply to a continued folder (e.g. --report-to)."""
+    for k, v in vars(a).items():
+        if k in ("cmd", "fn", "resume", *keep) or v is None or v is False:
+            continue
+        name = flag(k[2:]) if k.startswith(("f_", "l_")) else flag(k)
+        raise ConfigError.one(name, v if not isinstance(v, list) else ",".join(v),
+                              "does not apply with --resume (the folder continues as it was "
+                              "created); drop it, or start a new one with --out")
 
 
 def fields_from_args(a) -> dict:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from dynsdpb.cli.args import add_config_flags
@@ -39,7 +41,12 @@ def cmd_list(a) -> int:
 
 def cmd_app(a, extra: list[str]) -> int:
     from dynsdpb.paths import APP_MAIN
+    from dynsdpb.store import make_out
     env = dict(os.environ)
+    # The runs folder is checked (and made) before the server starts: a file, a read-only
+    # folder or one that cannot be created is one line and exit 2, not an error on each page.
+    runs = a.runs_dir or env.get("DYNSDPB_RUNS_DIR") or "runs"
+    make_out(runs, "--runs-dir", reuse=True)
     if a.runs_dir:
         env["DYNSDPB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
     # Streamlit reads app/.streamlit/config.toml (next to the main script) whatever the
@@ -137,11 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     p = build_parser()
-    if argv and argv[0] == "app":
+    app = bool(argv) and argv[0] == "app"
+    if app:
         a, extra = p.parse_known_args(argv)
-        return cmd_app(a, extra)
-    a = p.parse_args(argv)
+    else:
+        a = p.parse_args(argv)
+    # A service stop (SIGTERM) is handled as Ctrl-C: each command saves what it has and prints
+    # how to continue. In the main thread only (signal handlers can be set there alone).
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _sigterm) if main_thread and not app else None
     try:
+        if app:
+            return cmd_app(a, extra)
         # Under torchrun / accelerate launch (WORLD_SIZE > 1): join the process group, one
         # rank per device (dist.py). A single process: nothing happens.
         dist.init()
@@ -152,6 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingFault as e:
         print(f"dynsdpb: run failed: {e} (hint: {e.hint})", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # a command with something to resume says how in its own handler
+        print("dynsdpb: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        # e.g. a full disk outside a run (a run's own faults fail that run, with a hint)
+        print(f"dynsdpb: run failed: {type(e).__name__}: {e} (hint: free space or pick a "
+              "folder you can write to; what was written is kept, and a run or sweep "
+              "resumes from its last checkpoint)", file=sys.stderr)
+        return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

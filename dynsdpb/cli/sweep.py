@@ -4,32 +4,58 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
 
-from dynsdpb.cli.args import add_config_flags, resolve
+from dynsdpb.cli.args import add_config_flags, fresh_out, only_resume, resolve
 from dynsdpb.store import read_metrics
 
 
 def cmd_sweep(a) -> int:
-    """A grid or search over fields (dynsdpb/sweep/spec.py): create the folder or continue one."""
+    """A grid or search over fields (dynsdpb/sweep/spec.py): create the folder or continue
+    one. A new sweep is checked whole (fields, cells, storage, --out, each cell's data, model and
+    device) before its folder is made."""
     from tqdm import tqdm
+    from dynsdpb.experiment import preflight
+    from dynsdpb.store import check_out
     from dynsdpb.sweep import spec as SW
     from dynsdpb.sweep import read as SR
     from dynsdpb.sweep import run as SX
     from dynsdpb.integrations.trackers import check_report_to
     check_report_to(a.report_to)
+    warned: set[str] = set()
+
+    def warn(ws) -> None:
+        for w in ws:
+            if w not in warned:
+                warned.add(w)
+                print(f"dynsdpb: warning: {w}", file=sys.stderr)
     if a.resume:
+        only_resume(a, keep=("report_to",))   # its tracker applies to the runs left
         out = Path(a.resume)
-        spec = SW.load_sweep(out)
+        spec = SW.load_sweep(out, "--resume")
     else:
         base, methods, seeds, _ = resolve(a, compare=True)
         grid, search = SW.parse_grid(a.grid), SW.parse_search(a.search)
-        spec = None
-        out = SW.create_sweep(a.out, base, methods, seeds, grid=grid, search=search,
-                              trials=a.trials or 0, target=a.target or "",
-                              storage=a.storage or "")
+        target, cfgs = SW.check_sweep(base, methods, seeds, grid=grid, search=search,
+                                      trials=a.trials or 0, target=a.target or "")
+        if a.storage:
+            SX.check_storage(a.storage)
+        out_arg = a.out or "runs/sweep"
+        check_out(out_arg)
+        for task in preflight(cfgs):
+            warn(task.data.warnings)
+        made = not Path(out_arg).exists()
+        out = fresh_out(out_arg)
+        try:
+            SW.create_sweep(out, base, methods, seeds, grid=grid, search=search,
+                            trials=a.trials or 0, target=target, storage=a.storage or "")
+        except BaseException:
+            if made:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         spec = SW.load_sweep(out)
     steps = int(spec["base_config"]["steps"])
     n_runs = (len(SW.plan_runs(out)) if spec["kind"] == "grid" else
@@ -50,6 +76,8 @@ def cmd_sweep(a) -> int:
         elif rec.get("state") == "failed":
             bar.write(f"{arm}: failed: {rec.get('error')} (hint: {rec.get('hint')})",
                       file=sys.stderr)
+        elif rec.get("state") == "warning":
+            warn(rec.get("warnings", []))
 
     def on_run(key: str, reused: bool) -> None:
         if reused and key not in counted:   # shared or done before: its steps at once
@@ -68,6 +96,11 @@ def cmd_sweep(a) -> int:
         bar.close()
         print(f"interrupted; continue with: dynsdpb sweep --resume {out}", file=sys.stderr)
         return 130
+    except OSError as e:    # e.g. a full disk under the study database: the runs are kept
+        bar.close()
+        print(f"dynsdpb: sweep failed: {type(e).__name__}: {e} (hint: free space, then continue "
+              f"with: dynsdpb sweep --resume {out})", file=sys.stderr)
+        return 1
     finally:
         bar.close()
         if tracker is not None:
@@ -103,7 +136,7 @@ def add_sweep(sub, precedence: str) -> None:
                     "last distilling method)")
     sw.add_argument("--storage", help="shared Optuna database URL (e.g. postgresql://...) so "
                     "several machines work on one sweep; default: study.db in the folder")
-    sw.add_argument("--out", default="runs/sweep", help="sweep folder to create")
+    sw.add_argument("--out", help="sweep folder to create (default runs/sweep)")
     sw.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR (after a kill "
                     "or on another machine sharing --storage)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -28,9 +28,10 @@ from dynsdpb.config import RunConfig
 from dynsdpb.errors import ConfigError
 from dynsdpb.metrics import mean_std, paired_diff
 from dynsdpb.selftrain.loops import LoopConfig
-from dynsdpb.store import RunDir, atomic_write_bytes, atomic_write_json, read_json, read_metrics
+from dynsdpb.store import (SELFTRAIN_META, RunDir, atomic_write_bytes, atomic_write_json, read_json,
+                           read_metrics)
 
-META = "selftrain.json"
+META = SELFTRAIN_META
 ROUND_METRICS = ("questions", "traces", "kept", "rationalized", "fixed", "steps",
                  "test_exact_match", "test_first_exact_match", "aligned_tokens", "dropped_tokens")
 

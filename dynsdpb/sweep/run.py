@@ -12,30 +12,62 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 from dynsdpb import config as C
 from dynsdpb.compare import summarize
-from dynsdpb.store import ExperimentDir, RunDir
+from dynsdpb.errors import BUG_HINT, ConfigError, TrainingFault
+from dynsdpb.store import ExperimentDir, RunDir, check_not_busy
 from dynsdpb.sweep.spec import (STUDY, cell_configs, expand_grid, load_sweep, local_summary, plan_runs,
                     run_dir, spec_key, storage_url)
 from dynsdpb.sweep.read import cells, known_runs, score
 
 
+def _storage(url: str, shared: bool, optuna, field: str, where: str):
+    """The study's database, or a ConfigError naming `field` and the fix (a URL no driver
+    reads, a server that does not answer, a study.db that is not a database)."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            # heartbeat_interval is marked experimental; it is what several machines need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if shared:
+                # Several machines: a trial whose machine stops beating for 5 min is failed.
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=300)
+            return optuna.storages.RDBStorage(url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the drivers' many errors
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError.one(field, where, f"cannot open the study database ({msg}); "
+                              + ("give a database URL this machine reaches, e.g. "
+                                 "sqlite:///study.db or postgresql://user@host/db" if shared
+                                 else "its study.db is damaged; move it away and start the "
+                                 "sweep again in a new folder")) from None
+
+
+def check_storage(url: str) -> None:
+    """--storage, opened before the sweep's folder is made."""
+    import optuna
+    _storage(url, True, optuna, "--storage", url)
+
+
 def _study(path: Path, spec: dict, optuna):
     url = storage_url(path, spec)
-    if spec.get("storage"):
-        # Several machines: a trial whose machine stops beating for 5 min is marked failed.
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=300)
-    else:
-        storage = optuna.storages.RDBStorage(url)
+    shared = bool(spec.get("storage"))
+    storage = _storage(url, shared, optuna, "--storage" if shared else "sweep",
+                       url if shared else str(Path(path) / "study.db"))
     if spec["kind"] == "grid":
         sampler = optuna.samplers.GridSampler(spec["grid"], seed=0)
     else:
         sampler = optuna.samplers.TPESampler(seed=0)
-    return optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler,
-                               direction="maximize", load_if_exists=True)
+    try:
+        return optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler,
+                                   direction="maximize", load_if_exists=True)
+    except Exception as e:  # noqa: BLE001 - a database with tables that are not a study's
+        raise ConfigError.one("sweep", url, f"its study database cannot be read "
+                              f"({type(e).__name__}: {str(e)[:120]}); start the sweep again "
+                              "in a new folder") from None
 
 
 def _requeue(study, optuna, local: bool) -> None:
@@ -84,6 +116,9 @@ def _run_one(path: Path, key: str, cfg: C.RunConfig, progress, stop) -> dict:
     rd = RunDir(d / arm)
     if rd.summary():
         return rd.summary()
+    # another process trains this run (a second sweep on the same folder or database): never
+    # start it over or resume it beside that writer
+    check_not_busy([rd], str(path))
     if ExperimentDir(d).exists() and rd.has_checkpoint():
         run_experiment(d, stop=stop, progress=progress, resume=True)
     else:
@@ -106,11 +141,42 @@ def run_sweep(path: str | Path, progress: Callable[[str, dict], None] | None = N
     path = Path(path)
     spec = load_sweep(path)
     stop = stop or threading.Event()
+    # One writer per sweep folder: a second `sweep --resume` is refused before it touches the
+    # study (whose RUNNING trials it would otherwise take for killed ones).
+    top = RunDir(path)
+    check_not_busy([top], str(path))
     study = _study(path, spec, optuna)
+    top.set_status("running", phase="sweep", started=time.time())
+    try:
+        res = _optimize(path, spec, study, optuna, progress, stop, on_run)
+    except KeyboardInterrupt:
+        top.set_status("stopped", phase="stopped", error=None)
+        raise
+    except BaseException as e:
+        top.set_status("failed", phase="failed", error=f"{type(e).__name__}: {e}",
+                       hint=getattr(e, "hint", None) or "fix it, then continue with "
+                       f"`dynsdpb sweep --resume {path}`")
+        raise
+    top.set_status("finished" if res["complete"] else "stopped",
+                   phase="finished" if res["complete"] else "stopped")
+    return res
+
+
+def _optimize(path: Path, spec: dict, study, optuna, progress, stop, on_run) -> dict:
     S = optuna.trial.TrialState
     want = len(expand_grid(spec["grid"])) if spec["kind"] == "grid" else int(spec["trials"])
+    raised: list[BaseException] = []
 
     def objective(trial):
+        try:
+            return cell_objective(trial)
+        except BaseException as e:  # noqa: BLE001 - Ctrl-C, a refused input, a full disk
+            # Kept for the caller and the trial pruned: Optuna prints no traceback, and a
+            # pruned cell is asked again on resume (`_requeue`).
+            raised.append(e)
+            raise optuna.TrialPruned(type(e).__name__) from None
+
+    def cell_objective(trial):
         cell = _suggest(trial, spec)
         known = known_runs(study)
         sums = []
@@ -123,7 +189,10 @@ def run_sweep(path: str | Path, progress: Callable[[str, dict], None] | None = N
             if stop.is_set() and not s:
                 raise optuna.TrialPruned("stopped")   # not a result: asked again on resume
             if not s:
-                raise RuntimeError(f"run {key} did not finish; see {run_dir(path, key)}")
+                st = RunDir(run_dir(path, key) / f"{c.method}-s{c.seed}").raw_status()
+                raise TrainingFault(f"run {key} did not finish: {st.get('error') or 'no summary'}"
+                                    f" (see {run_dir(path, key)})", f"{st.get('hint') or BUG_HINT}"
+                                    f"; then continue with: dynsdpb sweep --resume {path}")
             trial.set_user_attr(f"run:{key}", s)
             if on_run:
                 on_run(key, reused)
@@ -132,6 +201,7 @@ def run_sweep(path: str | Path, progress: Callable[[str, dict], None] | None = N
         v = score(summary, spec["target"])
         return v if math.isfinite(v) else 0.0
 
+    complete: set[str] = set()
     while not stop.is_set():
         _requeue(study, optuna, local=not spec.get("storage"))
         trials = study.get_trials(deepcopy=False)
@@ -139,6 +209,9 @@ def run_sweep(path: str | Path, progress: Callable[[str, dict], None] | None = N
         if len(complete) >= want:
             break
         study.optimize(objective, n_trials=1, catch=())
+        if raised and not isinstance(raised[0], optuna.TrialPruned):
+            raise raised[0]
+        raised.clear()
         if spec["kind"] == "grid" and _all_running_elsewhere(study, S, complete, want):
             break
     return {"cells": cells(path), "complete": len(complete) >= want}

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from dynsdpb import config as C
 from dynsdpb.errors import ConfigError
-from dynsdpb.store import RunDir, atomic_write_json, read_json
+from dynsdpb.store import SWEEP_META, RunDir, atomic_write_json, read_json
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = SWEEP_META
 STUDY = "sweep"
 # Fields only a distilling arm reads; vanilla and refeed (alpha = 0) ignore them all.
 KD_FIELDS = ("schedule", "alpha", "tau", "alpha_max", "tau_0", "tau_min", "tau_max",
@@ -101,9 +101,12 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise ConfigError.one("--grid", it, "write NAME=v1,v2,..., e.g. alpha_max=0.5,1,2")
         k, v = it.split("=", 1)
         k = _field(k, "--grid")
-        vals = [C._coerce(k, x.strip()) for x in v.split(",") if x.strip()]
-        if not vals:
+        if not v.strip():
             raise ConfigError.one("--grid", it, "give at least one value after =")
+        if any(not x.strip() for x in v.split(",")):
+            raise ConfigError.one("--grid", it, "has an empty value (two commas in a row or one "
+                                  "at an end); write each value once, e.g. alpha_max=1,2")
+        vals = [C._coerce(k, x.strip()) for x in v.split(",")]
         if len(set(vals)) != len(vals):
             raise ConfigError.one("--grid", it, "give each value once")
         if k in out:
@@ -140,10 +143,13 @@ def expand_grid(grid: dict[str, list]) -> list[dict]:
 # ----------------------------------------------------------------------------------------
 # The sweep folder
 
-def create_sweep(out: str | Path, base: C.RunConfig, methods: list[str], seeds: list[int],
-                 grid: dict | None = None, search: dict | None = None, trials: int = 0,
-                 target: str = "", storage: str = "", name: str = "") -> Path:
-    """Validate every cell's arms and write sweep.json; returns the folder."""
+def check_sweep(base: C.RunConfig, methods: list[str], seeds: list[int],
+                grid: dict | None = None, search: dict | None = None, trials: int = 0,
+                target: str = "") -> tuple[str, list[C.RunConfig]]:
+    """Every check of a sweep that needs no data, writing nothing: (the target method, the
+    configs the sweep's first cells train, which `experiment.preflight` loads before the
+    folder is made). For a search: its middle, and its ends on fields that change the data."""
+    from dynsdpb.experiment import PREPARE_FIELDS, check_experiment
     if bool(grid) == bool(search):
         raise ConfigError.one("sweep", "", "give --grid NAME=v1,v2 (a grid) or --search "
                               "NAME=LOW:HIGH with --trials N (a search), not both or neither")
@@ -154,12 +160,33 @@ def create_sweep(out: str | Path, base: C.RunConfig, methods: list[str], seeds: 
     if target not in methods or target == "vanilla":
         raise ConfigError.one("target", target, "the method whose gain is scored must be one "
                               f"of the other methods: {', '.join(m for m in methods if m != 'vanilla')}")
+    check_experiment(base, methods, seeds)     # methods and seeds: each once, at least one
     if search and trials < 1:
         raise ConfigError.one("--trials", trials, "a search needs --trials N (N >= 1)")
-    cells = expand_grid(grid) if grid else [{k: (lo + hi) / 2 for k, (lo, hi) in search.items()}]
-    for cell in cells:
-        for m in methods:
-            C.check_config(base.replace(method=m, **_typed(cell)))
+    if grid and trials:
+        raise ConfigError.one("--trials", trials, "a grid runs every cell; --trials is for "
+                              "--search only: drop it")
+    for k in grid or search:
+        if k in NEUTRAL:
+            raise ConfigError.one("--grid" if grid else "--search", k, "cannot change a run's "
+                                  "result, so every cell would be the same run; set it once "
+                                  f"with --set {k}=... and sweep a field that matters")
+    if grid:
+        cells = expand_grid(grid)
+    else:
+        mid = {k: (lo + hi) / 2 for k, (lo, hi) in search.items()}
+        cells = [mid] + [{**mid, k: v} for k, (lo, hi) in search.items()
+                         if k in PREPARE_FIELDS for v in (lo, hi)]
+    cfgs = [C.check_config(base.replace(method=m, seed=s, **_typed(cell)))
+            for cell in cells for s in seeds[:1] for m in methods]
+    return target, cfgs
+
+
+def create_sweep(out: str | Path, base: C.RunConfig, methods: list[str], seeds: list[int],
+                 grid: dict | None = None, search: dict | None = None, trials: int = 0,
+                 target: str = "", storage: str = "", name: str = "") -> Path:
+    """Validate every cell's arms (`check_sweep`) and write sweep.json; returns the folder."""
+    target, _ = check_sweep(base, methods, seeds, grid, search, trials, target)
     p = Path(out)
     p.mkdir(parents=True, exist_ok=True)
     if (p / SWEEP_FILE).exists():
@@ -176,10 +203,10 @@ def _typed(cell: dict) -> dict:
     return {k: C._coerce(k, v) for k, v in cell.items()}
 
 
-def load_sweep(path: str | Path) -> dict:
+def load_sweep(path: str | Path, field: str = "sweep") -> dict:
     spec = read_json(Path(path) / SWEEP_FILE, None)
     if not isinstance(spec, dict) or "base_config" not in spec:
-        raise ConfigError.one("sweep", str(path), f"no readable {SWEEP_FILE}: not a sweep folder")
+        raise ConfigError.one(field, str(path), f"no readable {SWEEP_FILE}: not a sweep folder")
     return spec
 
 
