@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from dynsdpb import config as C
-from dynsdpb.cli.args import add_config_flags, fields_from_args, flag, fresh_out, resolve
+from dynsdpb.cli.args import (add_config_flags, fields_from_args, flag, fresh_out, only_resume,
+                              resolve)
 from dynsdpb.errors import ConfigError
 
 
@@ -19,8 +20,11 @@ LOOP_FLAGS = ("loop", "rounds", "questions", "samples", "temperature", "rational
 def cmd_selftrain(a) -> int:
     """STaR / self-correction rounds (selftrain.py): the config as for `compare` (--demo: the
     CPU demo below the flags), the loop options from their flags."""
+    from dynsdpb.experiment import preflight
     from dynsdpb.selftrain import run as S
+    from dynsdpb.store import check_out
     if a.resume:
+        only_resume(a)
         S.read_meta(a.resume, "--resume")
         return selftrain_with_progress(Path(a.resume), resume=True)
     if a.demo:
@@ -34,7 +38,13 @@ def cmd_selftrain(a) -> int:
     given = {k: v for k in LOOP_FLAGS if (v := getattr(a, "l_" + k, None)) is not None}
     loop = S.loop_from_dict({**(S.CPU_DEMO["loop"] if a.demo else {}), **given})
     S.check_selftrain(base, loop, methods, seeds)   # before --out is created
-    out = fresh_out(a.out)
+    out_arg = a.out or "runs/selftrain"
+    check_out(out_arg)
+    for task in preflight([base]):              # its data, model and device, once
+        S.check_answers(task, base.dataset)
+        for w in task.data.warnings:
+            print(f"dynsdpb: warning: {w}", file=sys.stderr)
+    out = fresh_out(out_arg)
     S.create_selftrain(out, base, loop, methods, seeds, name=base.name)
     return selftrain_with_progress(out)
 
@@ -93,7 +103,7 @@ def add_selftrain(sub, precedence: str) -> None:
     st.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
     st.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="set a config field by name, e.g. --set lr=3e-4")
-    st.add_argument("--out", default="runs/selftrain", help="folder to create")
+    st.add_argument("--out", help="folder to create (default runs/selftrain)")
     st.add_argument("--resume", metavar="DIR", help="continue the loop in DIR (the same as "
                     "`dynsdpb resume DIR`)")
     g = st.add_argument_group("loop options")

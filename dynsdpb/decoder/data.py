@@ -41,6 +41,7 @@ class LMSplits:
     val: list[LMExample]
     test: list[LMExample]
     scorer: str              # "reasoning-gym:<dataset>" or "last-number"
+    warnings: tuple[str, ...] = ()   # e.g. a file read as latin-1 (tables.read_table)
 
 
 # (reasoning-gym dataset, its options): arith-easy mixes the two easy generators.
@@ -88,18 +89,14 @@ def _split(rows: list[LMExample], n_train: int, n_val: int, n_test: int, name: s
     return train, val, test
 
 
-def _read_local(path: Path) -> list[dict]:
-    import datasets
-    fmt = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
-    if fmt is None:
+def _read_local(path: Path) -> tuple[list[dict], list[str]]:
+    """A user's .jsonl/.csv file as rows, read as an upload is (tables.read_table: the size
+    limit, UTF-8 else latin-1 with a warning, quotes, delimiters), plus its warnings."""
+    from dynsdpb.tables import read_table
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise ConfigError.one("dataset", str(path), "use a .jsonl or .csv file with `prompt` and "
                               "`target` columns")
-    try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
-    except Exception as e:  # noqa: BLE001 - malformed file
-        raise ConfigError.one("dataset", str(path), f"could not read it ({str(e)[:160]}); "
-                              "check that it is valid JSONL/CSV") from None
-    return list(ds)
+    return read_table(path)
 
 
 def _rows_from_records(recs: Sequence[dict], name: str) -> list[LMExample]:
@@ -132,7 +129,8 @@ def load_lm_splits(name: str, split_seed: int = 0, n_train: int = 0, n_val: int 
         return LMSplits(*_split(rows, n_train, n_val, n_test, name), scorer=f"reasoning-gym:{name}")
     p = Path(name).expanduser()
     if p.is_file():
-        return splits_from_records(_read_local(p), name, split_seed, n_train, n_val, n_test)
+        rows, warnings = _read_local(p)
+        return splits_from_records(rows, name, split_seed, n_train, n_val, n_test, warnings)
     elif name.startswith((".", "/", "~")) or p.suffix.lower() in (".jsonl", ".csv", ".json"):
         raise ConfigError.one("dataset", name, "no such file; give a .jsonl/.csv file or a "
                               f"built-in ({', '.join(GENERATION_DATASETS)})")
@@ -148,12 +146,14 @@ def load_lm_splits(name: str, split_seed: int = 0, n_train: int = 0, n_val: int 
 
 
 def splits_from_records(recs: Sequence[dict], name: str, split_seed: int = 0, n_train: int = 0,
-                        n_val: int = 32, n_test: int = 64) -> LMSplits:
+                        n_val: int = 32, n_test: int = 64, warnings: Sequence[str] = ()
+                        ) -> LMSplits:
     """Rows with prompt/target[/answer] (a file, an upload read by tables.read_table, a hub
     dataset), shuffled by split_seed and split; scored by their last number."""
     rows = _rows_from_records(list(recs), name)
     random.Random(split_seed).shuffle(rows)
-    return LMSplits(*_split(rows, n_train, n_val, n_test, name), scorer="last-number")
+    return LMSplits(*_split(rows, n_train, n_val, n_test, name), scorer="last-number",
+                    warnings=tuple(warnings))
 
 
 def answer_scorer(scorer: str) -> Callable[[str | None, str], float]:
@@ -189,11 +189,13 @@ def prompt_text(tokenizer, prompt: str) -> str:
     return prompt + "\n"
 
 
-def encode(tokenizer, ex: LMExample, max_len: int) -> dict[str, list[int]]:
+def encode(tokenizer, ex: LMExample, max_len: int, needed: list[int] | None = None
+           ) -> dict[str, list[int]]:
     """input_ids = prompt ids + target ids + eos; labels = -100 on the prompt.
 
     Too long: the target is cut first (it must keep at least one token), then the prompt
     loses tokens from its start (the question's end and the assistant header matter most).
+    `needed`: a list that gets the row's whole length when it was cut (for a warning).
     """
     # The template already holds the special tokens; don't let the tokenizer add a bos twice.
     p_ids = tokenizer(prompt_text(tokenizer, ex.prompt), add_special_tokens=False)["input_ids"]
@@ -203,9 +205,20 @@ def encode(tokenizer, ex: LMExample, max_len: int) -> dict[str, list[int]]:
     if max_len < 2:
         raise ConfigError.one("max_len", max_len, "must be at least 2 (one prompt and one "
                               "target token); 64-256 is usual")
+    if needed is not None and len(p_ids) + len(t_ids) > max_len:
+        needed.append(len(p_ids) + len(t_ids))
     t_ids = t_ids[:max(1, max_len - len(p_ids))]
     p_ids = p_ids[-(max_len - len(t_ids)):]
     return {"input_ids": p_ids + t_ids, "labels": [IGNORE] * len(p_ids) + t_ids}
+
+
+def cut_warning(needed: list[int], n: int, max_len: int) -> str | None:
+    """The warning for rows that `encode` had to cut (prompt + target over max_len)."""
+    if not needed:
+        return None
+    return (f"{len(needed)} of {n} rows are longer than max_len={max_len} (prompt + "
+            f"target, up to {max(needed)} tokens): their targets are cut, some to one token; "
+            f"raise max_len to {max(needed)} or use shorter prompts")
 
 
 def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from dynsdpb.decoder.generation import evaluate_generation, target_loss
 from dynsdpb.tables import read_table
-from dynsdpb.decoder.data import (IGNORE, LMExample, answer_scorer, collate, encode, load_lm_splits,
-                      splits_from_records)
+from dynsdpb.decoder.data import (IGNORE, LMExample, answer_scorer, collate, cut_warning, encode,
+                                  load_lm_splits, splits_from_records)
 from dynsdpb.decoder.loss import TokenTeacher, causal_shift, make_teachers, shift_labels, token_loss
 from dynsdpb.decoder.models import LoraSettings, SharedLoraBase, load_causal_lm, load_lm_tokenizer
 from dynsdpb.engine.task import Batch
@@ -159,11 +159,11 @@ def fingerprint(examples: list[LMExample]) -> dict:
 AUTO_VAL, AUTO_TEST = 32, 64   # val_size/test_size 0 (auto) for decoders
 
 
-def split_rows(cfg, rows: list[dict]):
+def split_rows(cfg, rows: list[dict], warnings=()):
     """Rows with prompt/target[/answer] (an upload, a file read by tables.read_table) split as
     a run of `cfg` will: the checks the app and the job manager make before starting."""
     return splits_from_records(rows, cfg.dataset, cfg.split_seed, cfg.max_train_samples,
-                               cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
+                               cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST, warnings)
 
 
 class CausalLMTask:
@@ -182,20 +182,26 @@ class CausalLMTask:
         self.tokenizer = load_lm_tokenizer(cfg.model, cfg.trust_remote_code)
         self.max_len = cfg.max_len
         if splits is None and upload is not None:
-            splits = split_rows(cfg, read_table(cfg.dataset, upload)[0])
+            rows, read_warnings = read_table(cfg.dataset, upload)
+            splits = split_rows(cfg, rows, read_warnings)
         splits = splits or load_lm_splits(cfg.dataset, cfg.split_seed, cfg.max_train_samples,
                                           cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
         self.score = answer_scorer(splits.scorer)
-        self.data = SimpleNamespace(warnings=[], label_names=None, source=cfg.dataset,
-                                    scorer=splits.scorer, task=self.name,
+        self.data = SimpleNamespace(warnings=list(splits.warnings), label_names=None,
+                                    source=cfg.dataset, scorer=splits.scorer, task=self.name,
                                     train_fingerprint=fingerprint(splits.train))
-        self.train, self.val, self.test = (self._encode(s) for s in
+        needed: list[int] = []     # rows over max_len: one warning for the three splits
+        self.train, self.val, self.test = (self._encode(s, needed) for s in
                                            (splits.train, splits.val, splits.test))
+        n = len(splits.train) + len(splits.val) + len(splits.test)
+        if w := cut_warning(needed, n, self.max_len):
+            self.data.warnings.append(w)   # a cut target trains on less than it says
         self._base = None      # the shared LoRA base, loaded with the first arm
         self.samples: list[dict] = []  # the latest evaluation's sample generations
 
-    def _encode(self, exs: list[LMExample]) -> EncodedLM:
-        return EncodedLM([encode(self.tokenizer, e, self.max_len) for e in exs], list(exs))
+    def _encode(self, exs: list[LMExample], needed: list[int] | None = None) -> EncodedLM:
+        return EncodedLM([encode(self.tokenizer, e, self.max_len, needed) for e in exs],
+                         list(exs))
 
     # -- models -----------------------------------------------------------------------------
     def build_model(self, cfg, arm: str):

@@ -62,7 +62,7 @@ from dynsdpb.store import ExperimentDir, RunDir, atomic_write_bytes, atomic_writ
 from dynsdpb.engine.train import Arm
 
 __all__ = ["CPU_DEMO", "LOOP_HELP", "LOOPS", "META", "ROUND_STARTS", "LoopConfig",
-           "check_selftrain", "create_selftrain", "format_rounds", "is_selftrain",
+           "check_answers", "check_selftrain", "create_selftrain", "format_rounds", "is_selftrain",
            "loop_from_dict", "read_meta", "run_selftrain", "summarize"]
 
 
@@ -75,6 +75,18 @@ def check_selftrain(base: RunConfig, loop: LoopConfig, methods: list[str],
                               "model such as smollm2-135m and a generation dataset such as "
                               "arith-easy")
     check_experiment(base, methods, seeds)
+
+
+def check_answers(shared, dataset: str) -> None:
+    """Self-training keeps the traces whose final answer is right: every row of the data needs
+    its answer (a file's `answer` column; the built-ins have one)."""
+    for name in ("train", "test"):
+        exs = getattr(shared, name).examples
+        missing = sum(e.answer is None for e in exs)
+        if missing:
+            raise ConfigError.one("dataset", dataset, f"{missing} of {len(exs)} {name} rows have "
+                                  "no answer; self-training scores answers: add an `answer` "
+                                  "column (the final answer of each target)")
 
 
 def create_selftrain(out: str | Path, base: RunConfig, loop: LoopConfig, methods: list[str],
@@ -132,11 +144,17 @@ def run_selftrain(path: str | Path, stop: threading.Event | None = None,
     {"state": finished | stopped | failed, "summary": ..., "error": ...}. A failed arm ends
     the loop after its round's training (state failed; resume retries that arm); anything
     raised also leaves DIR/status.json failed, with the error, before it propagates."""
+    from dynsdpb.store import check_not_busy
+    if resume:
+        # Before anything is written: a refusal must leave the live loop's status alone.
+        read_meta(path)
+        check_not_busy([RunDir(path)], str(path))
     try:
         return _run_selftrain(Path(path), stop, progress, resume, generate)
     except Exception as e:
         if is_selftrain(path) and RunDir(path).raw_status().get("state") in ("queued",
-                                                                             "running"):
+                                                                             "running") \
+                and RunDir(path).busy_elsewhere() is None:
             hint = getattr(e, "hint", None) or ("fix the input" if isinstance(e, ConfigError)
                                                 else "resume to retry from the last round")
             RunDir(path).set_status("failed", error=f"{type(e).__name__}: {e}", hint=hint)
@@ -145,7 +163,6 @@ def run_selftrain(path: str | Path, stop: threading.Event | None = None,
 
 def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
     from dynsdpb.engine.dist import pick_device
-    from dynsdpb.store import check_not_busy
     from dynsdpb.tasks import prepare
     meta = read_meta(path)
     base = from_dict(meta["base_config"])
@@ -155,8 +172,6 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
     gen = generate or sample
     stop = stop or threading.Event()
     top = RunDir(path)
-    if resume:
-        check_not_busy([top], str(path))
     say = progress or (lambda who, rec: None)
 
     def phase(r: int, name: str, **kw) -> None:
@@ -165,6 +180,7 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
 
     phase(0, "loading")
     shared = prepare(base)                       # tokenizer, splits, scorer; the LoRA base
+    check_answers(shared, base.dataset)          # a folder made before this was checked
     device = pick_device(base)
     pool = shared.train.examples
     questions = pool[:opt.questions] if opt.questions else pool
