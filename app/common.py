@@ -42,6 +42,18 @@ def manager() -> JobManager:
     return _manager(str(runs_dir()))
 
 
+def check_runs_dir() -> str | None:
+    """The runs directory checked (and made) by the store's one rule for a folder the
+    workbench writes into: None when usable, else the one line to show instead of any page."""
+    from dynsdpb.errors import ConfigError
+    from dynsdpb.store import make_out
+    try:
+        make_out(runs_dir(), "runs directory", reuse=True)
+    except ConfigError as e:
+        return f"{e} (start the app with --runs-dir DIR, or set DYNSDPB_RUNS_DIR)"
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Colours: one per method, the same on every chart and page.
 

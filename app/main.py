@@ -44,6 +44,9 @@ nav = st.navigation([
     st.Page(PAGES / "learn.py", title="Learn", icon=":material/school:", url_path="learn"),
 ])
 
+if (problem := common.check_runs_dir()) is not None:
+    st.error(problem, icon=":material/folder_off:")   # one line instead of every page's error
+    st.stop()
 jm = common.manager()
 with st.sidebar:
     cur = jm.current()

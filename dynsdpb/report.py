@@ -316,13 +316,17 @@ def config_diff(bases: dict[str, dict]) -> list[list[str]]:
             if len({repr(bases[c].get(k)) for c in cols}) > 1 and k not in ("method", "seed")]
 
 
-def write_report(paths: list[str], out: str | Path) -> str:
-    """Write report.md (and PNGs) into `out`; returns the markdown."""
-    out = Path(out)
+def check_sources(paths: list[str]) -> None:
     for p in paths:
         if not (SW.is_sweep(p) or ExperimentDir(p).exists()):
             raise ConfigError.one("report", str(p), "not an experiment or sweep folder (it has "
                                   "no experiment.json or sweep.json)")
+
+
+def write_report(paths: list[str], out: str | Path) -> str:
+    """Write report.md (and PNGs) into `out`; returns the markdown."""
+    out = Path(out)
+    check_sources(paths)
     out.mkdir(parents=True, exist_ok=True)
     sections, bases, tasks = [], {}, {}
     for i, p in enumerate(paths):

@@ -316,6 +316,10 @@ class RunDir:
         # A change of state is fsynced; the per-step progress of a running arm is not (it is
         # rewritten every step, and a machine crash makes the run `interrupted` anyway).
         durable = st.get("state") != state or state != "running"
+        if state != "failed" and st.get("state") == "failed":
+            # a retry (resume) starts clean: the old error no longer describes this run
+            for k in ("error", "hint", "failed_step"):
+                st.pop(k, None)
         st.update(kw)
         st.update(state=state, updated=time.time(), pid=os.getpid(), owner=PROCESS_TOKEN,
                   pid_start=PROCESS_START)

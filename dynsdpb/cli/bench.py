@@ -15,6 +15,11 @@ def cmd_bench(a) -> int:
         raise ConfigError.one("bench", "--app --decoder", "choose one: --app measures the app, "
                               "--decoder the decoder's training")
     if a.app:
+        given = [f for f, v in (("--model", a.model), ("--dataset", a.dataset),
+                                ("--steps", a.steps)) if v is not None]
+        if given:
+            raise ConfigError.one(given[0], getattr(a, given[0][2:]), "does not apply to "
+                                  "--app (it measures the app on its own settings); drop it")
         import importlib.util
         if importlib.util.find_spec("playwright") is None:    # bench_app's browser driver
             raise ConfigError.one("bench", "--app", "needs the dev extras: pip install "
@@ -28,7 +33,10 @@ def cmd_bench(a) -> int:
         else:
             from dynsdpb.bench import speed as mode
             model, dataset = a.model or "minilm-l6", a.dataset or "tweets-sentiment"
-        result = mode.run(model=model, dataset=dataset, steps=a.steps, log=log)
+        if a.steps is not None and a.steps < 1:
+            raise ConfigError.one("--steps", a.steps, "give at least 1 step per measured run")
+        result = mode.run(model=model, dataset=dataset, steps=30 if a.steps is None else a.steps,
+                          log=log)
         for k in mode.FIGURES:
             v = result.get(k)
             goal = result["goals"].get(k, "")
@@ -53,5 +61,5 @@ def add_bench(sub) -> None:
                    "--decoder: smollm2-135m)")
     b.add_argument("--dataset", help="dataset of those figures (default tweets-sentiment; "
                    "--decoder: arith-easy)")
-    b.add_argument("--steps", type=int, default=30, help="steps per measured run")
+    b.add_argument("--steps", type=int, help="steps per measured run (default 30)")
     b.set_defaults(fn=cmd_bench)
