@@ -25,6 +25,7 @@ training thread writes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -407,6 +408,33 @@ def check_not_busy(rds: "Iterable[RunDir]", where: str) -> None:
     if busy:
         raise ConfigError.one("resume", where, f"{busy[0][0]} is still running in another "
                               f"process (pid {busy[0][1]}); stop it there, or wait for it")
+
+
+@contextlib.contextmanager
+def one_writer(path: str | Path, where: str):
+    """Hold a folder as its one writer (a sweep, a self-training loop) for the block: after
+    `check_not_busy` has named a live writer's pid, this closes the gap between two processes
+    that checked at the same moment. An OS lock on DIR/.writer.lock, released when the block
+    ends or the process dies (no stale lock after a kill). Where there is no flock (Windows),
+    the status check alone."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    from dynsdpb.errors import ConfigError
+    f = open(Path(path) / ".writer.lock", "a+b")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = RunDir(path).raw_status().get("pid")
+            raise ConfigError.one("resume", where, "it is still running in another process"
+                                  + (f" (pid {pid})" if pid else "") + "; stop it there, or "
+                                  "wait for it") from None
+        yield
+    finally:
+        f.close()
 
 
 class ExperimentDir:

@@ -2,7 +2,6 @@
 its flags and progress lines."""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -41,6 +40,13 @@ def cmd_sweep(a) -> int:
         grid, search = SW.parse_grid(a.grid), SW.parse_search(a.search)
         target, cfgs = SW.check_sweep(base, methods, seeds, grid=grid, search=search,
                                       trials=a.trials or 0, target=a.target or "")
+        if a.dump:       # the sweep.json it would write; nothing is loaded or created
+            import json
+            print(json.dumps({"kind": "grid" if grid else "search", "grid": grid,
+                              "search": search, "trials": a.trials or 0, "methods": methods,
+                              "seeds": seeds, "target": target, "storage": a.storage or "",
+                              "base_config": base.to_dict()}, indent=2))
+            return 0
         if a.storage:
             SX.check_storage(a.storage)
         out_arg = a.out or "runs/sweep"
@@ -141,7 +147,8 @@ def add_sweep(sub, precedence: str) -> None:
                     "or on another machine sharing --storage)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="set a field by name, e.g. --set label_noise=0.2")
-    sw.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)
+    sw.add_argument("--dump", action="store_true", help="print the sweep.json it would "
+                    "write (after every check that needs no data) and exit")
     sw.add_argument("--report-to", default="none", choices=("none", "tensorboard"),
                     help="also write each finished run's records as TensorBoard scalars, one "
                     "TensorBoard run per cell and arm, in OUT/tensorboard (pip install "

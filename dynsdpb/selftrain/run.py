@@ -144,11 +144,16 @@ def run_selftrain(path: str | Path, stop: threading.Event | None = None,
     {"state": finished | stopped | failed, "summary": ..., "error": ...}. A failed arm ends
     the loop after its round's training (state failed; resume retries that arm); anything
     raised also leaves DIR/status.json failed, with the error, before it propagates."""
-    from dynsdpb.store import check_not_busy
+    from dynsdpb.store import check_not_busy, one_writer
+    read_meta(path)
     if resume:
         # Before anything is written: a refusal must leave the live loop's status alone.
-        read_meta(path)
         check_not_busy([RunDir(path)], str(path))
+    with one_writer(path, str(path)):
+        return _run_owned(Path(path), stop, progress, resume, generate)
+
+
+def _run_owned(path: Path, stop, progress, resume, generate) -> dict:
     try:
         return _run_selftrain(Path(path), stop, progress, resume, generate)
     except Exception as e:

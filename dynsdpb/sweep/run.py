@@ -19,7 +19,7 @@ from typing import Callable
 from dynsdpb import config as C
 from dynsdpb.compare import summarize
 from dynsdpb.errors import BUG_HINT, ConfigError, TrainingFault
-from dynsdpb.store import ExperimentDir, RunDir, check_not_busy
+from dynsdpb.store import ExperimentDir, RunDir, check_not_busy, one_writer
 from dynsdpb.sweep.spec import (STUDY, cell_configs, expand_grid, load_sweep, local_summary, plan_runs,
                     run_dir, spec_key, storage_url)
 from dynsdpb.sweep.read import cells, known_runs, score
@@ -145,8 +145,22 @@ def run_sweep(path: str | Path, progress: Callable[[str, dict], None] | None = N
     # study (whose RUNNING trials it would otherwise take for killed ones).
     top = RunDir(path)
     check_not_busy([top], str(path))
-    study = _study(path, spec, optuna)
-    top.set_status("running", phase="sweep", started=time.time())
+    db = path / "study.db"
+    if not spec.get("storage") and db.is_file() and _head(db) != b"SQLite format 3\x00":
+        raise ConfigError.one("sweep", str(db), "is not a database (damaged?); move it away "
+                              "and start the sweep again in a new folder")
+    with one_writer(path, str(path)):
+        study = _study(path, spec, optuna)
+        top.set_status("running", phase="sweep", started=time.time())
+        return _run_claimed(path, spec, study, optuna, top, progress, stop, on_run)
+
+
+def _head(p: Path) -> bytes:
+    with open(p, "rb") as f:
+        return f.read(16)
+
+
+def _run_claimed(path, spec, study, optuna, top, progress, stop, on_run) -> dict:
     try:
         res = _optimize(path, spec, study, optuna, progress, stop, on_run)
     except KeyboardInterrupt:

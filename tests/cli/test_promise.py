@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from dynsdpb.cli import main as cli
-from dynsdpb.errors import ConfigError
 from tests.conftest import tiny_config, write_tiny_csv
 from tests.lm_tiny import tiny_decoder_files
 
@@ -316,10 +315,22 @@ def as_live_writer(status_path: Path, **extra) -> int:
 
 @pytest.mark.parametrize("cmd,kind,where", [
     ("resume", "experiment", "arm"), ("resume", "selftrain", "top"),
-    ("selftrain", "selftrain", "top"), ("sweep", "sweep", "top"), ("sweep", "sweep", "run")])
+    ("selftrain", "selftrain", "top"), ("sweep", "sweep", "top"), ("sweep", "sweep", "run"),
+    ("selftrain", "selftrain", "lock"), ("sweep", "sweep", "lock")])
 def test_a_second_writer_is_refused_and_writes_nothing(cmd, kind, where, files, tmp_path,
                                                        capfd):
     d = made(kind, files, tmp_path)
+    if where == "lock":
+        # the other writer holds the folder but its status does not say so yet (both checked
+        # at the same moment): the OS lock refuses the second one
+        import fcntl
+        with open(d / ".writer.lock", "a+b") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            before = snapshot(d)
+            rc, _, err = call(continue_args(cmd, d), capfd)
+        one_line(rc, err, "", "still running")
+        assert snapshot(d) == before
+        return
     if kind == "experiment":
         status = d / "vanilla-s0" / "status.json"
     elif where == "top":
@@ -337,7 +348,8 @@ def test_a_second_writer_is_refused_and_writes_nothing(cmd, kind, where, files, 
     one_line(rc, err, "", "still running", f"pid {pid}")
     after = snapshot(d)
     if where == "run":   # the refused sweep may open its study; the live run is untouched
-        after = {k: v for k, v in after.items() if k not in ("study.db", "status.json")}
+        after = {k: v for k, v in after.items()
+                 if k not in ("study.db", "status.json", ".writer.lock")}
         before = {k: v for k, v in before.items() if k in after}
     assert after == before
 
@@ -429,6 +441,13 @@ SURPRISES = [
 ]
 
 
+def test_sweep_dump_prints_what_it_would_write_and_creates_nothing(files, tmp_path, capfd):
+    out = tmp_path / "out"
+    rc, text, err = call([*good_args("sweep", files, tmp_path), "--dump", "--out", out], capfd)
+    assert rc == 0, err
+    assert json.loads(text)["grid"] == {"alpha_max": [1.0, 2.0]} and not out.exists()
+
+
 @pytest.mark.parametrize("extra,field,words", SURPRISES)
 def test_sweep_options_that_would_be_ignored_or_make_identical_cells(extra, field, words, files,
                                                                      tmp_path, capfd):
@@ -467,9 +486,3 @@ def test_a_prompt_longer_than_max_len_is_a_warning(files):
     ws = prepare(C.from_dict({**base, "max_len": 10})).data.warnings
     assert len(ws) == 1 and "longer than max_len=10" in ws[0] and "raise max_len to" in ws[0]
 
-
-def test_configerror_is_what_a_refusal_raises():
-    # the library's refusals are ConfigErrors (what the app shows next to the field)
-    from dynsdpb.store import check_out
-    with pytest.raises(ConfigError):
-        check_out(__file__)
