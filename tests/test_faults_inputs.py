@@ -201,7 +201,7 @@ def test_good_defaults_validate():
     (["train", "--config", "no/such/config.yaml"], "config", "no such file"),
     (["resume", "no/such/experiment"], "dir", "not an experiment folder"),
     (["train", "--out", "{tmp}/a-file"], "--out", "is a file"),
-    (["train", "--out", "{tmp}/a-file/sub"], "--out", "cannot create it"),
+    (["train", "--out", "{tmp}/a-file/sub"], "--out", "under a file"),
     (["train", "--out", "/proc/no-such-dir/x"], "--out", "cannot create it"),
     (["train", "--out", "{tmp}/full"], "--out", "not empty"),
 ])

@@ -351,7 +351,7 @@ def test_cli_selftrain_runs_resumes_and_refuses_bad_input_in_one_line(tiny, tmp_
     assert main(["selftrain", "--resume", str(out)]) == 0      # nothing left: nothing redone
     assert (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns == stamp
     assert main(["selftrain", "--demo", "--out", str(out)]) == 2    # --out not empty
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds a self-training loop" in capsys.readouterr().err
 
 
 def test_jobmanager_runs_a_selftrain_loop_in_its_queue(tiny, tmp_path):
