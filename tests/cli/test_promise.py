@@ -406,6 +406,24 @@ def test_interrupt_is_one_line_with_a_resume_hint_that_works(cmd, how, files, tm
     assert rc == 0, err
 
 
+@pytest.mark.parametrize("cmd", TRAINS)
+def test_a_full_disk_outside_a_run_is_one_line(cmd, files, tmp_path, capfd, monkeypatch):
+    """A write that fails outside an arm (the study database, a round's files): one line with
+    a hint, exit 1; the arms' own faults fail the arm (tests/test_faults_runs.py)."""
+    import errno
+    import dynsdpb.experiment as E
+    import dynsdpb.selftrain.run as S
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(E, "run_arms", full)
+    monkeypatch.setattr(S, "evaluate", full)
+    rc, _, err = call([*good_args(cmd, files, tmp_path), "--out", tmp_path / "out"], capfd)
+    assert rc == 1 and "Traceback" not in err, err
+    last = [ln for ln in err.strip().splitlines() if ln.strip()][-1]
+    assert "No space left on device" in last and "free space" in last, err
+
+
 def test_a_successful_resume_clears_the_old_error(files, tmp_path, capfd, monkeypatch):
     from dynsdpb.engine.train import Arm
     from dynsdpb.store import RunDir
