@@ -178,5 +178,9 @@ def cmd_resume(a) -> int:
     check_report_to(a.report_to)
     if is_selftrain(p):            # a self-training loop (dynsdpb selftrain --out DIR)
         return selftrain_with_progress(p, resume=True)
+    from dynsdpb.store import SWEEP_META
+    if (p / SWEEP_META).is_file():
+        raise ConfigError.one("dir", str(p), f"is a sweep; continue it with `dynsdpb sweep "
+                              f"--resume {p}`")
     ExperimentDir(p).check("dir")  # refused with one line before anything is touched
     return _experiment(p, resume=True, report_to=a.report_to)

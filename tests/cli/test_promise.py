@@ -286,6 +286,14 @@ def test_every_way_to_continue_is_covered():
     assert {c for c, _, _ in RESUMES} == set(with_option("--resume")) | {"resume"}
 
 
+def test_resume_of_a_sweep_names_the_command_that_continues_it(files, tmp_path, capfd):
+    d = made("sweep", files, tmp_path)
+    before = snapshot(d)
+    rc, _, err = call(["resume", d], capfd)
+    one_line(rc, err, "dir", f"dynsdpb sweep --resume {d}")
+    assert snapshot(d) == before
+
+
 @pytest.mark.parametrize("cmd,kind,damage", RESUMES)
 def test_a_damaged_folder_is_refused_in_one_line(cmd, kind, damage, files, tmp_path, capfd):
     d = made(kind, files, tmp_path)
