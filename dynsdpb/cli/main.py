@@ -150,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         a = p.parse_args(argv)
     # A service stop (SIGTERM) is handled as Ctrl-C: each command saves what it has and prints
-    # how to continue. In the main thread only (signal handlers can be set there alone).
-    main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _sigterm) if main_thread and not app else None
+    # how to continue. In the main thread only (signal handlers can be set there alone), and
+    # not under a data-parallel launcher, whose SIGTERM stops every rank at once.
+    own = (threading.current_thread() is threading.main_thread() and not app
+           and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1)
+    old = signal.signal(signal.SIGTERM, _sigterm) if own else None
     try:
         if app:
             return cmd_app(a, extra)
