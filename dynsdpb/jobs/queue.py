@@ -27,7 +27,8 @@ from pathlib import Path
 
 from dynsdpb.config import RunConfig
 from dynsdpb.errors import ConfigError, TrainingFault
-from dynsdpb.store import ExperimentDir, RunDir, atomic_write_bytes, find_experiments, safe_name
+from dynsdpb.store import (ExperimentDir, RunDir, atomic_write_bytes, find_experiments, make_out,
+                           safe_name)
 
 
 @dataclass
@@ -55,7 +56,9 @@ class JobManager:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
         self.isolation = isolation
         self.runs_dir = Path(runs_dir)
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        # the store's one rule for a folder the workbench writes into: a ConfigError naming
+        # the fix (a file, a read-only folder), not an OSError on the first page that asks
+        make_out(self.runs_dir, "runs directory", reuse=True)
         self._lock = threading.RLock()
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}

@@ -226,6 +226,16 @@ def test_bad_out_is_one_line_and_touches_nothing(cmd, case, files, tmp_path, cap
     assert not no_serve
 
 
+def test_the_job_manager_refuses_a_bad_runs_folder_in_one_problem(tmp_path):
+    from dynsdpb.errors import ConfigError
+    from dynsdpb.jobs.queue import JobManager
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="under a file"):
+        JobManager(f / "runs", autostart=False)
+    assert f.read_text() == "x"
+
+
 def test_the_app_reports_a_bad_runs_folder_on_its_page(tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     from app import common
