@@ -4,9 +4,9 @@ from __future__ import annotations
 
 def cmd_report(a) -> int:
     from dynsdpb.report import check_sources, write_report
-    from dynsdpb.store import check_out
+    from dynsdpb.store import make_out
     check_sources(a.paths)
-    check_out(a.out, reuse=True)      # the one --out rule; an earlier report is replaced
+    make_out(a.out, reuse=True)       # the one --out rule; an earlier report is replaced
     md = write_report(a.paths, a.out)
     print(md)
     return 0
