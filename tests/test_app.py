@@ -762,3 +762,26 @@ def test_setup_fields_do_not_mislead(runs_dir):
     assert any("**alpha_max** is fixed: `abc`" in n for n in notes), notes
     assert any("**tau** is fixed: `-2" in n and "> 0" in n for n in notes), notes
     assert at.button(key="btn_start").disabled
+
+
+def test_learn_page_shows_where_the_gain_comes_from(runs_dir):
+    """Learn §5 draws the shipped verdict (assets/results/distillation-regime.json): one bar per
+    paired part with its 95% interval, the numbers of its summary, grey where it contains 0."""
+    import json
+
+    from app import gain
+    from dynsdpb.paths import ASSETS
+    shipped = json.loads((ASSETS / "results" / "distillation-regime.json").read_text())
+    at = new_app()
+    at.switch_page(str(PAGES / "learn.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Where the gain comes from" in h.value for h in at.header)
+    fig = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+               if "seeds" in (json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", ""))
+    bar = fig["data"][0]
+    rows = gain.rows(shipped["summary"])
+    assert sorted(bar["y"]) == sorted(r["part"] for r in rows)
+    for r in rows:
+        assert bar["x"][bar["y"].index(r["part"])] == pytest.approx(r["mean"])
+    assert "5 seeds, 400 test items" in fig["layout"]["title"]["text"]
+    assert any(shipped["command"] in c.value for c in at.caption)
