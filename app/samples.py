@@ -108,9 +108,10 @@ def prompt_tail(prompt: str, n: int = PROMPT_TAIL) -> str:
 
 def sample_rows(arms: list[ArmView], step: int | None = None) -> list[dict]:
     """The latest sample generations of each arm, one table: the same prompts of every arm
-    next to each other, correct as ✓/✗, answers named as everywhere (gold answer, model's
-    answer), a generation that used every new token marked as cut off. `step`: that
-    evaluation's generations instead of the latest."""
+    next to each other, correct (flexible) and strict as ✓/✗, answers named as everywhere
+    (gold answer, model's answer), a generation cut off at max_new_tokens marked (samples
+    record `truncated`; older files `cut_off`). `step`: that evaluation's generations instead
+    of the latest."""
     rows = []
     for a in arms:
         for r in (a.latest_samples() if step is None
@@ -121,8 +122,11 @@ def sample_rows(arms: list[ArmView], step: int | None = None) -> list[dict]:
                          else str(r["extracted"]),
                          "gold answer": "—" if r.get("gold") is None else str(r["gold"]),
                          "correct": "✓" if r.get("correct") else "✗",
+                         "strict": ("—" if r.get("strict_correct") is None
+                                    else "✓" if r["strict_correct"] else "✗"),
                          # its own column: a mark at the end of a long generation was hidden
-                         "cut off": "✂ cut off" if r.get("cut_off") else "",
+                         "cut off": "✂ cut off" if r.get("truncated", r.get("cut_off"))
+                         else "",
                          "generation": str(r.get("generation", ""))})
     order = list(dict.fromkeys(r["prompt (end)"] for r in rows))
     rows.sort(key=lambda r: order.index(r["prompt (end)"]))

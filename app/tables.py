@@ -31,7 +31,8 @@ def summary_rows(summary: dict) -> list[dict]:
 
 
 def decoder_summary_rows(summary: dict) -> list[dict]:
-    """Decoders' test results next to each other: exact match (%) and perplexity, mean ± std
+    """Decoders' test results next to each other: strict and flexible exact match (%), the
+    share an echo of the question solves, truncated generations, perplexity, mean ± std
     over seeds (the engine's summary; its main table shows the primary metric alone)."""
     def fmt(key: str, r: dict) -> str:
         if not r or r.get("mean") is None:
@@ -46,7 +47,12 @@ def decoder_summary_rows(summary: dict) -> list[dict]:
     for method, r in summary.get("methods", {}).items():
         rows.append({"method": method, "seeds": len(r.get("seeds", [])),
                      "test items": summary.get("test_size") or "—",
-                     "exact match (%)": fmt("test_exact_match", r.get("test_exact_match", {})),
+                     "strict exact match (%)": fmt("test_strict_exact_match",
+                                                   r.get("test_strict_exact_match", {})),
+                     "flexible exact match (%)": fmt("test_exact_match",
+                                                     r.get("test_exact_match", {})),
+                     "echo baseline (%)": fmt("test_echo_share", r.get("test_echo_share", {})),
+                     "truncated (%)": fmt("test_truncated", r.get("test_truncated", {})),
                      "perplexity": fmt("test_perplexity", r.get("test_perplexity", {})),
                      "test loss (nats/token)": fmt("test_loss", r.get("test_loss", {}))})
     return rows
@@ -75,9 +81,10 @@ def result_text(metric: str, v) -> str:
 
 def is_percent(metric: str) -> bool:
     """Is a test_/val_ metric a share shown in % (records.KEYS of its val_ twin)?"""
+    from dynsdpb.compare import PERCENT
     from dynsdpb.records import KEYS
     k = KEYS.get("val_" + metric.removeprefix("test_").removeprefix("val_"))
-    return bool(k and k.percent)
+    return bool(k and k.percent) or metric in PERCENT
 
 
 def _PERCENT_KEYS() -> set[str]:

@@ -10,9 +10,11 @@ from dynsdpb.store import ExperimentDir, RunDir, atomic_write_json
 
 TEST_METRICS = {"classification": ("test_accuracy", "test_macro_f1", "test_mcc"),
                 "regression": ("test_pearson", "test_spearman", "test_mse"),
-                "causal-lm": ("test_exact_match", "test_perplexity", "test_loss")}
+                "causal-lm": ("test_exact_match", "test_strict_exact_match", "test_perplexity",
+                              "test_loss", "test_truncated", "test_echo_share")}
 # Shares in [0, 1], printed in %.
-PERCENT = ("test_accuracy", "test_macro_f1", "test_exact_match")
+PERCENT = ("test_accuracy", "test_macro_f1", "test_exact_match", "test_strict_exact_match",
+           "test_truncated", "test_echo_share")
 # A test set this small makes one item worth more than 2 points: say so next to the results.
 TINY_TEST = 50
 
@@ -181,10 +183,11 @@ def cautions(summary: dict) -> list[str]:
     return out
 
 
-def table_rows(summary: dict) -> list[dict]:
-    """One row per method for the primary metric, ready for printing or a dataframe: column
-    names in words, the number of seeds and test items next to every difference."""
-    m = summary.get("primary_metric", "test_accuracy")
+def table_rows(summary: dict, metric: str | None = None) -> list[dict]:
+    """One row per method for the primary metric (or `metric`), ready for printing or a
+    dataframe: column names in words, the number of seeds and test items next to every
+    difference."""
+    m = metric or summary.get("primary_metric", "test_accuracy")
     pct = m in PERCENT
     n_test = summary.get("test_size")
     diff_col = f"difference to vanilla{' (points)' if pct else ''} [95% CI]"
@@ -232,20 +235,39 @@ def fmt_ci(d: dict, pct: bool) -> str:
 
 
 def format_table(summary: dict) -> str:
+    """The primary metric's table; decoders also get strict exact match's, and the share of
+    test items an echo of the question solves (the floor of the flexible score)."""
     rows = table_rows(summary)
     if not rows:
         return "(no finished runs)"
     m = summary.get("primary_metric", "")
+    dec = summary.get("task") == "causal-lm"
+    lines = _table(rows, m, summary, " (flexible: the last number anywhere)" if dec else "")
+    lines += power_lines(summary)
+    if dec:
+        lines += [""] + _table(table_rows(summary, "test_strict_exact_match"),
+                               "test_strict_exact_match", summary,
+                               " (ended by itself, answer in place)") + [""]
+        echo = next((r["test_echo_share"]["mean"] for r in summary["methods"].values()
+                     if (r.get("test_echo_share") or {}).get("mean") is not None), None)
+        if echo is not None:
+            lines.append(f"test items an echo of the question solves (flexible rule): "
+                         f"{_fmt(echo, True)} %")
+        lines.append("test generations cut off (%): " + ", ".join(
+            f"{meth} {_fmt((r.get('test_truncated') or {}).get('mean'), True)}"
+            for meth, r in summary["methods"].items()))
+    lines += [f"Caution: {c}" for c in cautions(summary)]
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict], m: str, summary: dict, note: str = "") -> list[str]:
     cols = list(rows[0].keys())
     w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = [f"{metric_title(m)}, mean and sample std over seeds; paired difference to "
+    lines = [f"{metric_title(m)}{note}, mean and sample std over seeds; paired difference to "
              f"vanilla by seed ({sample_size(summary)})",
              "  ".join(c.ljust(w[c]) for c in cols),
              "  ".join("-" * w[c] for c in cols)]
-    lines += ["  ".join(str(r[c]).ljust(w[c]) for c in cols) for r in rows]
-    lines += power_lines(summary)
-    lines += [f"Caution: {c}" for c in cautions(summary)]
-    return "\n".join(lines)
+    return lines + ["  ".join(str(r[c]).ljust(w[c]) for c in cols) for r in rows]
 
 
 def power_lines(summary: dict) -> list[str]:

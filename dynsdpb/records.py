@@ -60,6 +60,10 @@ KEYS: dict[str, Key] = {
     "aligned_tokens": Key("aligned tokens", "tokens", "Decoders: target tokens of the carried "
                           "sequences that were distilled (the common prefix of the cached and "
                           "current targets)."),
+    "kd_topk_mass": Key("cached top-k mass", "%", "Decoders, kd_cache topk: the teacher's "
+                        "probability mass (at its tau) that the top_k cached tokens hold, mean "
+                        "over the carried target tokens. Low: KD sees a coarse teacher (lower "
+                        "tau or use kd_cache full; docs/method.md section 5).", percent=True),
     "dropped_tokens": Key("dropped tokens", "tokens", "Decoders: carried target tokens left "
                           "without a teacher because the targets changed since the cache "
                           "(output-mismatch alignment); 0 in plain fine-tuning."),
@@ -85,9 +89,18 @@ KEYS: dict[str, Key] = {
                    higher_is_better=False),
     "val_loss": Key("validation loss", "nats", "CE (MSE for regression) on the validation set; "
                     "decoders: mean CE per target token.", higher_is_better=False),
-    "val_exact_match": Key("validation exact match", "%", "Decoders: share of validation "
-                           "prompts whose greedy generation's final answer equals the gold "
-                           "one.", percent=True, higher_is_better=True),
+    "val_exact_match": Key("validation exact match", "%", "Decoders: share of "
+                           "validation prompts whose greedy generation's last number equals "
+                           "the gold answer, wherever it stands (a cut-off echo of the "
+                           "question can count; see the strict score).", percent=True, higher_is_better=True),
+    "val_strict_exact_match": Key("validation strict exact match", "%", "Decoders: share "
+                                  "of validation prompts whose greedy generation ended by "
+                                  "itself with the final answer in the expected place (the "
+                                  "whole completion, or after '####' / 'answer is').",
+                                  percent=True, higher_is_better=True),
+    "val_truncated": Key("validation truncated", "%", "Decoders: share of validation "
+                         "generations cut off at max_new_tokens (no end of sequence).",
+                         percent=True),
     "val_perplexity": Key("validation perplexity", "exp(nats)", "Decoders: exp of the mean CE "
                           "per target token on the validation set.", higher_is_better=False),
     "probe_drift": Key("probe drift", "KL, nats", "KL between the predictions on a fixed probe "
@@ -104,10 +117,12 @@ KEYS: dict[str, Key] = {
 
 STEP_KEYS = ("step", "time", "epoch", "method", "schedule", "seed", "loss", "ce", "kd",
              "alpha", "alpha_lo", "alpha_hi", "tau", "tau_lo", "tau_hi", "u_mean", "d_mean",
-             "logit_drift", "agreement", "kd_cache_bytes", "aligned_tokens", "dropped_tokens",
+             "logit_drift", "agreement", "kd_cache_bytes", "kd_topk_mass", "aligned_tokens",
+             "dropped_tokens",
              "lr", "grad_norm", "samples_seen", "samples_per_s", "wall_time")
 EVAL_KEYS = ("val_accuracy", "val_macro_f1", "val_mcc", "val_pearson", "val_spearman",
-             "val_mse", "val_exact_match", "val_perplexity", "val_loss", "probe_drift",
+             "val_mse", "val_exact_match", "val_strict_exact_match", "val_truncated",
+             "val_perplexity", "val_loss", "probe_drift",
              "update_drift", "dropout_drift")
 RECORD_KEYS = STEP_KEYS + EVAL_KEYS
 

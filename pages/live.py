@@ -218,9 +218,10 @@ def decoder_views(arms: list[views.ArmView]) -> None:
                 + ", ".join(f"{k} at step {v}" for k, v in steps.items()))
         st.caption(f"Greedy generations on the first validation prompts ({when}); prompt "
                    "(end) = its last characters, where the question is; model's answer = the "
-                   "last number of the generation, compared with the gold answer (exact "
-                   "match); ✂ = the generation used every new token (max_new_tokens) and may "
-                   "have been cut before its answer.")
+                   "last number of the generation; correct (flexible) = it equals the gold "
+                   "answer; strict = the generation ended by itself and is the answer or ends "
+                   "with a marked one ('#### N', 'The answer is N.'); ✂ = cut off at "
+                   "max_new_tokens (no end of sequence), maybe before its answer.")
     else:
         st.caption("No generations yet: each evaluation stores a few (eval_generations), the "
                    "first at step " f"{arms[0].cfg.get('eval_every')}.")

@@ -1,6 +1,17 @@
 """Evaluation of decoder models: batched greedy generation, answer extraction, exact match,
 loss and perplexity on target tokens.
 
+Exact match comes in two scores, as lm-eval-harness reports them for GSM8K:
+  flexible  the last number anywhere in the completion (`extract_answer`): a cut-off
+            completion that merely repeats the question's operands can count as right.
+  strict    the generation ended by itself (an eos before max_new_tokens: not `truncated`)
+            and its final answer sits where the target format puts it (`strict_answer`): the
+            whole completion is the number, or it ends with a marked answer ("#### N",
+            "The answer is N.").
+`echo_share` is the share of items that a model echoing the question would get right under
+the flexible rule (some number of the question equals the answer): the floor that a
+flexible score has to be read against.
+
 Generation uses left padding (tokenizer.padding_side = "left"): the new tokens are appended
 on the right, so every prompt of a batch must end at the same column.
 """
@@ -19,6 +30,26 @@ from dynsdpb.decoder.loss import causal_shift
 
 # A number with optional sign, thousands commas and decimals: "-1,234.5", "42", "3."
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUM_S = r"(-?\d[\d,]*(?:\.\d+)?)"
+# strict: the completion is the number, or ends with a marked one ("#### 7", "answer is 7.")
+_BARE = re.compile(r"\$?" + _NUM_S + r"\s*\.?")
+_MARKED = re.compile(r"(?:####|\banswer\s*(?:is|:)\s*:?)\s*\$?" + _NUM_S + r"\s*\.?\s*$",
+                     re.IGNORECASE)
+
+
+class Completion(str):
+    """A generated text that knows whether it was cut off at max_new_tokens (`truncated`:
+    no eos among its new tokens). A plain str is read as not truncated."""
+    truncated: bool = False
+
+    def __new__(cls, text: str, truncated: bool = False):
+        obj = super().__new__(cls, text)
+        obj.truncated = bool(truncated)
+        return obj
+
+
+def is_truncated(completion: str) -> bool:
+    return bool(getattr(completion, "truncated", False))
 
 
 def extract_answer(text: str) -> str | None:
@@ -30,11 +61,44 @@ def extract_answer(text: str) -> str | None:
     return found[-1].replace(",", "").rstrip(".")
 
 
+def strict_answer(text: str, truncated: bool = False) -> str | None:
+    """The final answer under the strict rule: None when the generation was cut off, else
+    the number that is the whole completion or that ends it after a marker ("#### 18",
+    "The answer is 18."); None when the completion has neither."""
+    if truncated:
+        return None
+    t = text.strip()
+    m = _BARE.fullmatch(t) or _MARKED.search(t)
+    return m.group(1).replace(",", "").rstrip(".") if m else None
+
+
+def echo_share(examples: Sequence[LMExample], score: Callable[[str | None, str], float]
+               ) -> float:
+    """Share of the items with an answer that echoing the question solves under the flexible
+    rule: some number of the prompt scores as the gold answer (a completion cut off after
+    repeating it would count as right). nan when no item has an answer."""
+    scored = [e for e in examples if e.answer is not None]
+    if not scored:
+        return float("nan")
+    hit = sum(any(score(n.replace(",", "").rstrip("."), e.answer) == 1.0
+                  for n in _NUM.findall(e.prompt)) for e in scored)
+    return hit / len(scored)
+
+
+def _finished(new_ids: torch.Tensor, eos) -> list[bool]:
+    """Per generated row (new tokens only): did it emit an eos (= ended by itself)?"""
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if not ids:
+        return [False] * len(new_ids)
+    return torch.isin(new_ids, torch.tensor(ids, device=new_ids.device)).any(1).tolist()
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
            temperature: float = 0.0, n: int = 1, batch_size: int = 16) -> list[list[str]]:
     """n completions per prompt (greedy when temperature is 0), each prompt through the chat
-    template as in training. Sampling draws from torch's global RNG (the caller seeds it)."""
+    template as in training; each a `Completion` (str) that knows whether it was cut off.
+    Sampling draws from torch's global RNG (the caller seeds it)."""
     if tokenizer.padding_side != "left":
         raise ValueError("generation needs tokenizer.padding_side == 'left'")
     was = model.training
@@ -50,8 +114,10 @@ def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
                                  pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id, **kw)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:],
-                                           skip_special_tokens=True)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            done = _finished(new, tokenizer.eos_token_id)
+            texts = [Completion(t, truncated=not d) for t, d in
+                     zip(tokenizer.batch_decode(new, skip_special_tokens=True), done)]
             out.extend(texts[j:j + n] for j in range(0, len(texts), n))
     finally:
         model.train(was)
@@ -70,26 +136,36 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
 
 @dataclass
 class GenEval:
-    accuracy: float            # exact-match share over items that have an answer (nan if none)
+    accuracy: float            # flexible exact-match share over items with an answer (nan if none)
     n_scored: int
-    samples: list[dict]        # prompt, target, answer, completion, extracted, correct
+    samples: list[dict]        # prompt, target, answer, completion, extracted, correct,
+    #                            truncated, strict_extracted, strict_correct
+    strict_accuracy: float = float("nan")   # strict exact-match share (module docstring)
+    truncated: float = float("nan")         # share of all completions cut off
 
 
 def exact_match(examples: Sequence[LMExample], completions: Sequence[str],
                 score: Callable[[str | None, str], float], n_samples: int = 4) -> GenEval:
-    """Exact match of the extracted final answers (score == 1.0 counts as right)."""
-    right, n, samples = 0, 0, []
+    """Flexible and strict exact match of the final answers (score == 1.0 counts as right)."""
+    right, strict, n, cut, samples = 0, 0, 0, 0, []
     for ex, comp in zip(examples, completions, strict=True):
-        got = extract_answer(comp)
-        ok = None
+        got, trunc = extract_answer(comp), is_truncated(comp)
+        got_s = strict_answer(comp, trunc)
+        cut += trunc
+        ok = ok_s = None
         if ex.answer is not None:
             ok = score(got, ex.answer) == 1.0
+            ok_s = got_s is not None and score(got_s, ex.answer) == 1.0
             right += ok
+            strict += ok_s
             n += 1
         if len(samples) < n_samples:
             samples.append(dict(prompt=ex.prompt, target=ex.target, answer=ex.answer,
-                                completion=comp, extracted=got, correct=ok))
-    return GenEval(right / n if n else float("nan"), n, samples)
+                                completion=str(comp), extracted=got, correct=ok,
+                                truncated=trunc, strict_extracted=got_s, strict_correct=ok_s))
+    nan = float("nan")
+    return GenEval(right / n if n else nan, n, samples, strict / n if n else nan,
+                   cut / len(completions) if len(completions) else nan)
 
 
 def evaluate_generation(model, tokenizer, examples: Sequence[LMExample],

@@ -31,7 +31,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from dynsdpb.decoder.generation import evaluate_generation, target_loss
+from dynsdpb.decoder.generation import echo_share, evaluate_generation, target_loss
 from dynsdpb.tables import read_table
 from dynsdpb.decoder.data import (IGNORE, LMExample, answer_scorer, collate, cut_warning, encode,
                                   load_lm_splits, splits_from_records)
@@ -142,6 +142,15 @@ def _to_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         for j, piece in zip(js, flat.split([tensors[j].numel() for j in js])):
             out[j] = piece.view(tensors[j].shape).clone()
     return out
+
+
+def topk_mass(entries: list[dict]) -> torch.Tensor | None:
+    """Mean teacher probability mass (at the cached tau) that the top-k cache keeps per
+    target token, 1 - q(rest), over the entries; None for a full cache (it keeps it all)."""
+    rest = [e["logq_rest"] for e in entries if "logq_rest" in e]
+    if not rest:
+        return None
+    return (1 - torch.cat(rest).float().exp()).mean()
 
 
 _ENTRY = ("target_ids", "alpha", "tau", "u", "d", "ids", "logq", "logq_rest", "aux", "logits")
@@ -268,7 +277,8 @@ class CausalLMTask:
         return {"u_mean": torch.cat([e["u"] for e in entries]).mean(),   # 0-dim tensors: the
                 "d_mean": torch.cat([e["d"] for e in entries]).mean(),   # loop reads them at once
                 "agreement": parts.agreement.mean() if parts.agreement.numel() else None,
-                "aligned_tokens": aligned, "dropped_tokens": n_tgt - aligned}
+                "aligned_tokens": aligned, "dropped_tokens": n_tgt - aligned,
+                "kd_topk_mass": topk_mass(entries)}
 
     def token_view(self, batch: Batch, parts) -> dict | None:
         """Row 0 of the batch (the first carried sequence): its target tokens as text, with
@@ -300,17 +310,16 @@ class CausalLMTask:
         ev = evaluate_generation(model, self.tokenizer, e.examples, self.score,
                                  self.opt.max_new_tokens, self.opt.gen_batch_size,
                                  self.opt.n_samples)
-        # cut_off: the generation used every one of max_new_tokens (its special tokens are
-        # dropped, so one that ended on its own is shorter): it may have been cut before its
-        # answer, which the app marks
-        n_max = self.opt.max_new_tokens
+        # truncated: no eos among the generation's new tokens, it was cut off at
+        # max_new_tokens (possibly before its answer); the app marks it
         self.samples = [dict(prompt=s["prompt"], generation=s["completion"],
                              extracted=s["extracted"], gold=s["answer"], correct=s["correct"],
-                             cut_off=len(self.tokenizer(s["completion"], add_special_tokens=False)
-                                         ["input_ids"]) >= n_max)
+                             truncated=s["truncated"], strict_correct=s["strict_correct"])
                         for s in ev.samples]
         return {f"{prefix}_loss": loss, f"{prefix}_perplexity": ppl,
-                f"{prefix}_exact_match": ev.accuracy}
+                f"{prefix}_exact_match": ev.accuracy,
+                f"{prefix}_strict_exact_match": ev.strict_accuracy,
+                f"{prefix}_truncated": ev.truncated}
 
     @torch.no_grad()
     def _probe(self, model, ids: list[int], device) -> torch.Tensor:
@@ -335,4 +344,7 @@ class CausalLMTask:
         return out, cur
 
     def test_metrics(self, model, device, use_amp) -> dict:
-        return self.split_metrics(model, self.test, "test", device, use_amp)
+        out = self.split_metrics(model, self.test, "test", device, use_amp)
+        # what echoing the question scores (flexible rule): the floor to read exact match by
+        out["test_echo_share"] = echo_share(self.test.examples, self.score)
+        return out

@@ -83,7 +83,8 @@ def test_lockstep_lora_arms_share_one_base_and_write_decoder_logs(tiny, tmp_path
         s = run.samples()
         assert [r["step"] for r in s] == [2, 2, 4, 4, 5, 5]
         assert set(s[0]) == {"step", "prompt", "generation", "extracted", "gold", "correct",
-                             "cut_off"}
+                             "truncated", "strict_correct"}
+        assert all(isinstance(r["truncated"], bool) for r in s)
         assert run.samples(-1) == s[-2:]
     # tokens.jsonl: distilling arm only, one carried sample per evaluation step
     assert not van.tokens_path.exists()
@@ -103,6 +104,11 @@ def test_lockstep_lora_arms_share_one_base_and_write_decoder_logs(tiny, tmp_path
     assert summ["primary_metric"] == "test_exact_match"
     assert set(summ["methods"]) == {"vanilla", "dynsdpb"}
     assert "Test exact match (%)" in format_table(summ)
+    # strict next to flexible, with the truncated share and the echo baseline
+    assert 0 <= s["test_strict_exact_match"] <= s["test_exact_match"]
+    assert 0 <= s["test_truncated"] <= 1 and 0 <= s["test_echo_share"] <= 1
+    table = format_table(summ)
+    assert "Test strict exact match (%)" in table and "echo of the question" in table
     # LoRA: the adapter in PEFT format with the tokenizer
     assert (dyn.model_path / "adapter_model.safetensors").is_file()
     assert (dyn.model_path / "tokenizer.json").is_file()
