@@ -45,6 +45,17 @@ LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 AUTO_SHARE, AUTO_VAL_MAX, AUTO_TEST_MAX = 0.1, 400, 800
 
 
+# Temperatures for causal LMs. A decoder distils through the top-k teacher cache (kd_cache
+# topk), and SmolLM2's top-64 tokens hold about 94% of its probability mass at tau 1, 56% at
+# 1.5 and 6% at 3 (docs/method.md section 5): at the encoder defaults (tau 3, tau_max 6) the
+# coarsened KL keeps little of the teacher. A decoder config gets these values for the fields
+# it does not set (`from_dict` without a base, the CLI, presets, Setup, the Self-training
+# page, sweeps); a value given is used as is.
+DECODER_TEMPERATURES = {"tau": 1.0, "tau_0": 1.0, "tau_min": 1.0, "tau_max": 1.5}
+# Below this mean cached top-k mass a decoder run warns (status.json, CLI, Setup by tau).
+KD_MASS_WARN = 0.5
+
+
 def _f(default, help: str, group: str, choices: tuple | None = None, **kw):
     meta = {"help": help, "group": group}
     if choices:
@@ -343,9 +354,45 @@ def from_dict(d: dict[str, Any], base: RunConfig | None = None, *, check: bool =
     if problems:
         raise ConfigError(problems)
     cfg = dataclasses.replace(base or RunConfig(), **values)
+    if base is None:
+        cfg = with_family_defaults(cfg, set(values))
     if check:
         check_config(cfg)
     return cfg
+
+
+def default_temperatures(decoder: bool) -> dict[str, float]:
+    """The tau fields' defaults for a decoder (DECODER_TEMPERATURES) or an encoder."""
+    if decoder:
+        return dict(DECODER_TEMPERATURES)
+    return {k: FIELDS[k].default for k in DECODER_TEMPERATURES}
+
+
+def with_family_defaults(cfg: RunConfig, given: set[str] | frozenset[str] = frozenset()
+                         ) -> RunConfig:
+    """A decoder config with the decoder temperatures in the tau fields not in `given`."""
+    try:
+        decoder = is_causal_lm(cfg)
+    except Exception:  # noqa: BLE001 - an unreadable local model folder: validate says so
+        return cfg
+    if not decoder:
+        return cfg
+    return cfg.replace(**{k: v for k, v in DECODER_TEMPERATURES.items() if k not in given})
+
+
+def topk_temperature_warning(cfg: RunConfig) -> str | None:
+    """Setup's and the CLI's warning before a decoder run whose temperatures the top-k cache
+    cannot carry (tau above 1.5 for a distilling arm with kd_cache topk), else None."""
+    if cfg.kd_cache != "topk" or not is_causal_lm(cfg):
+        return None
+    hi = max(cfg.tau_max if cfg.method == "dynsdpb" else cfg.tau,
+             cfg.tau_0 if cfg.method == "dynsdpb" else 0)
+    if hi <= DECODER_TEMPERATURES["tau_max"]:
+        return None
+    return (f"tau up to {hi:g} with kd_cache topk (top_k {cfg.top_k}): the cached top-k "
+            "tokens hold about 56% of a decoder's mass at tau 1.5 and 6% at tau 3 (SmolLM2, "
+            "docs/method.md section 5), so KD sees a coarse teacher. Use tau 1-1.5 "
+            "(decoder defaults) or kd_cache full; the run logs kd_topk_mass per step")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from dynsdpb.engine import dist
-from dynsdpb.config import RunConfig, check_config, from_dict
+from dynsdpb.config import KD_MASS_WARN, RunConfig, check_config, from_dict
 from dynsdpb.errors import BUG_HINT, OOM_HINT, ConfigError, TrainingFault
 from dynsdpb.store import (ExperimentDir, MirrorRunDir, RunDir, atomic_write_json, check_not_busy,
                     unique_dir)
@@ -130,6 +130,7 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
     # Data parallel: every rank stops at the same step, when rank 0 was asked to.
     stopping = (lambda: d.broadcast(stop.is_set())) if d.active else stop.is_set
     final: dict[str, str] = {}
+    mass: dict[str, list] = {}          # arm -> [sum, count] of kd_topk_mass, warned once
     live = []
     for a in arms:
         try:
@@ -168,6 +169,7 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
                 continue
             if progress:
                 progress(a.rd.id, rec)
+            _watch_topk_mass(a, rec, mass, progress)
             if a.done:
                 live.remove(a)
                 final[a.rd.id] = _finish(a, progress)
@@ -181,6 +183,37 @@ def run_arms(arms: list[Arm], stop: threading.Event | None = None,
         except Exception as e:  # noqa: BLE001 - a full disk fails this arm, not the others
             final[a.rd.id] = _fail(a, e, progress)
     return final
+
+
+def topk_mass_warning(mean: float, tau: float | None) -> str:
+    """The warning of a decoder run whose cached top-k mass is below KD_MASS_WARN."""
+    at = f" at tau {tau:.2g}" if tau is not None else ""
+    return (f"the top-k teacher cache holds {100 * mean:.0f}% of the teacher's mass{at} "
+            f"(below {100 * KD_MASS_WARN:.0f}%): KD sees a coarse teacher. Lower tau / tau_max "
+            "(decoders: 1-1.5) or use kd_cache full (docs/method.md section 5)")
+
+
+def _watch_topk_mass(a: Arm, rec: dict, mass: dict, progress: ProgressFn | None) -> None:
+    """Decoders: the running mean of kd_topk_mass; the first time it is below KD_MASS_WARN
+    the arm's status.json gets a warning and the CLI prints it (once per arm)."""
+    v = rec.get("kd_topk_mass")
+    if v is None:
+        return
+    m = mass.setdefault(a.rd.id, [0.0, 0, False])
+    m[0] += float(v)
+    m[1] += 1
+    mean = m[0] / m[1]
+    if m[2] or mean >= KD_MASS_WARN:
+        return
+    m[2] = True
+    w = topk_mass_warning(mean, rec.get("tau"))
+    warnings = list(a.rd.raw_status().get("warnings") or []) + [w]
+    try:
+        a.rd.set_status("running", warnings=warnings, kd_topk_mass=round(mean, 4))
+    except OSError:
+        pass          # a status write that fails must not fail the step
+    if progress:
+        progress(a.rd.id, {"state": "warning", "warnings": [w]})
 
 
 def _finish(a: Arm, progress: ProgressFn | None) -> str:

@@ -150,12 +150,12 @@ if decoder:
         for caption, names in DECODER_ROWS:
             st.caption(caption)
             grid(names, 3)
-        if cfg.kd_cache == "topk" and not problems.get("top_k") and max(
-                cfg.tau, cfg.tau_max) >= 3:
-            st.caption(f"top_k = {cfg.top_k} at tau >= 3 keeps little of the teacher: at tau "
-                       "3.6 the top 64 of SmolLM2's 49k tokens hold about 3% of the mass, so KD "
-                       "sees mostly the {top-k, rest} split (Learn §4). kd_cache = full keeps "
-                       "everything, at 2 bytes x vocabulary per target token.")
+        hot = [m for m in methods if m in ("dlb", "dynsdpb")
+               and C.topk_temperature_warning(cfg.replace(method=m))]
+        if hot and not problems.get("top_k"):
+            st.warning(f"{', '.join(hot)}: " + C.topk_temperature_warning(
+                cfg.replace(method=hot[0])) + ". kd_cache = full keeps everything, at 2 bytes "
+                "x vocabulary per target token.", icon=":material/warning:")
 
 # -- optimisation and bookkeeping ----------------------------------------------------------
 st.subheader("4 · Training")

@@ -122,6 +122,20 @@ def auto_sizes_for_new_upload() -> None:
                              f"{len(rows)} rows for training.")
 
 
+def family_temperatures(raw: dict, decoder: bool) -> None:
+    """The tau fields follow the model family while they hold the other family's defaults
+    (config.DECODER_TEMPERATURES: a decoder's top-k cache cannot carry tau 3); a value the
+    user typed stays. Called before the widgets are drawn."""
+    want, other = C.default_temperatures(decoder), C.default_temperatures(not decoder)
+    try:
+        cur = {k: float(raw[k]) for k in want}
+    except (TypeError, ValueError):
+        return
+    if cur == other and want != other:
+        for k, v in want.items():
+            ss[FORM_PREFIX + k] = raw[k] = forms.field_widget_value(k, v)
+
+
 def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[int], list[str],
                        bool]:
     problems: dict[str, list[Problem]] = {}
@@ -148,6 +162,7 @@ def collect() -> tuple[C.RunConfig, dict[str, list[Problem]], list[str], list[in
         raw["text_pair_column"] = ss["w_text_pair_column"]
         raw["label_column"] = ss["w_label_column"]
     decoder = is_decoder(raw)
+    family_temperatures(raw, decoder)
     if decoder:
         # a decoder reads prompt/target columns (mapped below), never these
         raw.update(text_column=DEFAULTS.text_column, text_pair_column="",

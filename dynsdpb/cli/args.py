@@ -74,7 +74,16 @@ def resolve(a, compare: bool):
     The file is a whole experiment (dynsdpb/presets.py) or an old single-run config."""
     exp, file_lists = experiment_file(a)
     over = fields_from_args(a)
-    base = C.from_dict(over, base=exp.base if exp else C.RunConfig(), check=False)
+    if exp is None:       # no file: the field defaults (a decoder's temperatures for decoders)
+        base = C.from_dict(over, check=False)
+    else:
+        base = C.from_dict(over, base=exp.base, check=False)
+        if "model" in over or "task" in over:
+            # a family changed on the command line: that family's temperatures where the
+            # file kept the other family's defaults and no flag gave one
+            was = C.default_temperatures(C.is_causal_lm(exp.base))
+            kept = {k for k in was if getattr(base, k) != was[k]} | set(over)
+            base = C.with_family_defaults(base, kept)
 
     def pick(name: str, one: str, listed: str | None, parse, default):
         # --methods / --method / --set method=..., then the file's list, then the default.

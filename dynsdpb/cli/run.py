@@ -133,6 +133,16 @@ def _on_rank0(make):
     return res
 
 
+def warn_temperatures(base, methods: list[str]) -> None:
+    """Before a decoder run: one line per distilling method whose tau the top-k cache cannot
+    carry (config.topk_temperature_warning)."""
+    for m in methods:
+        if m in ("dlb", "dynsdpb"):
+            w = C.topk_temperature_warning(base.replace(method=m))
+            if w:
+                print(f"dynsdpb: warning: {m}: {w}", file=sys.stderr)
+
+
 def cmd_train(a) -> int:
     from dynsdpb.experiment import create_experiment
     base, methods, seeds, _ = resolve(a, compare=False)
@@ -145,6 +155,7 @@ def cmd_train(a) -> int:
     if a.dump:
         print(C.dumps(cfg), end="")
         return 0
+    warn_temperatures(cfg, [cfg.method])
     made = not Path(a.out).exists()
     out = _on_rank0(lambda: fresh_out(a.out))
     exp = _on_rank0(lambda: create_experiment(out.parent, cfg, [cfg.method], [cfg.seed],
@@ -164,6 +175,7 @@ def cmd_compare(a) -> int:
     # Every check that needs no data (e.g. a seed given twice) before --out is created.
     check_experiment(base, methods, seeds)
     check_report_to(a.report_to)
+    warn_temperatures(base, methods)
     made = not Path(a.out).exists()
     out = _on_rank0(lambda: fresh_out(a.out))
     exp = _on_rank0(lambda: create_experiment(out.parent, base, methods, seeds, exp_dir=out,

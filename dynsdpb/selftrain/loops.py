@@ -10,19 +10,30 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+import re
+
 from dynsdpb.errors import ConfigError, Problem
-from dynsdpb.decoder.generation import extract_answer
+from dynsdpb.decoder.generation import extract_answer, is_truncated, strict_answer
 from dynsdpb.decoder.data import LMExample
 
 LOOPS = ("star", "selfcorrect")
-ROUND_STARTS = ("continue", "base")
+ROUND_STARTS = ("base", "continue")
 
-# Prompts. The STaR suffix asks for a short rationale; the answer is the last number.
-STAR_SUFFIX = ("\nExplain your reasoning in one short sentence, then give the final answer "
-               "as a number.")
+# Prompts. Both ask for a short rationale that ends in a marked final answer ("The answer is
+# N."), which the strict rule reads (decoder.generation.strict_answer); the hint never enters
+# a training prompt.
+STAR_SUFFIX = ("\nThink it through in one or two short sentences, then end with "
+               "\"The answer is N.\" where N is the final answer as a number.")
 HINT = "\n(Hint: the correct answer is {answer}.)"
 CORRECT = ("{question}\n\nA first attempt answered:\n{attempt}\n\nCheck this answer. If it "
-           "is wrong, correct it. End with the final answer as a number.")
+           "is wrong, correct it. End with \"The answer is N.\" where N is the final answer "
+           "as a number.")
+# A kept STaR trace has reasoning before its marked answer: at least this many words.
+MIN_RATIONALE_WORDS = 3
+# Why a trace was not kept (round.json counts each; traces.jsonl marks each trace).
+DROP_REASONS = ("wrong", "truncated", "unmarked", "no_reasoning", "duplicate")
+_MARK = re.compile(r"(?:####|\bthe\s+answer\s+is|\banswer\s*:)", re.IGNORECASE)
 
 
 def star_prompt(question: str) -> str:
@@ -49,9 +60,16 @@ LOOP_HELP = {
     "rationalize": "star only: ask the questions with no right sample again with the gold "
                    "answer as a hint; keep right answers (the hint is not in the training "
                    "prompt).",
-    "round_start": "continue: each round fine-tunes the previous round's weights and carries "
-                   "the teacher cache; base: each round fine-tunes the base model again (as "
-                   "STaR does), generating with the previous round's model.",
+    "round_start": "base (STaR as published): each round fine-tunes the base model again on "
+                   "the round's kept set, generating with the previous round's model. "
+                   "continue: each round fine-tunes the previous round's weights.",
+    "step_growth": "Training steps grow by this factor each round (STaR: 1.2, i.e. +20%); "
+                   "round r trains ceil(steps x step_growth^(r-1)) steps. 1 = fixed steps.",
+    "carry_teacher": "continue only, distilling arms [ours, not DLB]: carry the round's final "
+                     "model's teacher cache into the next round, where it teaches each row at "
+                     "its first appearance (k steps old at step k). Off (default): a round "
+                     "starts like DLB's step 1, plain CE until the first carried chunk has a "
+                     "teacher computed in this round.",
 }
 
 
@@ -63,10 +81,16 @@ class LoopConfig:
     samples: int = 1
     temperature: float = 0.7
     rationalize: bool = False
-    round_start: str = "continue"
+    round_start: str = "base"
+    step_growth: float = 1.2
+    carry_teacher: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def round_steps(self, steps: int, r: int) -> int:
+        """Training steps of round r (1-based): steps x step_growth^(r-1), rounded up."""
+        return max(1, math.ceil(steps * self.step_growth ** (r - 1) - 1e-9))
 
 
 def loop_from_dict(d: dict) -> LoopConfig:
@@ -120,6 +144,12 @@ def check_loop(opt: LoopConfig) -> LoopConfig:
     elif opt.samples > 1 and opt.temperature == 0:
         P.append(Problem("samples", opt.samples, "greedy generation (temperature 0) gives the "
                          "same answer every time; use samples 1 or a temperature > 0"))
+    if not (opt.step_growth >= 1 and math.isfinite(opt.step_growth)):
+        P.append(Problem("step_growth", opt.step_growth, "use 1 (fixed steps) or more, e.g. "
+                         "1.2 (STaR: +20% per round)"))
+    if opt.carry_teacher and opt.round_start != "continue":
+        P.append(Problem("carry_teacher", True, "a carried teacher needs round_start continue "
+                         "(base restarts from the base model); turn it off or use continue"))
     if opt.rationalize and opt.loop != "star":
         P.append(Problem("rationalize", True, "rationalization is a STaR step; use loop star "
                          "or turn it off"))
@@ -128,15 +158,19 @@ def check_loop(opt: LoopConfig) -> LoopConfig:
     return opt
 
 
-# The CPU demo (the app's preset, `dynsdpb selftrain --demo`): arith-easy on smollm2-135m with
-# LoRA, small enough for a few minutes per round on 2 (shared) cores.
+# The CPU demo (the app's preset, and `dynsdpb selftrain` without --config): arith-easy on
+# smollm2-135m with LoRA, small enough for a few minutes per round on 2 (shared) cores; the
+# decoder temperatures (config.DECODER_TEMPERATURES) that the top-k cache can carry; 48 new
+# tokens, enough for a one-sentence rationale and its marked answer.
 CPU_DEMO = {
     "config": dict(model="smollm2-135m", dataset="arith-easy", steps=8, batch_size=8,
-                   lr=5e-4, max_len=96, max_new_tokens=16, val_size=4, test_size=16,
+                   lr=5e-4, max_len=160, max_new_tokens=48, val_size=4, test_size=16,
                    max_train_samples=64, eval_every=8, checkpoint_every=4, probe_size=4,
-                   eval_generations=2, save_model=False, warmup_ratio=0.1),
+                   eval_generations=2, save_model=False, warmup_ratio=0.1,
+                   tau=1.0, tau_0=1.0, tau_min=1.0, tau_max=1.5, kd_cache="topk"),
     "loop": dict(loop="star", rounds=2, questions=32, samples=1, temperature=0.7,
-                 rationalize=False, round_start="continue"),
+                 rationalize=False, round_start="base", step_growth=1.2,
+                 carry_teacher=False),
     "methods": ["vanilla", "dynsdpb"],
     "seeds": [0],
 }
@@ -152,6 +186,37 @@ def _right(score, got: str | None, gold: str) -> bool:
     return got is not None and score(got, gold) == 1.0
 
 
+def _scored(c: str, gold: str, score) -> dict:
+    """A completion's flexible and strict answers and whether it was cut off."""
+    trunc = is_truncated(c)
+    got, got_s = extract_answer(c), strict_answer(c, trunc)
+    return dict(completion=str(c), extracted=got, correct=_right(score, got, gold),
+                truncated=trunc, strict_extracted=got_s,
+                strict_correct=_right(score, got_s, gold))
+
+
+def has_rationale(text: str) -> bool:
+    """Reasoning before the marked final answer: at least MIN_RATIONALE_WORDS words before
+    the last marker ("The answer is", "####", "answer:"); a bare answer has none."""
+    marks = list(_MARK.finditer(text))
+    before = text[:marks[-1].start()] if marks else ""
+    return len(before.split()) >= MIN_RATIONALE_WORDS
+
+
+def drop_reason(loop: str, t: dict) -> str | None:
+    """Why a trace is not kept (None: kept unless a duplicate): wrong answer, cut off at
+    max_new_tokens, no marked answer at its end, or (STaR) no reasoning before it."""
+    if not t["correct"] and not t.get("strict_correct"):
+        return "wrong"
+    if t.get("truncated"):
+        return "truncated"
+    if not t.get("strict_correct"):      # finished, the last number right, but not in place
+        return "unmarked"
+    if loop == "star" and not has_rationale(t["completion"]):
+        return "no_reasoning"
+    return None
+
+
 def star_traces(gen: GenerateFn, model, tok, questions: list[LMExample], opt: LoopConfig,
                 max_new_tokens: int, score) -> list[dict]:
     """Every STaR generation of one round: rationale + answer per sample, then (rationalize)
@@ -161,21 +226,18 @@ def star_traces(gen: GenerateFn, model, tok, questions: list[LMExample], opt: Lo
     traces = []
     for q, cs in zip(questions, comps, strict=True):
         for c in cs:
-            got = extract_answer(c)
-            traces.append(dict(question=q.prompt, answer=q.answer, completion=c, extracted=got,
-                               correct=_right(score, got, q.answer), rationalized=False))
+            traces.append(dict(question=q.prompt, answer=q.answer, **_scored(c, q.answer, score),
+                               rationalized=False))
     if opt.rationalize:
-        solved = {t["question"] for t in traces if t["correct"]}
+        solved = {t["question"] for t in traces if drop_reason("star", t) is None}
         wrong = [q for q in questions if q.prompt not in solved]
         hinted = gen(model, tok, [star_prompt(q.prompt) + HINT.format(answer=q.answer)
                                   for q in wrong],
                      max_new_tokens=max_new_tokens, temperature=opt.temperature, n=1) if wrong \
             else []
         for q, cs in zip(wrong, hinted, strict=True):
-            got = extract_answer(cs[0])
-            traces.append(dict(question=q.prompt, answer=q.answer, completion=cs[0],
-                               extracted=got, correct=_right(score, got, q.answer),
-                               rationalized=True))
+            traces.append(dict(question=q.prompt, answer=q.answer,
+                               **_scored(cs[0], q.answer, score), rationalized=True))
     return traces
 
 
@@ -189,25 +251,28 @@ def selfcorrect_traces(gen: GenerateFn, model, tok, questions: list[LMExample],
                 max_new_tokens=max_new_tokens, temperature=opt.temperature, n=1)
     traces = []
     for (q, f), cs in zip(pairs, corrs, strict=True):
-        g1, g2 = extract_answer(f), extract_answer(cs[0])
-        traces.append(dict(question=q.prompt, answer=q.answer, first=f, first_extracted=g1,
-                           first_correct=_right(score, g1, q.answer), completion=cs[0],
-                           extracted=g2, correct=_right(score, g2, q.answer),
-                           rationalized=False))
+        g1 = extract_answer(f)
+        traces.append(dict(question=q.prompt, answer=q.answer, first=str(f), first_extracted=g1,
+                           first_correct=_right(score, g1, q.answer),
+                           **_scored(cs[0], q.answer, score), rationalized=False))
     return traces
 
 
 def training_rows(loop: str, traces: list[dict]) -> list[dict]:
-    """The kept set: right traces, one row per distinct (prompt, target). The prompt never
+    """The kept set, one row per distinct (prompt, target): traces that finished (not cut
+    off at max_new_tokens), end in a marked right answer (strict rule), and, for STaR, reason
+    before it. Each trace gets `drop_reason` (None when kept; DROP_REASONS). The prompt never
     holds the hint; self-correction's holds the question and the first attempt."""
     rows, seen = [], set()
     for t in traces:
-        if not t["correct"]:
+        t["drop_reason"] = drop_reason(loop, t)
+        if t["drop_reason"] is not None:
             continue
         prompt = (star_prompt(t["question"]) if loop == "star"
                   else correct_prompt(t["question"], t["first"]))
         target = t["completion"].strip()
         if (prompt, target) in seen:
+            t["drop_reason"] = "duplicate"
             continue
         seen.add((prompt, target))
         t["kept"] = True
@@ -223,26 +288,28 @@ def evaluate(loop: str, gen: GenerateFn, model, tok, tests: list[LMExample], sco
     test_exact_match (after correction), test_fixed / test_broken (share of questions whose
     answer the correction turned right / wrong)."""
     n = max(len(tests), 1)
+
+    def both(rows: list[dict]) -> dict:
+        return {"test_exact_match": sum(r["correct"] for r in rows) / n,
+                "test_strict_exact_match": sum(r["strict_correct"] for r in rows) / n,
+                "test_truncated": sum(r["truncated"] for r in rows) / n}
     if loop == "star":
         comps = gen(model, tok, [star_prompt(e.prompt) for e in tests],
                     max_new_tokens=max_new_tokens, temperature=0.0, n=1)
-        rows = []
-        for e, cs in zip(tests, comps, strict=True):
-            got = extract_answer(cs[0])
-            rows.append(dict(question=e.prompt, answer=e.answer, completion=cs[0],
-                             extracted=got, correct=_right(score, got, e.answer)))
-        return {"test_exact_match": sum(r["correct"] for r in rows) / n}, rows
+        rows = [dict(question=e.prompt, answer=e.answer, **_scored(cs[0], e.answer, score))
+                for e, cs in zip(tests, comps, strict=True)]
+        return both(rows), rows
     firsts = gen(model, tok, [e.prompt for e in tests], max_new_tokens=max_new_tokens,
                  temperature=0.0, n=1)
     corrs = gen(model, tok, [correct_prompt(e.prompt, f[0]) for e, f in zip(tests, firsts)],
                 max_new_tokens=max_new_tokens, temperature=0.0, n=1)
     rows = []
     for e, f, c in zip(tests, firsts, corrs, strict=True):
-        g1, g2 = extract_answer(f[0]), extract_answer(c[0])
-        rows.append(dict(question=e.prompt, answer=e.answer, first=f[0], first_extracted=g1,
-                         first_correct=_right(score, g1, e.answer), completion=c[0],
-                         extracted=g2, correct=_right(score, g2, e.answer)))
+        g1 = extract_answer(f[0])
+        rows.append(dict(question=e.prompt, answer=e.answer, first=str(f[0]), first_extracted=g1,
+                         first_correct=_right(score, g1, e.answer),
+                         **_scored(c[0], e.answer, score)))
     return {"test_first_exact_match": sum(r["first_correct"] for r in rows) / n,
-            "test_exact_match": sum(r["correct"] for r in rows) / n,
+            **both(rows),
             "test_fixed": sum(r["correct"] and not r["first_correct"] for r in rows) / n,
             "test_broken": sum(r["first_correct"] and not r["correct"] for r in rows) / n}, rows

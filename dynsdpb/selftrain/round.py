@@ -38,6 +38,20 @@ def _target_ids(row: dict[str, list[int]]) -> torch.Tensor:
     return torch.tensor([t for t in row["labels"] if t != IGNORE])
 
 
+def prompt_ids(row: dict[str, list[int]]) -> torch.Tensor:
+    """The prompt token ids of an encoded row (input ids where the labels are -100)."""
+    return torch.tensor([i for i, t in zip(row["input_ids"], row["labels"]) if t == IGNORE])
+
+
+def same_prompt(entry: dict, row: dict[str, list[int]]) -> bool:
+    """Was the cached teacher computed on this row's prompt? A self-correction row's prompt
+    holds the first attempt, which changes every round: a teacher computed on another
+    prompt is another input, and none of its tokens count as aligned. (An entry without
+    prompt ids, from an older cache file, is not trusted either.)"""
+    p = entry.get("prompt_ids")
+    return p is not None and torch.equal(p.to(torch.long), prompt_ids(row))
+
+
 class RoundTask(CausalLMTask):
     """One arm's task in one round: the shared decoder task (tokenizer, scorer, the frozen
     LoRA base) with the round's kept set as training split, the loop's prompts on val/test,
@@ -85,7 +99,8 @@ class RoundTask(CausalLMTask):
                 e = self.carried.get(self.keys[row])
                 if e is None:
                     continue
-                n = common_prefix(e["target_ids"], _target_ids(self.train.rows[row]))
+                r = self.train.rows[row]
+                n = common_prefix(e["target_ids"], _target_ids(r)) if same_prompt(e, r) else 0
                 out["rows"] += 1
                 out["aligned_tokens"] += n
                 out["dropped_tokens"] += len(e["target_ids"]) - n
@@ -98,9 +113,12 @@ class RoundTask(CausalLMTask):
         taught = []
         for j, row in pairs:
             e = self.carried.get(self.keys[row])
-            if e is not None and teachers[n_car + j] is None:
+            # a teacher computed on another prompt teaches nothing (counted as dropped)
+            if e is not None and teachers[n_car + j] is None \
+                    and same_prompt(e, self.train.rows[row]):
                 teachers[n_car + j] = TokenTeacher(kind="full" if "logits" in e else "topk",
-                                                   **{k: v for k, v in e.items()})
+                                                   **{k: v for k, v in e.items()
+                                                      if k != "prompt_ids"})
                 taught.append(n_car + j)
         parts = token_loss(logits, batch.labels, teachers)
         self.applied["rows"] += len(taught)
@@ -126,10 +144,11 @@ class RoundTask(CausalLMTask):
 @torch.no_grad()
 def teacher_cache(task: RoundTask, model, cfg: RunConfig, device, old: dict | None = None,
                   bs: int = 16) -> dict:
-    """The cache carried to the next round: per question of the kept set, the round's final
-    model (eval mode: no dropout) on the question's first kept trace, packed as the in-round
-    cache is (alpha/tau fixed now, at the round's last step). Questions not trained this
-    round keep their older entry."""
+    """The cache carried to the next round (loop option carry_teacher): per question of the
+    kept set, the round's final model (eval mode: no dropout) on the question's first kept
+    trace, packed as the in-round cache is (alpha/tau fixed now, at the round's last step),
+    with the prompt ids it was computed on. Questions not trained this round keep their older
+    entry."""
     first: dict[str, int] = {}
     for i, k in enumerate(task.keys):
         first.setdefault(k, i)
@@ -142,7 +161,9 @@ def teacher_cache(task: RoundTask, model, cfg: RunConfig, device, old: dict | No
             b = task.batch(task.train, ids[s:s + bs], device)
             logits = task.forward(model, b)
             for i, e in zip(ids[s:s + bs], task.pack(cfg, logits, b.labels, cfg.steps - 1)):
-                out[task.keys[i]] = e
+                # the prompt it was computed on: a row on another prompt gets no teacher
+                out[task.keys[i]] = {**e, "prompt_ids": prompt_ids(task.train.rows[i])
+                                     .to(torch.int32)}
     finally:
         model.train(was)
     return out

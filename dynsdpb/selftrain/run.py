@@ -51,7 +51,8 @@ from dynsdpb.decoder.generation import sample
 from dynsdpb.engine.layout import BatchLayout
 from dynsdpb.decoder.data import LMExample
 from dynsdpb.decoder.task import CausalLMTask
-from dynsdpb.selftrain.loops import (CPU_DEMO, LOOP_HELP, LOOPS, ROUND_STARTS, GenerateFn, LoopConfig,
+from dynsdpb.selftrain.loops import (CPU_DEMO, DROP_REASONS, LOOP_HELP, LOOPS, ROUND_STARTS,
+                              GenerateFn, LoopConfig,
                               check_loop, evaluate, loop_from_dict, selfcorrect_traces,
                               star_prompt, star_traces, training_rows)
 from dynsdpb.selftrain.round import RoundTask, first_appearance, teacher_cache
@@ -64,6 +65,17 @@ from dynsdpb.engine.train import Arm
 __all__ = ["CPU_DEMO", "LOOP_HELP", "LOOPS", "META", "ROUND_STARTS", "LoopConfig",
            "check_answers", "check_selftrain", "create_selftrain", "format_rounds", "is_selftrain",
            "loop_from_dict", "read_meta", "run_selftrain", "summarize"]
+
+
+def legacy_loop(loop: dict) -> dict:
+    """A loop's options as stored, with the options a loop written before they existed ran
+    with: fixed steps, and continue mode carrying the teacher cache (so a resumed old loop
+    goes on as it started)."""
+    out = dict(loop)
+    out.setdefault("step_growth", 1.0)
+    out.setdefault("carry_teacher", out.get("round_start", "continue") == "continue")
+    out.setdefault("round_start", "continue")
+    return out
 
 
 def check_selftrain(base: RunConfig, loop: LoopConfig, methods: list[str],
@@ -171,7 +183,7 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
     from dynsdpb.tasks import prepare
     meta = read_meta(path)
     base = from_dict(meta["base_config"])
-    opt = loop_from_dict(meta["loop"])
+    opt = loop_from_dict(legacy_loop(meta["loop"]))
     methods, seeds = list(meta["methods"]), [int(s) for s in meta["seeds"]]
     cfgs = [check_config(c) for c in check_experiment(base, methods, seeds)]
     gen = generate or sample
@@ -215,10 +227,13 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
 
     for r in range(1, opt.rounds + 1):
         rdir = round_dir(path, r)
+        # STaR grows the training steps every round (step_growth; 1 = fixed)
+        steps_r = opt.round_steps(base.steps, r)
+        rcfgs = [c.replace(steps=steps_r) for c in cfgs]
         if not ExperimentDir(rdir).exists():
-            create_experiment(path, base, methods, seeds, name=f"{meta.get('name')} round {r}",
-                              exp_dir=rdir, check=False)
-        arms = [(c, RunDir(rdir / arm_name(c))) for c in cfgs]
+            create_experiment(path, base.replace(steps=steps_r), methods, seeds,
+                              name=f"{meta.get('name')} round {r}", exp_dir=rdir, check=False)
+        arms = [(c, RunDir(rdir / arm_name(c))) for c in rcfgs]
         todo = [(c, rd) for c, rd in arms if not (rd.path / "round.json").is_file()]
         if not todo:
             continue
@@ -240,7 +255,7 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                 traces = policy_traces(state, c.seed, r)
                 if state is None:
                     shared_gen[c.seed] = [dict(t) for t in traces]
-            rows = training_rows(opt.loop, traces)
+            rows = training_rows(opt.loop, traces)   # marks each trace's drop_reason
             write_jsonl(rd.path / "traces.jsonl", traces)
             atomic_write_json(rd.path / "gen.json", {"seconds": round(time.time() - t0, 2)})
             write_jsonl(rd.path / "train.jsonl", rows)   # last: its presence = generated
@@ -284,7 +299,9 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                         rationalized=sum(bool(x.get("rationalized")) for x in rows),
                         rationalize_tried=sum(bool(t.get("rationalized")) for t in traces),
                         train_rows=len(rows),
-                        gen_seconds=(read_json(rd.path / "gen.json", {}) or {}).get("seconds"))
+                        gen_seconds=(read_json(rd.path / "gen.json", {}) or {}).get("seconds"),
+                        **{f"drop_{k}": sum(t.get("drop_reason") == k for t in traces)
+                           for k in DROP_REASONS})
             if not star:
                 info["fixed"] = sum(t["correct"] and not t["first_correct"] for t in traces)
                 info["first_correct"] = sum(bool(t["first_correct"]) for t in traces)
@@ -302,16 +319,17 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                 cache_info = task.alignment_counts()
                 info.update(steps=s.get("steps"), wall_time=s.get("wall_time"),
                             **{k: v for k, v in s.items() if k.startswith("test_")})
-                if opt.round_start == "continue" and c.distills:
+                if opt.carry_teacher and opt.round_start == "continue" and c.distills:
                     # the cache carried on: this round's entries over the older ones
                     new = teacher_cache(task, policies.get(final_weights(rd)), c, device, task.carried)
                     buf = io.BytesIO()
                     torch.save(new, buf)
                     atomic_write_bytes(rd.path / "cache.pt", buf.getvalue())
             else:
-                # nothing kept: the arm's model stays what it was; test that model
+                # nothing kept: test the model that round r+1 will generate with (continue:
+                # the latest trained weights; base: the base model, as nothing was trained)
                 phase(r, "evaluating", arm=rd.id)
-                state, _ = end_weights(path, rd.id, r - 1, opt.round_start)
+                state, _ = end_weights(path, rd.id, r, opt.round_start)
                 m, ev = evaluate(opt.loop, gen, policies.get(state), shared.tokenizer, tests,
                                  shared.score, base.max_new_tokens)
                 write_jsonl(rd.path / "eval.jsonl", ev)

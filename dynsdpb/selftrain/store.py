@@ -11,10 +11,12 @@ Folder (`DIR`):
     round-00/baseline.json      the base model on the test split (every arm's start)
     round-XX/                   an engine experiment: experiment.json, one run folder per arm
         <method>-s<seed>/       the engine's files (config, status, metrics, checkpoint, ...)
-            traces.jsonl        every generated trace (correct, kept, rationalized)
+            traces.jsonl        every generated trace (correct, strict_correct, truncated, kept,
+                                drop_reason, rationalized)
             train.jsonl         the kept set (prompt, target, answer, question): the training data
             eval.jsonl          the test generations of the round's final model
-            cache.pt            continue mode, distilling arms: the cache carried to round r+1
+            cache.pt            carry_teacher (continue mode), distilling arms: the cache carried
+                                to round r+1
             round.json          this arm's numbers for the round; written last (= round done)
 """
 from __future__ import annotations
@@ -33,7 +35,9 @@ from dynsdpb.store import (SELFTRAIN_META, RunDir, atomic_write_bytes, atomic_wr
 
 META = SELFTRAIN_META
 ROUND_METRICS = ("questions", "traces", "kept", "rationalized", "fixed", "steps",
-                 "test_exact_match", "test_first_exact_match", "aligned_tokens", "dropped_tokens")
+                 "test_exact_match", "test_strict_exact_match", "test_truncated",
+                 "test_first_exact_match", "aligned_tokens", "dropped_tokens", "drop_wrong",
+                 "drop_truncated", "drop_unmarked", "drop_no_reasoning", "drop_duplicate")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -78,9 +82,9 @@ def final_weights(rd: RunDir) -> dict | None:
 
 
 def carried_cache(path: Path, arm: str, r: int, opt: LoopConfig, cfg: RunConfig) -> dict:
-    """The teacher cache an arm carries into round r (continue mode, distilling arms): the
-    cache.pt of its latest round before r that trained, {} if none."""
-    if opt.round_start != "continue" or not cfg.distills:
+    """The teacher cache an arm carries into round r (carry_teacher, continue mode, distilling
+    arms): the cache.pt of its latest round before r that trained, {} if none."""
+    if not opt.carry_teacher or opt.round_start != "continue" or not cfg.distills:
         return {}
     for k in range(r - 1, 0, -1):
         p = round_dir(path, k) / arm / "cache.pt"
@@ -156,8 +160,8 @@ def write_summary(path: str | Path) -> dict:
 
 
 def format_rounds(summary: dict) -> str:
-    """One line per round and method: kept, rationalized, steps, accuracy (%), with the paired
-    difference to vanilla; mean over seeds."""
+    """One line per round and method: kept, rationalized, steps, accuracy (%: flexible, then
+    strict), with the paired difference to vanilla (flexible); mean over seeds."""
     sc = (summary.get("loop") or {}).get("loop") == "selfcorrect"
 
     def f(row, m, pct=False):
@@ -166,14 +170,16 @@ def format_rounds(summary: dict) -> str:
             return "n/a"
         return f"{100 * v:.1f}" if pct else f"{v:.1f}".rstrip("0").rstrip(".")
     head = ["round", "method", "kept", "rationalized" if not sc else "fixed", "steps"] + \
-        (["first %", "corrected %"] if sc else ["test %"]) + ["diff vs vanilla", "aligned",
-                                                           "dropped"]
+        (["first %", "corrected %"] if sc else ["test %"]) + ["strict %", "diff vs vanilla",
+                                                           "aligned", "dropped"]
     lines = []
     b = summary.get("baseline") or {}
     if b:
         acc = b.get("test_exact_match")
         extra = f", first attempt {100 * b['test_first_exact_match']:.1f}%" \
             if sc and b.get("test_first_exact_match") is not None else ""
+        strict = b.get("test_strict_exact_match")
+        extra += f", strict {100 * strict:.1f}%" if strict is not None else ""
         lines.append(f"base model: test {100 * acc:.1f}%{extra}" if acc is not None else "")
     rows = [head]
     for rd in summary.get("rounds", []):
@@ -183,8 +189,9 @@ def format_rounds(summary: dict) -> str:
             rows.append([str(rd["round"]), method, f(row, "kept"),
                          f(row, "fixed" if sc else "rationalized"), f(row, "steps")]
                         + ([f(row, "test_first_exact_match", True)] if sc else [])
-                        + [f(row, "test_exact_match", True), dd, f(row, "aligned_tokens"),
-                           f(row, "dropped_tokens")])
+                        + [f(row, "test_exact_match", True),
+                           f(row, "test_strict_exact_match", True), dd,
+                           f(row, "aligned_tokens"), f(row, "dropped_tokens")])
     w = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
     return "\n".join(x for x in lines if x)

@@ -18,7 +18,8 @@ from dynsdpb.errors import ConfigError
 from dynsdpb.decoder.generation import sample
 from dynsdpb.decoder.data import LMExample, collate, encode
 from dynsdpb.selftrain.run import LoopConfig, create_selftrain, loop_from_dict, run_selftrain
-from dynsdpb.selftrain.loops import HINT, star_prompt, star_traces, training_rows
+from dynsdpb.selftrain.loops import (DROP_REASONS, HINT, drop_reason, has_rationale,
+                                     star_prompt, star_traces, training_rows)
 from dynsdpb.selftrain.round import RoundTask, teacher_cache
 from dynsdpb.store import RunDir, read_json
 from dynsdpb.engine.train import Arm
@@ -35,8 +36,13 @@ def _rows(n: int, seed: int = 0):
         if (a, b) in seen:
             continue
         seen.add((a, b))
-        out.append(LMExample(f"what is {a} plus {b}", f"the answer is {a + b}", str(a + b)))
+        out.append(LMExample(f"what is {a} plus {b}", _reasoned(a, b, a + b), str(a + b)))
     return out
+
+
+def _reasoned(a: int, b: int, x: int) -> str:
+    """A short rationale ending in the marked answer (tiny-vocabulary words only)."""
+    return f"{a} plus {b} = {x} so the answer is {x}"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,7 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     m = tiny_llama(seed=0)
     taught = rows[::2]
-    b = collate([encode(tok, LMExample(star_prompt(e.prompt), e.target), 48) for e in taught],
+    b = collate([encode(tok, LMExample(star_prompt(e.prompt), e.target), 64) for e in taught],
                 tok.pad_token_id)
     labels = b.pop("labels")
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -65,10 +71,10 @@ def tiny(tmp_path_factory):
     data.write_text("\n".join(json.dumps({"prompt": e.prompt, "target": e.target,
                                           "answer": e.answer}) for e in rows))
     cfg = RunConfig(model=str(root / "model"), dataset=str(data), val_size=2, test_size=6,
-                    max_train_samples=0, max_len=48, steps=4, batch_size=4, eval_every=4,
+                    max_train_samples=0, max_len=64, steps=4, batch_size=4, eval_every=4,
                     checkpoint_every=1, probe_size=2, lr=1e-3, top_k=8, lora_r=4,
                     lora_alpha=8, lora_dropout=0.0, lora_target_modules="q_proj,v_proj",
-                    max_new_tokens=6, save_model=False, eval_generations=1, warmup_ratio=0.0)
+                    max_new_tokens=14, save_model=False, eval_generations=1, warmup_ratio=0.0)
     return cfg, rows
 
 
@@ -94,7 +100,8 @@ class Scripted:
                 kind, right = "answer", a % 2 == 0
             self.calls.append(kind)
             self.sampled += temperature > 0
-            out.append([f"so {a + b if right and k == 0 else a + b + 1}" for k in range(n)])
+            out.append([_reasoned(a, b, a + b if right and k == 0 else a + b + 1)
+                        for k in range(n)])
         return out
 
 
@@ -118,9 +125,8 @@ def test_loop_options_bad_input_names_field_and_fix():
         loop_from_dict({"questions": "many"})
     with pytest.raises(ConfigError, match="unknown loop option"):
         loop_from_dict({"round": 2})
-    assert loop_from_dict({"rationalize": "yes", "rounds": "3"}) == _opt(rounds=3,
-                                                                           rationalize=True,
-                                                                           questions=32)
+    assert loop_from_dict({"rationalize": "yes", "rounds": "3"}) == _opt(
+        rounds=3, rationalize=True, questions=32, round_start="base")
 
 
 def test_create_refuses_an_encoder(tmp_path):
@@ -149,7 +155,7 @@ def test_star_filter_and_rationalization_bookkeeping():
     assert sum(r["rationalized"] for r in rows) == len(odd)
     for r in rows:
         assert "Hint" not in r["prompt"] and r["prompt"] == star_prompt(r["question"])
-        assert r["target"] == f"so {r['answer']}"
+        assert r["target"].endswith(f"so the answer is {r['answer']}")
     # a right trace generated twice is kept once
     assert len(training_rows("star", traces + [dict(traces[0])])) == len(rows)
 
@@ -283,7 +289,8 @@ def test_alignment_on_regenerated_targets_exact_counts(tiny, tmp_path):
 
 def test_one_real_star_round_end_to_end(tiny, tmp_path):
     cfg, rows = tiny
-    d = create_selftrain(tmp_path / "e2e", cfg, _opt(questions=12, temperature=0.0),
+    d = create_selftrain(tmp_path / "e2e", cfg, _opt(questions=12, temperature=0.0,
+                                                     carry_teacher=True),
                          ["vanilla", "dynsdpb"], [0])
     out = run_selftrain(d)               # the real generator: sample() on the tiny model
     assert out["state"] == "finished", out
@@ -304,6 +311,9 @@ def test_one_real_star_round_end_to_end(tiny, tmp_path):
     ev = (d / "round-01" / "dynsdpb-s0" / "eval.jsonl").read_text().splitlines()
     assert len(ev) == cfg.test_size
     assert (d / "round-01" / "dynsdpb-s0" / "cache.pt").is_file()      # carried on
+    # every trace not kept has its reason, and round.json counts them
+    assert v["kept"] + sum(v[f"drop_{k}"] for k in DROP_REASONS) == v["traces"]
+    assert 0 <= base["test_strict_exact_match"] <= base["test_exact_match"]
     assert not (d / "round-01" / "vanilla-s0" / "cache.pt").exists()    # vanilla: no teacher
     s = read_json(d / "summary.json")
     row = s["rounds"][0]["methods"]["dynsdpb"]
