@@ -475,3 +475,130 @@ def test_a_round_that_kept_nothing_says_why_in_its_file_and_on_the_page(tiny, tm
         assert "Stop" not in [b.label for b in at.button]
     finally:
         st.cache_resource.clear()
+
+
+# ----------------------------------------------------------------------------------------
+# kept rationales: finished, a marked right answer, reasoning before it; drops by reason
+
+def test_star_keeps_only_finished_reasoned_traces_and_says_why_others_dropped():
+    from dynsdpb.decoder.generation import Completion
+    score = lambda got, gold: float(got == gold)              # noqa: E731
+    q = "what is 8 plus 7"
+    cases = [
+        (Completion("8 plus 7 = 15 so the answer is 15", False), None),
+        (Completion("8 + 7 = 15", False), "unmarked"),          # no marked answer
+        (Completion("The answer is 15.", False), "no_reasoning"),
+        (Completion("Provide a number: 15", False), "unmarked"),
+        (Completion("8 plus 7 = 1", True), "wrong"),
+        (Completion("8 plus 7 makes 15 and 15 is", True), "truncated"),  # cut off at the budget
+        (Completion("8 plus 7 = 16 so the answer is 16", False), "wrong"),
+    ]
+
+    def gen(model, tok, prompts, *, max_new_tokens, temperature, n):
+        return [[c for c, _ in cases]]
+    traces = star_traces(gen, None, None, [LMExample(q, "", "15")],
+                         _opt(samples=len(cases)), 8, score)
+    rows = training_rows("star", traces + [dict(traces[0])])
+    assert [t["drop_reason"] for t in traces] == [w for _, w in cases]
+    assert len(rows) == 1 and rows[0]["target"] == "8 plus 7 = 15 so the answer is 15"
+    assert [t["truncated"] for t in traces[:len(cases)]] == [False] * 4 + [True, True, False]
+    assert has_rationale("3 plus 4 = 7 so the answer is 7") and not has_rationale("#### 7")
+    assert drop_reason("selfcorrect", dict(traces[2])) is None   # no rationale needed there
+
+
+def test_star_prompt_asks_for_a_rationale_ending_in_a_marked_answer():
+    p = star_prompt("What is 2 + 2?")
+    assert "The answer is N." in p and "only the result" not in p
+
+
+# ----------------------------------------------------------------------------------------
+# self-correction: a teacher computed on another prompt teaches nothing
+
+def test_selfcorrect_teacher_on_another_first_attempt_is_dropped_not_aligned(tiny, tmp_path):
+    from dynsdpb.selftrain.loops import correct_prompt
+    from dynsdpb.tasks import prepare
+    cfg, _ = tiny
+    cfg = cfg.replace(steps=2, batch_size=4, method="dynsdpb")
+    shared = prepare(cfg)
+    qs = [f"what is {a} plus 1" for a in range(4)]
+    tgt = [f"{a} plus 1 = {a + 1} so the answer is {a + 1}" for a in range(4)]
+
+    def task(first: list[str], carried=None, r=1):
+        rows = [dict(prompt=correct_prompt(q, f), target=t, answer="0", question=q,
+                     rationalized=False) for q, f, t in zip(qs, first, tgt)]
+        return RoundTask(shared, r, "selfcorrect", rows, list(shared.val.examples),
+                         list(shared.test.examples), Scripted(), carried)
+    old = task(["so 9", "so 9", "so 9", "so 9"])
+    model = shared.build_model(cfg, "old")
+    cache = teacher_cache(old, model, cfg, torch.device("cpu"))
+    # next round: the same targets; questions 0 and 1 got another first attempt (other prompt)
+    new = task(["so 5", "so 6", "so 9", "so 9"], cache, r=2)
+    arm = Arm(cfg, new, RunDir(tmp_path / "arm"), device=torch.device("cpu"))
+    new.attach(arm)
+    n = [len(cache[q]["target_ids"]) for q in qs]
+    assert new.alignment_counts() == {"cache_questions": 4, "rows": 4,
+                                      "aligned_tokens": n[2] + n[3],
+                                      "dropped_tokens": n[0] + n[1]}
+    arm.step()
+    arm.step()
+    assert new.applied["rows"] == 2 and new.applied["aligned_tokens"] == n[2] + n[3]
+
+
+# ----------------------------------------------------------------------------------------
+# STaR as published, the DLB-faithful round start, the base-mode model
+
+class Recorder(Scripted):
+    """Scripted, and all wrong from the second round of training-data generation on; records
+    the LoRA B norm of the model of every greedy (evaluation) call: 0 = the base model."""
+
+    def __init__(self):
+        super().__init__()
+        self.rounds, self.eval_norms = 0, []
+
+    def __call__(self, model, tok, prompts, *, max_new_tokens, temperature, n):
+        if temperature > 0 and "Hint" not in prompts[0]:
+            self.rounds += 1
+        if temperature == 0:
+            self.eval_norms.append(float(sum(p.detach().abs().sum() for name, p in
+                                             model.named_parameters() if "lora_B" in name)))
+        out = super().__call__(model, tok, prompts, max_new_tokens=max_new_tokens,
+                               temperature=temperature, n=n)
+        if temperature > 0 and self.rounds >= 2:
+            out = [[c.replace("the answer is", "the answer is 1") for c in cs] for cs in out]
+        return out
+
+
+def test_star_defaults_restart_from_base_with_growing_steps(tiny, tmp_path):
+    cfg, _ = tiny
+    opt = LoopConfig(rounds=2, questions=8)
+    assert (opt.round_start, opt.step_growth, opt.carry_teacher) == ("base", 1.2, False)
+    assert [opt.round_steps(40, r) for r in (1, 2, 3)] == [40, 48, 58]
+    d = create_selftrain(tmp_path / "star", cfg, opt, ["vanilla"], [0])
+    gen = Recorder()
+    assert run_selftrain(d, generate=gen)["state"] == "finished"
+    r1 = read_json(d / "round-01" / "vanilla-s0" / "round.json")
+    r2 = read_json(d / "round-02" / "vanilla-s0" / "round.json")
+    assert r1["steps"] == cfg.steps and r1["kept"] > 0
+    # round 2 kept nothing: base mode tests the base model, the one round 3 would generate with
+    assert r2["kept"] == 0 and r2["steps"] == 0
+    assert gen.eval_norms[0] == 0 and gen.eval_norms[1] > 0 and gen.eval_norms[-1] == 0
+
+
+def test_a_round_starts_like_dlb_step_one_unless_carry_teacher(tiny, tmp_path):
+    cfg, _ = tiny
+    for carry in (False, True):
+        opt = _opt(rounds=2, questions=12, step_growth=1.0, carry_teacher=carry)
+        d = create_selftrain(tmp_path / f"c{carry}", cfg, opt, ["dynsdpb"], [0])
+        assert run_selftrain(d, generate=Scripted())["state"] == "finished"
+        rd = d / "round-02" / "dynsdpb-s0"
+        info = read_json(rd / "round.json")
+        first = RunDir(rd).metrics()[0]
+        assert (d / "round-01" / "dynsdpb-s0" / "cache.pt").is_file() == carry
+        if carry:      # [ours] the old cross-round teacher: step 1 already distils
+            assert info["cache_questions"] > 0 and info["rows"] > 0
+            assert first["alpha"] is not None
+        else:          # DLB: step 1 is plain CE, nothing carried across rounds
+            assert info["cache_questions"] == 0 and info["rows"] == 0
+            assert first["alpha"] is None and not first["kd"]
+    with pytest.raises(ConfigError, match="carry_teacher"):
+        loop_from_dict({"round_start": "base", "carry_teacher": "true"})
