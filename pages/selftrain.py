@@ -28,9 +28,10 @@ st.caption("Rounds of generate → keep the right answers → fine-tune (vanilla
 
 # -- set up ------------------------------------------------------------------------------------
 FIELDS = ("model", "dataset", "steps", "batch_size", "lr", "max_len", "max_new_tokens",
-          "max_train_samples", "val_size", "test_size", "finetune")
+          "max_train_samples", "val_size", "test_size", "finetune", "tau", "tau_0", "tau_max",
+          "kd_cache")
 LOOP_FIELDS = ("loop", "rounds", "questions", "samples", "temperature", "rationalize",
-               "round_start")
+               "round_start", "step_growth", "carry_teacher")
 
 
 def _load_preset() -> None:
@@ -61,12 +62,25 @@ with st.expander("Set up a loop", expanded=not jm.is_active()):
                     help=S.LOOP_HELP["rationalize"])
         st.radio("each round starts from", S.ROUND_STARTS, key="w_st_round_start",
                  horizontal=True, help=S.LOOP_HELP["round_start"])
+        st.number_input("step growth per round", 1.0, 3.0, step=0.1, key="w_st_step_growth",
+                        help=S.LOOP_HELP["step_growth"])
+        st.checkbox("carry the teacher across rounds [ours]", key="w_st_carry_teacher",
+                    help=S.LOOP_HELP["carry_teacher"],
+                    disabled=ss.get("w_st_round_start") != "continue")
     with c2:
         st.text_input("model", key="w_st_model", help=C.field_help("model"))
         st.text_input("dataset", key="w_st_dataset", help=C.field_help("dataset"))
         st.multiselect("methods", list(C.METHODS), key="w_st_methods")
         st.text_input("seeds", key="w_st_seeds", help="comma-separated, e.g. 0,1,2")
         st.selectbox("finetune", C.FINETUNES, key="w_st_finetune", help=C.field_help("finetune"))
+        st.selectbox("kd_cache", C.KD_CACHES, key="w_st_kd_cache", help=C.field_help("kd_cache"))
+        t1, t2, t3 = st.columns(3)
+        t1.number_input("tau (dlb)", 0.1, 10.0, step=0.1, key="w_st_tau",
+                        help=C.field_help("tau"))
+        t2.number_input("tau_0", 0.1, 10.0, step=0.1, key="w_st_tau_0",
+                        help=C.field_help("tau_0"))
+        t3.number_input("tau_max", 0.1, 10.0, step=0.1, key="w_st_tau_max",
+                        help=C.field_help("tau_max"))
     with c3:
         for k in ("steps", "batch_size", "max_len", "max_new_tokens", "max_train_samples",
                   "val_size", "test_size"):
@@ -78,7 +92,10 @@ with st.expander("Set up a loop", expanded=not jm.is_active()):
         try:
             over = {k: ss[f"w_st_{k}"] for k in FIELDS}
             base = C.from_dict({**S.CPU_DEMO["config"], **over}, check=False)
-            loop = S.loop_from_dict({k: ss[f"w_st_{k}"] for k in LOOP_FIELDS})
+            lv = {k: ss[f"w_st_{k}"] for k in LOOP_FIELDS}
+            if lv["round_start"] != "continue":
+                lv["carry_teacher"] = False       # the box is greyed out there: off
+            loop = S.loop_from_dict(lv)
             seeds = C.parse_int_list("seeds", ss["w_st_seeds"])
             job = jm.submit_selftrain(base, loop, list(ss["w_st_methods"]), seeds, name)
             ss["w_st_pick"] = job.id
@@ -130,7 +147,8 @@ def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
                               marker_color=color))
         keys = [("test_first_exact_match", "dot", " first attempt")] if sc else []
         for key, dash, suffix in keys + [("test_exact_match", "solid",
-                                          " after correction" if sc else "")]:
+                                          " after correction" if sc else ""),
+                                         ("test_strict_exact_match", "dash", " strict")]:
             y0 = base.get(key)
             xs = ([0] if y0 is not None else []) + x
             ys = ([100 * y0] if y0 is not None else []) + [
@@ -141,7 +159,8 @@ def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
                        xaxis_title="round", yaxis_title="kept traces", margin={"t": 40},
                        xaxis_dtick=1)
     # a share: the same 0-100 axis as every % chart (a flat 33.3 % read as a wavy 32.5-34)
-    acc.update_layout(title="Test exact match (%) per round (0 = base model)", height=300,
+    acc.update_layout(title="Test exact match (%) per round (0 = base model): flexible "
+                      "(solid), strict (dashed)", height=300,
                       xaxis_title="round", yaxis_title="test exact match (%)",
                       margin={"t": 40}, xaxis_dtick=1, yaxis_range=[-2, 102])
     return kept, acc
@@ -247,6 +266,8 @@ def browse(sc: bool) -> None:
         st.caption(f"{info.get('kept')} kept of {info.get('traces')} traces"
                    + (f", {info.get('rationalized')} rationalized" if not sc else
                       f", {info.get('fixed')} fixed by the correction")
+                   + "; not kept: " + ", ".join(f"{info.get('drop_' + k, 0)} {k}"
+                                                for k in S.DROP_REASONS)
                    + f"; carried cache: {info.get('aligned_tokens')} tokens kept, "
                      f"{info.get('dropped_tokens')} dropped by alignment")
     rows = read_metrics(Path(which) / f)

@@ -14,12 +14,37 @@ from dynsdpb.errors import ConfigError
 
 
 LOOP_FLAGS = ("loop", "rounds", "questions", "samples", "temperature", "rationalize",
-              "round_start")
+              "round_start", "step_growth", "carry_teacher")
+
+
+def selftrain_setup(a):
+    """(base config, loop options, methods, seeds) of `dynsdpb selftrain`: without --config,
+    the Self-training page's CPU demo settings (CPU_DEMO) under the flags; with --config, that
+    experiment file as for `compare`."""
+    from dynsdpb.selftrain import run as S
+    if a.config:
+        if a.demo:
+            raise ConfigError.one("--demo", "", "give --config or --demo, not both")
+        base, methods, seeds, _ = resolve(a, compare=True)
+        start: dict = {}
+    else:                    # the CPU demo (also what --demo asks for)
+        base = C.from_dict({**S.CPU_DEMO["config"], **fields_from_args(a)}, check=False)
+        methods = C.parse_methods(a.methods) if a.methods else list(S.CPU_DEMO["methods"])
+        seeds = (C.parse_int_list("seeds", a.seeds) if a.seeds else list(S.CPU_DEMO["seeds"]))
+        start = dict(S.CPU_DEMO["loop"])
+    given = {k: v for k in LOOP_FLAGS if (v := getattr(a, "l_" + k, None)) is not None}
+    return base, S.loop_from_dict({**start, **given}), methods, seeds
+
+
+def expected_line(seconds: float) -> str:
+    return (f"expected time: about {max(1, round(seconds / 60))} min on a 2-core CPU (a rough "
+            "estimate; a GPU is much faster). Ctrl-C stops it resumably.")
 
 
 def cmd_selftrain(a) -> int:
-    """STaR / self-correction rounds (selftrain.py): the config as for `compare` (--demo: the
-    CPU demo below the flags), the loop options from their flags."""
+    """STaR / self-correction rounds (selftrain.py): the config as for `compare` with
+    --config, else the CPU demo below the flags; the loop options from their flags. Prints
+    the expected time before it starts."""
     from dynsdpb.experiment import preflight
     from dynsdpb.selftrain import run as S
     from dynsdpb.store import check_out
@@ -27,16 +52,7 @@ def cmd_selftrain(a) -> int:
         only_resume(a)
         S.read_meta(a.resume, "--resume")
         return selftrain_with_progress(Path(a.resume), resume=True)
-    if a.demo:
-        if a.config:
-            raise ConfigError.one("--demo", "", "give --config or --demo, not both")
-        base = C.from_dict({**S.CPU_DEMO["config"], **fields_from_args(a)}, check=False)
-        methods = C.parse_methods(a.methods) if a.methods else list(S.CPU_DEMO["methods"])
-        seeds = (C.parse_int_list("seeds", a.seeds) if a.seeds else list(S.CPU_DEMO["seeds"]))
-    else:
-        base, methods, seeds, _ = resolve(a, compare=True)
-    given = {k: v for k in LOOP_FLAGS if (v := getattr(a, "l_" + k, None)) is not None}
-    loop = S.loop_from_dict({**(S.CPU_DEMO["loop"] if a.demo else {}), **given})
+    base, loop, methods, seeds = selftrain_setup(a)
     S.check_selftrain(base, loop, methods, seeds)   # before --out is created
     out_arg = a.out or "runs/selftrain"
     check_out(out_arg)
@@ -44,6 +60,11 @@ def cmd_selftrain(a) -> int:
         S.check_answers(task, base.dataset)
         for w in task.data.warnings:
             print(f"dynsdpb: warning: {w}", file=sys.stderr)
+    for m in methods:
+        if m in ("dlb", "dynsdpb") and (w := C.topk_temperature_warning(base.replace(method=m))):
+            print(f"dynsdpb: warning: {m}: {w}", file=sys.stderr)
+    print(expected_line(S.expected_seconds(base, loop, methods, seeds)), file=sys.stderr,
+          flush=True)
     out = fresh_out(out_arg)
     S.create_selftrain(out, base, loop, methods, seeds, name=base.name)
     return selftrain_with_progress(out)
@@ -97,8 +118,9 @@ def add_selftrain(sub, precedence: str) -> None:
                         allow_abbrev=False)
     st.add_argument("--config", help="experiment YAML as the base config (as for compare)")
     st.add_argument("--demo", action="store_true", help="start from the CPU demo (arith-easy, "
-                    "smollm2-135m, LoRA, 32 questions, 2 STaR rounds of 8 steps, vanilla vs "
-                    "dynsdpb); flags override it")
+                    "smollm2-135m, LoRA, 32 questions, 2 STaR rounds of 8 and 10 steps from "
+                    "the base model, vanilla vs dynsdpb): the default without --config; flags "
+                    "override it")
     st.add_argument("--methods", help="comma-separated, e.g. vanilla,dynsdpb")
     st.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
     st.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -110,8 +132,9 @@ def add_selftrain(sub, precedence: str) -> None:
     for name in LOOP_FLAGS:
         meta = {"loop": "{" + ",".join(LOOPS) + "}", "round_start":
                 "{" + ",".join(ROUND_STARTS) + "}", "rationalize": "true|false",
-                "temperature": "X"}.get(name, "N")
-        kw = dict(nargs="?", const="true") if name == "rationalize" else {}
+                "carry_teacher": "true|false", "temperature": "X",
+                "step_growth": "X"}.get(name, "N")
+        kw = dict(nargs="?", const="true") if name in ("rationalize", "carry_teacher") else {}
         g.add_argument(flag(name), dest="l_" + name, metavar=meta,
                        help=LOOP_HELP[name].replace("%", "%%"), **kw)
     add_config_flags(st, compare=True)

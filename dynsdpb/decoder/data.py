@@ -7,7 +7,8 @@ Built-ins come from reasoning-gym (procedural, offline, deterministic for a seed
   gsm-symbolic  GSM8K-style word problems; the target is the rationale (`answer_cot`, ending
                 "#### N"), the answer is N.
 Local .jsonl/.csv files need `prompt` and `target` columns (optional `answer` for exact
-match); hub ids go through `datasets` (network needed).
+match); hub ids go through `datasets` (network needed). Their rows are de-duplicated by prompt
+before splitting, as the encoders' are (`dedup_examples`).
 
 Tokenization: prompt through the chat template (user turn + generation prompt), then the
 target and eos. labels = -100 on prompt and padding positions, so CE and KD both see only
@@ -16,7 +17,7 @@ target tokens. The causal shift is NOT done here (decoder.loss.causal_shift is t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +43,7 @@ class LMSplits:
     test: list[LMExample]
     scorer: str              # "reasoning-gym:<dataset>" or "last-number"
     warnings: tuple[str, ...] = ()   # e.g. a file read as latin-1 (tables.read_table)
+    dedup: dict = field(default_factory=dict)   # what `dedup_examples` dropped (files)
 
 
 # (reasoning-gym dataset, its options): arith-easy mixes the two easy generators.
@@ -145,15 +147,52 @@ def load_lm_splits(name: str, split_seed: int = 0, n_train: int = 0, n_val: int 
         return splits_from_records(list(ds), name, split_seed, n_train, n_val, n_test)
 
 
+def _prompt_key(s: str) -> str:
+    """What counts as the same prompt: case and runs of whitespace do not (as for encoders)."""
+    return " ".join(s.split()).casefold()
+
+
+def _answer_key(a: str | None):
+    if a is None:
+        return None
+    try:
+        return float(a.replace(",", ""))
+    except ValueError:
+        return a.strip()
+
+
+def dedup_examples(rows: list[LMExample]) -> tuple[list[LMExample], dict]:
+    """Drop repeated prompts before any split, the encoders' rule: a repeat would otherwise
+    land in train and test alike. The first row of a prompt is kept, in file order (other
+    targets of it are dropped as repeats); a prompt whose rows give different answers is
+    dropped with all its rows."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(rows):
+        groups.setdefault(_prompt_key(e.prompt), []).append(i)
+    keep, repeats, conflicts, conflict_rows = [], 0, 0, 0
+    for idx in groups.values():      # in order of first appearance
+        answers = {_answer_key(rows[i].answer) for i in idx} - {None}
+        if len(answers) > 1:
+            conflicts += 1
+            conflict_rows += len(idx)
+            continue
+        keep.append(rows[idx[0]])
+        repeats += len(idx) - 1
+    return keep, {"rows": len(rows), "repeats_dropped": repeats,
+                  "conflicting_texts": conflicts, "conflicting_rows_dropped": conflict_rows,
+                  "kept": len(keep)}
+
+
 def splits_from_records(recs: Sequence[dict], name: str, split_seed: int = 0, n_train: int = 0,
                         n_val: int = 32, n_test: int = 64, warnings: Sequence[str] = ()
                         ) -> LMSplits:
     """Rows with prompt/target[/answer] (a file, an upload read by tables.read_table, a hub
-    dataset), shuffled by split_seed and split; scored by their last number."""
-    rows = _rows_from_records(list(recs), name)
+    dataset), de-duplicated by prompt (`dedup_examples`), shuffled by split_seed and split;
+    scored by their last number."""
+    rows, dedup = dedup_examples(_rows_from_records(list(recs), name))
     random.Random(split_seed).shuffle(rows)
     return LMSplits(*_split(rows, n_train, n_val, n_test, name), scorer="last-number",
-                    warnings=tuple(warnings))
+                    warnings=tuple(warnings), dedup=dedup)
 
 
 def answer_scorer(scorer: str) -> Callable[[str | None, str], float]:

@@ -196,8 +196,15 @@ class CausalLMTask:
         splits = splits or load_lm_splits(cfg.dataset, cfg.split_seed, cfg.max_train_samples,
                                           cfg.val_size or AUTO_VAL, cfg.test_size or AUTO_TEST)
         self.score = answer_scorer(splits.scorer)
-        self.data = SimpleNamespace(warnings=list(splits.warnings), label_names=None,
-                                    source=cfg.dataset, scorer=splits.scorer, task=self.name,
+        d = splits.dedup
+        warnings = list(splits.warnings)
+        if d.get("repeats_dropped") or d.get("conflicting_rows_dropped"):
+            warnings.append(f"dropped {d['repeats_dropped']} repeated prompts and "
+                            f"{d['conflicting_rows_dropped']} rows of "
+                            f"{d['conflicting_texts']} prompts with conflicting answers before "
+                            f"splitting; {d['kept']} of {d['rows']} rows kept")
+        self.data = SimpleNamespace(warnings=warnings, label_names=None, source=cfg.dataset,
+                                    scorer=splits.scorer, task=self.name, dedup=d or None,
                                     train_fingerprint=fingerprint(splits.train))
         needed: list[int] = []     # rows over max_len: one warning for the three splits
         self.train, self.val, self.test = (self._encode(s, needed) for s in

@@ -62,8 +62,9 @@ from dynsdpb.selftrain.store import (META, carried_cache, end_weights, read_json
 from dynsdpb.store import ExperimentDir, RunDir, atomic_write_bytes, atomic_write_json, read_json
 from dynsdpb.engine.train import Arm
 
-__all__ = ["CPU_DEMO", "LOOP_HELP", "LOOPS", "META", "ROUND_STARTS", "LoopConfig",
-           "check_answers", "check_selftrain", "create_selftrain", "format_rounds", "is_selftrain",
+__all__ = ["CPU_DEMO", "DROP_REASONS", "LOOP_HELP", "LOOPS", "META", "ROUND_STARTS",
+           "LoopConfig", "check_answers", "check_selftrain", "create_selftrain",
+           "expected_seconds", "legacy_loop", "format_rounds", "is_selftrain",
            "loop_from_dict", "read_meta", "run_selftrain", "summarize"]
 
 
@@ -99,6 +100,35 @@ def check_answers(shared, dataset: str) -> None:
             raise ConfigError.one("dataset", dataset, f"{missing} of {len(exs)} {name} rows have "
                                   "no answer; self-training scores answers: add an `answer` "
                                   "column (the final answer of each target)")
+
+
+# Rough CPU costs of SmolLM2-135M with LoRA on 2 shared cores: seconds per max_len token of
+# a training sample (forward + backward; from a run of the encoder defaults, 200 steps of 16
+# at max_len 64, vanilla + dynsdpb in lockstep: 53 steps in 27 min), and per new token of a
+# generated sequence (batches of 16).
+CPU_TRAIN_S_PER_TOKEN = 0.01
+CPU_GEN_S_PER_TOKEN = 0.006
+
+
+def expected_seconds(base: RunConfig, loop: LoopConfig, methods: list[str],
+                     seeds: list[int]) -> float:
+    """A rough wall-time estimate of a self-training loop on a 2-core CPU, before it starts:
+    every arm's training steps (a distilling arm forwards the carried half too; max_len
+    tokens per sample, as an upper bound) plus the generations (questions x samples, and
+    the test split twice for self-correction, every round and for the base model)."""
+    arms = [(m, s) for m in methods for s in seeds]
+    train = 0.0
+    for r in range(1, loop.rounds + 1):
+        steps = loop.round_steps(base.steps, r)
+        for m, _ in arms:
+            c = base.replace(method=m)
+            forwards = c.chunk_size * (2 if c.distills else 1)   # carried half + new chunk
+            train += steps * forwards * base.max_len * CPU_TRAIN_S_PER_TOKEN
+    q = loop.questions or 64
+    per_round_gen = q * loop.samples + base.test_size * (2 if loop.loop == "selfcorrect" else 1)
+    gen = (loop.rounds * len(arms) + 1) * per_round_gen * base.max_new_tokens \
+        * CPU_GEN_S_PER_TOKEN
+    return train + gen
 
 
 def create_selftrain(out: str | Path, base: RunConfig, loop: LoopConfig, methods: list[str],

@@ -121,3 +121,23 @@ def test_left_padded_batch_gives_each_sequence_its_own_logits():
             n = len(e["input_ids"])
             one = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
             assert torch.allclose(both[i, -n:], one, atol=1e-5)
+
+
+def test_decoder_files_are_deduplicated_by_prompt_before_splitting():
+    from dynsdpb.decoder.data import splits_from_records
+    recs = [{"prompt": f"what is {i} plus 1", "target": f"so {i + 1}", "answer": str(i + 1)}
+            for i in range(20)]
+    # each prompt again (case and spacing differ), some with another target, same answer
+    recs += [{"prompt": f"What is  {i} PLUS 1", "target": f"the answer is {i + 1}",
+              "answer": str(i + 1)} for i in range(20)]
+    # a prompt with two different answers: dropped with all its rows
+    recs += [{"prompt": "what is x", "target": "1", "answer": "1"},
+             {"prompt": "what is x", "target": "2", "answer": "2"}]
+    sp = splits_from_records(recs, "f.jsonl", split_seed=0, n_val=4, n_test=6)
+    key = lambda e: " ".join(e.prompt.split()).casefold()     # noqa: E731
+    tr, held = {key(e) for e in sp.train}, {key(e) for e in sp.val + sp.test}
+    assert not tr & held
+    assert len(sp.train) + len(sp.val) + len(sp.test) == 20
+    assert "what is x" not in tr | held
+    assert sp.dedup == {"rows": 42, "repeats_dropped": 20, "conflicting_texts": 1,
+                        "conflicting_rows_dropped": 2, "kept": 20}

@@ -357,6 +357,7 @@ def test_cli_selftrain_runs_resumes_and_refuses_bad_input_in_one_line(tiny, tmp_
     assert rc == 0, cap.err
     assert "round 1: generating" in cap.err and "dynsdpb" in cap.out and "state: finished" \
         in cap.out
+    assert "expected time: about" in cap.err.splitlines()[0]      # said before it starts
     stamp = (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns
     assert main(["selftrain", "--resume", str(out)]) == 0      # nothing left: nothing redone
     assert (out / "round-01" / "vanilla-s0" / "round.json").stat().st_mtime_ns == stamp
@@ -602,3 +603,18 @@ def test_a_round_starts_like_dlb_step_one_unless_carry_teacher(tiny, tmp_path):
             assert first["alpha"] is None and not first["kd"]
     with pytest.raises(ConfigError, match="carry_teacher"):
         loop_from_dict({"round_start": "base", "carry_teacher": "true"})
+
+
+def test_cli_selftrain_defaults_are_the_cpu_demo_with_a_short_expected_time():
+    from dynsdpb.cli.main import build_parser
+    from dynsdpb.cli.selftrain import selftrain_setup
+    from dynsdpb.selftrain.run import CPU_DEMO, expected_seconds
+    args = ["selftrain", "--model", "smollm2-135m", "--dataset", "arith-easy", "--loop",
+            "star", "--rounds", "1", "--methods", "vanilla,dynsdpb", "--seeds", "0"]
+    base, loop, methods, seeds = selftrain_setup(build_parser().parse_args(args))
+    assert {k: getattr(base, k) for k in CPU_DEMO["config"]} == CPU_DEMO["config"]
+    assert (loop.questions, loop.round_start, loop.rounds) == (32, "base", 1)
+    assert expected_seconds(base, loop, methods, seeds) < 15 * 60
+    # what the same command trained before: the field defaults, 200 steps of 16 (1.5 h)
+    old = RunConfig(model="smollm2-135m", dataset="arith-easy")
+    assert expected_seconds(old, loop, methods, seeds) > 60 * 60
