@@ -7,7 +7,8 @@ Exact match comes in two scores, as lm-eval-harness reports them for GSM8K:
   strict    the generation ended by itself (an eos before max_new_tokens: not `truncated`)
             and its final answer sits where the target format puts it (`strict_answer`): the
             whole completion is the number, or it ends with a marked answer ("#### N",
-            "The answer is N.").
+            "The answer is N.", "The answer to this problem is N."). An equation that ends
+            in the number ("5 * 9 = 45") is not marked: flexible only, as in lm-eval-harness.
 `echo_share` is the share of items that a model echoing the question would get right under
 the flexible rule (some number of the question equals the answer): the floor that a
 flexible score has to be read against.
@@ -33,8 +34,9 @@ _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _NUM_S = r"(-?\d[\d,]*(?:\.\d+)?)"
 # strict: the completion is the number, or ends with a marked one ("#### 7", "answer is 7.")
 _BARE = re.compile(r"\$?" + _NUM_S + r"\s*\.?")
-_MARKED = re.compile(r"(?:####|\banswer\s*(?:is|:)\s*:?)\s*\$?" + _NUM_S + r"\s*\.?\s*$",
-                     re.IGNORECASE)
+# "#### N", "answer: N", "The answer is N.", "The final answer to this problem is N."
+_MARKED = re.compile(r"(?:####|\banswer\s*:|\banswer(?:\s+[^\s\d]+){0,6}?\s+is\s*:?)\s*\$?"
+                     + _NUM_S + r"\s*\.?\s*$", re.IGNORECASE)
 
 
 class Completion(str):

@@ -33,7 +33,7 @@ CORRECT = ("{question}\n\nA first attempt answered:\n{attempt}\n\nCheck this ans
 MIN_RATIONALE_WORDS = 3
 # Why a trace was not kept (round.json counts each; traces.jsonl marks each trace).
 DROP_REASONS = ("wrong", "truncated", "unmarked", "no_reasoning", "duplicate")
-_MARK = re.compile(r"(?:####|\bthe\s+answer\s+is|\banswer\s*:)", re.IGNORECASE)
+_MARK = re.compile(r"(?:####|\b(?:the\s+)?(?:final\s+)?answer\b)", re.IGNORECASE)
 
 
 def star_prompt(question: str) -> str:
@@ -197,7 +197,7 @@ def _scored(c: str, gold: str, score) -> dict:
 
 def has_rationale(text: str) -> bool:
     """Reasoning before the marked final answer: at least MIN_RATIONALE_WORDS words before
-    the last marker ("The answer is", "####", "answer:"); a bare answer has none."""
+    the last marker ("The (final) answer ...", "####"); a bare answer has none."""
     marks = list(_MARK.finditer(text))
     before = text[:marks[-1].start()] if marks else ""
     return len(before.split()) >= MIN_RATIONALE_WORDS

@@ -61,6 +61,8 @@ def test_target_loss_is_token_weighted_and_batch_size_free():
 @pytest.mark.parametrize("text,trunc,ans", [
     ("7", False, "7"), (" 7.", False, "7"), ("the answer is 7", False, "7"),
     ("So 3 + 4 = 7. The answer is 7.", False, "7"), ("step 1\n#### 1,234", False, "1234"),
+    ("The final answer to this arithmetic problem is 8.", False, "8"), ("5 * 9 = 45", False, None),
+    ("The answer is 7, not 8", False, None),
     ("7", True, None),                                  # cut off: never strict
     ("1 * 5", False, None), ("1. 4", False, None),      # echoes of the question
     ("To solve 0 * 4 we use the concept of", False, None),
