@@ -141,6 +141,28 @@ def test_setup_decoder_shows_lora_fields_and_hides_encoder_fields(runs_dir):
     assert at.selectbox(key="w_data_builtin").value == "tweets-sentiment"
 
 
+def test_setup_tau_fields_follow_the_model_family_unless_typed(runs_dir):
+    at = new_app()
+    taus = ("tau", "tau_0", "tau_min", "tau_max")
+    assert [float(at.session_state[f"f_{k}"]) for k in taus] == [3.0, 3.0, 1.0, 6.0]
+    at.session_state["w_model_choice"] = "smollm2-135m"
+    at.session_state["w_methods"] = ["vanilla", "dlb", "dynsdpb"]
+    at.run()
+    assert not at.exception
+    assert [float(at.session_state[f"f_{k}"]) for k in taus] == [1.0, 1.0, 1.0, 1.5]
+    assert not [w for w in at.warning if "top-k" in w.value]
+    # a typed tau above 1.5 stays, and Setup warns that the top-k cache cannot carry it
+    at.session_state["f_tau_max"] = "4"
+    at.run()
+    assert float(at.session_state["f_tau_max"]) == 4.0
+    assert any("kd_cache full" in w.value for w in at.warning)
+    # back to an encoder with the decoder defaults untouched: the encoder's come back
+    at.session_state["f_tau_max"] = "1.5"
+    at.session_state["w_model_choice"] = "tiny-random-bert"
+    at.run()
+    assert [float(at.session_state[f"f_{k}"]) for k in taus] == [3.0, 3.0, 1.0, 6.0]
+
+
 def test_decoder_validate_errors_show_under_their_fields(runs_dir):
     at = new_app()
     at.session_state["w_model_choice"] = "smollm2-135m"
