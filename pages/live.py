@@ -281,11 +281,16 @@ def live_charts() -> None:
     if decoder:
         # exact match of greedy answers (%), and perplexity on the targets: with few steps
         # exact match moves in coarse jumps, perplexity shows learning before it does
-        v1, v2 = st.columns(2)
+        v1, v0, v2 = st.columns(3)
         with v1:
             live_chart(figures.figure(figures.fig_metric, arms, val_key, x, uirev=uirev + ":val",
-                                     title=f"exact match, % ({every})"),
+                                     title=f"exact match (flexible), % ({every})"),
                        key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
+        with v0:
+            live_chart(figures.figure(figures.fig_metric, arms, "val_strict_exact_match", x,
+                                     uirev=uirev + ":strict",
+                                     title="exact match (strict: finished, answer in place), %"),
+                       key="chart_strict", config=figures.chart_config(f"{exp_id}-strict"))
         with v2:
             live_chart(figures.figure(figures.fig_metric, arms, "val_perplexity", x,
                                      uirev=uirev + ":ppl",
@@ -316,6 +321,21 @@ def live_charts() -> None:
         st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
     live_chart(figures.figure(figures.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
                key="chart_alpha_tau", config=figures.chart_config(f"{exp_id}-alpha-tau"))
+    if decoder and any(a.method in ("dlb", "dynsdpb") for a in arms) and any(
+            a.cfg.get("kd_cache", "topk") == "topk" for a in arms):
+        st.markdown("##### Cached top-k teacher mass")
+        st.caption(f"The teacher's probability mass (at its tau) that the top_k cached tokens "
+                   f"hold, mean over the carried target tokens. Below "
+                   f"{100 * C.KD_MASS_WARN:.0f} % KD sees a coarse teacher: lower tau / tau_max "
+                   "or use kd_cache full (the run's status warns once).")
+        for a in arms:
+            for w in (a.rd.raw_status().get("warnings") or []):
+                if "top-k teacher cache" in w:
+                    st.warning(f"{a.id}: {w}")
+        live_chart(figures.figure(figures.fig_metric, arms, "kd_topk_mass", x,
+                                  uirev=uirev + ":mass",
+                                  title="cached top-k mass, % of the teacher's"),
+                   key="chart_topk_mass", config=figures.chart_config(f"{exp_id}-topk-mass"))
 
     st.markdown("##### Drift: how far predictions move")
     st.caption("logit drift = KL(previous-step prediction ‖ current), on the carried half before "

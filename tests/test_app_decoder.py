@@ -245,11 +245,17 @@ def test_live_shows_generations_and_coloured_tokens(runs_dir, tiny):
     assert val["layout"]["yaxis"]["title"]["text"] == axis_title("val_exact_match")
     assert axis_title("val_exact_match").endswith("(%)")
     assert sum(len(t["y"]) for t in val["data"]) == 2 * 2     # 2 arms x evaluations at 2, 4
+    # strict next to flexible, and the cached top-k mass of the distilling arm per step
+    titled = [sp for sp in specs(at) if "title" in sp["layout"]]
+    assert any("strict" in sp["layout"]["title"]["text"] for sp in titled)
+    mass = next(sp for sp in titled if "top-k mass" in sp["layout"]["title"]["text"])
+    assert len(mass["data"]) == 1 and all(0 < y <= 100.01 for y in mass["data"][0]["y"])
 
     # the latest generations of both arms: 3 prompts x 2 arms; answers named as everywhere
     gen = next(d.value for d in at.dataframe if "generation" in d.value.columns)
     assert list(gen.columns) == ["prompt (end)", "run", "step", "model's answer",
-                                 "gold answer", "correct", "cut off", "generation"]
+                                 "gold answer", "correct", "strict", "cut off", "generation"]
+    assert set(gen["strict"]) <= {"✓", "✗"}
     assert len(gen) == 3 * 2 and set(gen["run"]) == {"vanilla-s0", "dynsdpb-s0"}
     assert set(gen["step"]) == {4} and set(gen["correct"]) <= {"✓", "✗"}
     assert gen["prompt (end)"].iloc[0] == gen["prompt (end)"].iloc[1]   # one prompt, both arms
