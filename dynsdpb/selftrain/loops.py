@@ -36,8 +36,14 @@ DROP_REASONS = ("wrong", "truncated", "unmarked", "no_reasoning", "duplicate")
 _MARK = re.compile(r"(?:####|\b(?:the\s+)?(?:final\s+)?answer\b)", re.IGNORECASE)
 
 
+# Answer-format orders of the datasets' own prompts that contradict a rationale (arith-easy's
+# products: "Give only the result as your final answer."): dropped from the STaR prompt.
+_ONLY_RESULT = re.compile(r"\s*Give only the (?:result|answer|number)[^.\n]*\.?", re.IGNORECASE)
+
+
 def star_prompt(question: str) -> str:
-    return question + STAR_SUFFIX
+    """The question without an order to give only the result, then STAR_SUFFIX."""
+    return _ONLY_RESULT.sub("", question).rstrip() + STAR_SUFFIX
 
 
 def correct_prompt(question: str, attempt: str) -> str:

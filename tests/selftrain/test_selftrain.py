@@ -509,7 +509,12 @@ def test_star_keeps_only_finished_reasoned_traces_and_says_why_others_dropped():
 
 def test_star_prompt_asks_for_a_rationale_ending_in_a_marked_answer():
     p = star_prompt("What is 2 + 2?")
-    assert "The answer is N." in p and "only the result" not in p
+    assert "The answer is N." in p and p.startswith("What is 2 + 2?\n")
+    # arith-easy's products order the bare result: the STaR prompt drops that order
+    p = star_prompt("Solve the following multiplication: 4 * 4. Give only the result as your "
+                    "final answer.")
+    assert p.startswith("Solve the following multiplication: 4 * 4.\n")
+    assert "only the result" not in p and "The answer is N." in p
 
 
 # ----------------------------------------------------------------------------------------
