@@ -363,7 +363,7 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                 m, ev = evaluate(opt.loop, gen, policies.get(state), shared.tokenizer, tests,
                                  shared.score, base.max_new_tokens)
                 write_jsonl(rd.path / "eval.jsonl", ev)
-                why = nothing_kept_reason(info, star, opt.rationalize)
+                why = nothing_kept_reason(info, star, opt.rationalize, opt.round_start)
                 info.update(steps=0, note=why, **m)
                 rd.set_status("finished", step=0, steps=0, note=why)
             info.update(cache_info)
@@ -373,16 +373,24 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
     return _end(path, top, "finished", meta)
 
 
-def nothing_kept_reason(info: dict, star: bool, rationalize: bool) -> str:
+def nothing_kept_reason(info: dict, star: bool, rationalize: bool,
+                        round_start: str = "continue") -> str:
     """Why a round kept nothing, in one sentence (round.json's note; the app shows it)."""
     n = info.get("traces", 0)
     if not n:
         return "no traces were generated this round: nothing to fine-tune"
-    what = ("none of the {n} traces ended with the gold answer"
-            + (" (hinted rationalizations included)" if star and rationalize else "")
-            if star else "no correction of the {n} first attempts ended with the gold answer")
-    return (what.format(n=n) + ": nothing to fine-tune; the model stays as it was and is "
-            "tested as is")
+    drops = {k: info.get(f"drop_{k}", 0) for k in DROP_REASONS}
+    if drops["wrong"] == n or not any(drops.values()):
+        what = ("none of the {n} traces ended with the gold answer"
+                + (" (hinted rationalizations included)" if star and rationalize else "")
+                if star else "no correction of the {n} first attempts ended with the gold "
+                "answer")
+    else:
+        what = "none of the {n} traces was kept (" + ", ".join(
+            f"{v} {k.replace('_', ' ')}" for k, v in drops.items() if v) + ")"
+    model = ("the round's model is the base model (round_start base), tested as is"
+             if round_start == "base" else "the model stays as it was and is tested as is")
+    return what.format(n=n) + ": nothing to fine-tune; " + model
 
 
 def _end(path: Path, top: RunDir, state: str, meta: dict, error: str = "") -> dict:
