@@ -368,7 +368,7 @@ def test_learn_page_draws_layout_and_alpha_tau(runs_dir):
     at.switch_page(str(PAGES / "learn.py")).run()
     assert not at.exception, [e.value for e in at.exception]
     ch = specs(at)
-    assert len(ch) == 2
+    assert len(ch) == 3     # the layout, alpha/tau, and §5's gain decomposition
     heat = next(t for t in ch[1]["data"] if t["type"] == "heatmap")
     z = heat["z"]   # numpy arrays travel as plotly's typed arrays {dtype, bdata, shape}
     if isinstance(z, dict):
