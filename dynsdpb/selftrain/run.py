@@ -209,123 +209,166 @@ def _run_owned(path: Path, stop, progress, resume, generate) -> dict:
 
 
 def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
-    from dynsdpb.engine.dist import pick_device
-    from dynsdpb.tasks import prepare
-    meta = read_meta(path)
-    base = from_dict(meta["base_config"])
-    opt = loop_from_dict(legacy_loop(meta["loop"]))
-    methods, seeds = list(meta["methods"]), [int(s) for s in meta["seeds"]]
-    cfgs = [check_config(c) for c in check_experiment(base, methods, seeds)]
-    gen = generate or sample
-    stop = stop or threading.Event()
-    top = RunDir(path)
-    say = progress or (lambda who, rec: None)
+    return _Loop(path, stop, progress, generate).run()
 
-    def phase(r: int, name: str, **kw) -> None:
-        top.set_status("running", round=r, rounds=opt.rounds, phase=name, **kw)
-        say("selftrain", {"event": "phase", "round": r, "phase": name, **kw})
 
-    phase(0, "loading")
-    shared = prepare(base)                       # tokenizer, splits, scorer; the LoRA base
-    check_answers(shared, base.dataset)          # a folder made before this was checked
-    device = pick_device(base)
-    pool = shared.train.examples
-    questions = pool[:opt.questions] if opt.questions else pool
-    star = opt.loop == "star"
-    val = [LMExample(star_prompt(e.prompt) if star else e.prompt, e.target, e.answer)
-           for e in shared.val.examples]
-    tests = list(shared.test.examples)
-    policies = _Policies(shared, base, device)
+class _Loop:
+    """One self-training folder being run. `run` is the loop, in the order it happens: the base
+    model is tested once; then every round generates and filters traces for each arm, fine-tunes
+    every arm that kept some (in lockstep, tested at the end), and finishes the round (tests the
+    arms that kept nothing, writes round.json). Each step skips what a resumed folder has done."""
 
-    def policy_traces(state, seed: int, r: int) -> list[dict]:
+    def __init__(self, path: Path, stop, progress, generate):
+        from dynsdpb.engine.dist import pick_device
+        from dynsdpb.tasks import prepare
+        self.path = path
+        self.meta = meta = read_meta(path)
+        self.base = base = from_dict(meta["base_config"])
+        self.opt = opt = loop_from_dict(legacy_loop(meta["loop"]))
+        self.methods, self.seeds = list(meta["methods"]), [int(s) for s in meta["seeds"]]
+        self.cfgs = [check_config(c) for c in check_experiment(base, self.methods, self.seeds)]
+        self.gen = generate or sample
+        self.stop = stop or threading.Event()
+        self.progress = progress
+        self.top = RunDir(path)
+        self.say = progress or (lambda who, rec: None)
+        self.phase(0, "loading")
+        self.shared = shared = prepare(base)       # tokenizer, splits, scorer; the LoRA base
+        check_answers(shared, base.dataset)        # a folder made before this was checked
+        self.device = pick_device(base)
+        pool = shared.train.examples
+        self.questions = pool[:opt.questions] if opt.questions else pool
+        self.star = opt.loop == "star"
+        self.val = [LMExample(star_prompt(e.prompt) if self.star else e.prompt, e.target,
+                              e.answer) for e in shared.val.examples]
+        self.tests = list(shared.test.examples)
+        self.policies = _Policies(shared, base, self.device)
+
+    def run(self) -> dict:
+        self.test_base_model()                                 # round 0
+        for r in range(1, self.opt.rounds + 1):
+            todo = self.arms_to_do(r)
+            if not todo:
+                continue
+            if self.stop.is_set():
+                return self.end("stopped")
+            if not self.generate(r, todo):                     # 1-2) generate and filter
+                return self.end("stopped")
+            ended, tasks = self.train(r, todo)                 # 3) fine-tune, in lockstep
+            if ended:
+                return ended
+            self.finish_round(r, todo, tasks)                  # 4) test, round.json
+            write_summary(self.path)
+        return self.end("finished")
+
+    # -- the steps, in the loop's order ---------------------------------------------------
+    def phase(self, r: int, name: str, **kw) -> None:
+        self.top.set_status("running", round=r, rounds=self.opt.rounds, phase=name, **kw)
+        self.say("selftrain", {"event": "phase", "round": r, "phase": name, **kw})
+
+    def end(self, state: str, error: str = "") -> dict:
+        return _end(self.path, self.top, state, self.meta, error)
+
+    def test_base_model(self) -> None:
+        """Round 0: the base model on the test split, once (every arm starts from it)."""
+        b_path = round_dir(self.path, 0) / "baseline.json"
+        if b_path.is_file():
+            return
+        self.phase(0, "evaluating the base model")
+        m, rows = evaluate(self.opt.loop, self.gen, self.policies.get(None),
+                           self.shared.tokenizer, self.tests, self.shared.score,
+                           self.base.max_new_tokens)
+        write_jsonl(round_dir(self.path, 0) / "eval.jsonl", rows)
+        atomic_write_json(b_path, m)
+
+    def arms_to_do(self, r: int) -> list[tuple[RunConfig, RunDir]]:
+        """Round r's arms without a round.json, its experiment folder made on first entry.
+        STaR grows the training steps every round (step_growth; 1 = fixed)."""
+        rdir = round_dir(self.path, r)
+        steps_r = self.opt.round_steps(self.base.steps, r)
+        rcfgs = [c.replace(steps=steps_r) for c in self.cfgs]
+        if not ExperimentDir(rdir).exists():
+            create_experiment(self.path, self.base.replace(steps=steps_r), self.methods,
+                              self.seeds, name=f"{self.meta.get('name')} round {r}",
+                              exp_dir=rdir, check=False)
+        arms = [(c, RunDir(rdir / arm_name(c))) for c in rcfgs]
+        return [(c, rd) for c, rd in arms if not (rd.path / "round.json").is_file()]
+
+    def policy_traces(self, state, seed: int, r: int) -> list[dict]:
         # Sampling is seeded by (seed, round), the same for every method: arms that generate
         # with the same weights (round 1: the base model) get the same traces.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + r)
-            fn = star_traces if star else selfcorrect_traces
-            return fn(gen, policies.get(state), shared.tokenizer, questions, opt,
-                      base.max_new_tokens, shared.score)
+            fn = star_traces if self.star else selfcorrect_traces
+            return fn(self.gen, self.policies.get(state), self.shared.tokenizer, self.questions,
+                      self.opt, self.base.max_new_tokens, self.shared.score)
 
-    # Round 0: the base model on the test split, once (every arm starts from it).
-    b_path = round_dir(path, 0) / "baseline.json"
-    if not b_path.is_file():
-        phase(0, "evaluating the base model")
-        m, rows = evaluate(opt.loop, gen, policies.get(None), shared.tokenizer, tests,
-                           shared.score, base.max_new_tokens)
-        write_jsonl(round_dir(path, 0) / "eval.jsonl", rows)
-        atomic_write_json(b_path, m)
-
-    for r in range(1, opt.rounds + 1):
-        rdir = round_dir(path, r)
-        # STaR grows the training steps every round (step_growth; 1 = fixed)
-        steps_r = opt.round_steps(base.steps, r)
-        rcfgs = [c.replace(steps=steps_r) for c in cfgs]
-        if not ExperimentDir(rdir).exists():
-            create_experiment(path, base.replace(steps=steps_r), methods, seeds,
-                              name=f"{meta.get('name')} round {r}", exp_dir=rdir, check=False)
-        arms = [(c, RunDir(rdir / arm_name(c))) for c in rcfgs]
-        todo = [(c, rd) for c, rd in arms if not (rd.path / "round.json").is_file()]
-        if not todo:
-            continue
-        if stop.is_set():
-            return _end(path, top, "stopped", meta)
-
-        # 1-2) generate and filter, every arm before any trains (lockstep)
+    def generate(self, r: int, todo) -> bool:
+        """1-2) Generate and filter, every arm before any trains; False when stopped."""
         shared_gen: dict[int, list[dict]] = {}
         for c, rd in todo:
             if (rd.path / "train.jsonl").is_file():
                 continue
-            phase(r, "generating", arm=rd.id)
+            self.phase(r, "generating", arm=rd.id)
             # the arm's model at the end of round r-1 (round 1: the base model)
-            state, _ = end_weights(path, rd.id, r - 1, opt.round_start)
+            state, _ = end_weights(self.path, rd.id, r - 1, self.opt.round_start)
             t0 = time.time()
             if state is None and c.seed in shared_gen:
                 traces = [dict(t) for t in shared_gen[c.seed]]
             else:
-                traces = policy_traces(state, c.seed, r)
+                traces = self.policy_traces(state, c.seed, r)
                 if state is None:
                     shared_gen[c.seed] = [dict(t) for t in traces]
-            rows = training_rows(opt.loop, traces)   # marks each trace's drop_reason
+            rows = training_rows(self.opt.loop, traces)   # marks each trace's drop_reason
             write_jsonl(rd.path / "traces.jsonl", traces)
             atomic_write_json(rd.path / "gen.json", {"seconds": round(time.time() - t0, 2)})
             write_jsonl(rd.path / "train.jsonl", rows)   # last: its presence = generated
-            if stop.is_set():
-                return _end(path, top, "stopped", meta)
+            if self.stop.is_set():
+                return False
+        return True
 
-        # 3-4) fine-tune every arm with a kept set, in lockstep; test at the end of each
-        phase(r, "training")
+    def round_task(self, r: int, c: RunConfig, rd: RunDir, rows: list[dict], **kw) -> RoundTask:
+        return RoundTask(self.shared, r, self.opt.loop, rows, self.val, self.tests, self.gen,
+                         carried_cache(self.path, rd.id, r, self.opt, c), **kw)
+
+    def train(self, r: int, todo) -> tuple[dict | None, dict]:
+        """3) Fine-tune every arm with a kept set, in lockstep; each is tested at its end.
+        Returns (the loop's end if it stopped or an arm failed, else None; the arms' tasks)."""
+        self.phase(r, "training")
         live, tasks = [], {}
         for c, rd in todo:
             rows = read_jsonl(rd.path / "train.jsonl")
             if not rows or rd.status().get("state") == "finished":
                 continue
-            task = RoundTask(shared, r, opt.loop, rows, val, tests, gen,
-                             carried_cache(path, rd.id, r, opt, c), eval_path=rd.path / "eval.jsonl")
+            task = self.round_task(r, c, rd, rows, eval_path=rd.path / "eval.jsonl")
             resume_ckpt = rd.has_checkpoint()
-            arm = Arm(c, task, rd, device=device, resume=resume_ckpt)
+            arm = Arm(c, task, rd, device=self.device, resume=resume_ckpt)
             task.attach(arm)
-            if not resume_ckpt and opt.round_start == "continue" and r > 1:
-                state, _ = end_weights(path, rd.id, r - 1, "continue")
+            if not resume_ckpt and self.opt.round_start == "continue" and r > 1:
+                state, _ = end_weights(self.path, rd.id, r - 1, "continue")
                 if state is not None:
                     arm.model.load_state_dict(state)
             live.append(arm)
             tasks[rd.id] = task
-        final = run_arms(live, stop, progress) if live else {}
-        if any(s == "stopped" for s in final.values()) or stop.is_set():
-            return _end(path, top, "stopped", meta)
+        final = run_arms(live, self.stop, self.progress) if live else {}
+        if any(s == "stopped" for s in final.values()) or self.stop.is_set():
+            return self.end("stopped"), tasks
         failed = [a for a, s in final.items() if s == "failed"]
         if failed:
-            st = RunDir(rdir / failed[0]).raw_status()
-            return _end(path, top, "failed", meta, error=f"round {r}, {failed[0]}: "
-                        f"{st.get('error')} (hint: {st.get('hint')}); resume to retry")
+            st = RunDir(round_dir(self.path, r) / failed[0]).raw_status()
+            return self.end("failed", error=f"round {r}, {failed[0]}: {st.get('error')} "
+                            f"(hint: {st.get('hint')}); resume to retry"), tasks
+        return None, tasks
 
-        # 5) evaluate arms with nothing to train, carry the cache, write round.json
-        phase(r, "finishing round")
+    def finish_round(self, r: int, todo, tasks: dict) -> None:
+        """4) Test the arms with nothing to train, carry the cache, write round.json."""
+        self.phase(r, "finishing round")
+        opt, star = self.opt, self.star
         for c, rd in todo:
             rows = read_jsonl(rd.path / "train.jsonl")
             traces = read_jsonl(rd.path / "traces.jsonl")
             info = dict(round=r, arm=rd.id, method=c.method, seed=c.seed,
-                        questions=len(questions), traces=len(traces), kept=len(rows),
+                        questions=len(self.questions), traces=len(traces), kept=len(rows),
                         rationalized=sum(bool(x.get("rationalized")) for x in rows),
                         rationalize_tried=sum(bool(t.get("rationalized")) for t in traces),
                         train_rows=len(rows),
@@ -341,8 +384,7 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                 s = rd.summary()
                 task = tasks.get(rd.id)
                 if task is None:     # trained before a restart: rebuild it for the counts
-                    task = RoundTask(shared, r, opt.loop, rows, val, tests, gen,
-                                     carried_cache(path, rd.id, r, opt, c))
+                    task = self.round_task(r, c, rd, rows)
                     task.teach_at = (first_appearance(BatchLayout(len(rows), c.chunk_size,
                                                                   c.seed, c.distills), c.steps)
                                      if task.carried and c.distills else {})
@@ -351,26 +393,26 @@ def _run_selftrain(path: Path, stop, progress, resume, generate) -> dict:
                             **{k: v for k, v in s.items() if k.startswith("test_")})
                 if opt.carry_teacher and opt.round_start == "continue" and c.distills:
                     # the cache carried on: this round's entries over the older ones
-                    new = teacher_cache(task, policies.get(final_weights(rd)), c, device, task.carried)
+                    new = teacher_cache(task, self.policies.get(final_weights(rd)), c,
+                                        self.device, task.carried)
                     buf = io.BytesIO()
                     torch.save(new, buf)
                     atomic_write_bytes(rd.path / "cache.pt", buf.getvalue())
             else:
                 # nothing kept: test the model that round r+1 will generate with (continue:
                 # the latest trained weights; base: the base model, as nothing was trained)
-                phase(r, "evaluating", arm=rd.id)
-                state, _ = end_weights(path, rd.id, r, opt.round_start)
-                m, ev = evaluate(opt.loop, gen, policies.get(state), shared.tokenizer, tests,
-                                 shared.score, base.max_new_tokens)
+                self.phase(r, "evaluating", arm=rd.id)
+                state, _ = end_weights(self.path, rd.id, r, opt.round_start)
+                m, ev = evaluate(opt.loop, self.gen, self.policies.get(state),
+                                 self.shared.tokenizer, self.tests, self.shared.score,
+                                 self.base.max_new_tokens)
                 write_jsonl(rd.path / "eval.jsonl", ev)
                 why = nothing_kept_reason(info, star, opt.rationalize, opt.round_start)
                 info.update(steps=0, note=why, **m)
                 rd.set_status("finished", step=0, steps=0, note=why)
             info.update(cache_info)
             atomic_write_json(rd.path / "round.json", info)
-            say(rd.id, {"event": "round", **info})
-        write_summary(path)
-    return _end(path, top, "finished", meta)
+            self.say(rd.id, {"event": "round", **info})
 
 
 def nothing_kept_reason(info: dict, star: bool, rationalize: bool,
