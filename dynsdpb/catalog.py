@@ -7,6 +7,7 @@ pairs models with datasets from these names alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,15 @@ DECODERS = {n: m for n, m in BUILTIN_MODELS.items() if m.kind == "decoder"}
 CLASSIFICATION_DATASETS = {n: d for n, d in BUILTIN_DATASETS.items() if d.kind == "classification"}
 GENERATION_DATASETS = {n: d for n, d in BUILTIN_DATASETS.items() if d.kind == "generation"}
 BUILTIN_MAX_LEN = {n: m.max_len for n, m in BUILTIN_MODELS.items()}
+
+
+def source_kind(name: str, builtins) -> str:
+    """Where a model named `name` comes from: "builtin" (in `builtins`), "local" (a folder),
+    "missing" (a path that is not there) or "hub" (an id to download)."""
+    if name in builtins:
+        return "builtin"
+    if Path(name).expanduser().is_dir():
+        return "local"
+    if name.startswith((".", "/", "~")):
+        return "missing"
+    return "hub"

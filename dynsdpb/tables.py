@@ -138,3 +138,25 @@ def read_table(path: str | Path, data: bytes | None = None) -> tuple[list[dict],
     if delim != ",":
         warnings.append(f"{name}: read with delimiter {delim!r}.")
     return rows, warnings
+
+
+def dedup(items: list, key, label) -> tuple[list, dict]:
+    """Drop repeated rows before any split (a repeat would otherwise land in train and test
+    alike): rows with the same `key(row)` are one, the first copy kept, in file order. A key
+    whose rows carry different labels (`label(row)`; None counts as no label) is dropped with
+    all its copies: not a majority vote, as two copies are a tie and regression targets have no
+    majority. The encoders key by (text, pair), the decoders by prompt."""
+    groups: dict = {}
+    for i, x in enumerate(items):
+        groups.setdefault(key(x), []).append(i)
+    keep, repeats, conflicts, conflict_rows = [], 0, 0, 0
+    for idx in groups.values():      # in order of first appearance
+        if len({label(items[i]) for i in idx} - {None}) > 1:
+            conflicts += 1
+            conflict_rows += len(idx)
+            continue
+        keep.append(items[idx[0]])
+        repeats += len(idx) - 1
+    return keep, {"rows": len(items), "repeats_dropped": repeats,
+                  "conflicting_texts": conflicts, "conflicting_rows_dropped": conflict_rows,
+                  "kept": len(keep)}

@@ -25,6 +25,7 @@ import torch
 
 from dynsdpb.catalog import GENERATION_DATASETS
 from dynsdpb.errors import ConfigError
+from dynsdpb.tables import dedup
 
 IGNORE = -100
 
@@ -166,21 +167,7 @@ def dedup_examples(rows: list[LMExample]) -> tuple[list[LMExample], dict]:
     land in train and test alike. The first row of a prompt is kept, in file order (other
     targets of it are dropped as repeats); a prompt whose rows give different answers is
     dropped with all its rows."""
-    groups: dict[str, list[int]] = {}
-    for i, e in enumerate(rows):
-        groups.setdefault(_prompt_key(e.prompt), []).append(i)
-    keep, repeats, conflicts, conflict_rows = [], 0, 0, 0
-    for idx in groups.values():      # in order of first appearance
-        answers = {_answer_key(rows[i].answer) for i in idx} - {None}
-        if len(answers) > 1:
-            conflicts += 1
-            conflict_rows += len(idx)
-            continue
-        keep.append(rows[idx[0]])
-        repeats += len(idx) - 1
-    return keep, {"rows": len(rows), "repeats_dropped": repeats,
-                  "conflicting_texts": conflicts, "conflicting_rows_dropped": conflict_rows,
-                  "kept": len(keep)}
+    return dedup(rows, key=lambda e: _prompt_key(e.prompt), label=lambda e: _answer_key(e.answer))
 
 
 def splits_from_records(recs: Sequence[dict], name: str, split_seed: int = 0, n_train: int = 0,

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from dynsdpb.catalog import DECODERS
+from dynsdpb.catalog import DECODERS, source_kind
 from dynsdpb.errors import ConfigError
 from dynsdpb.paths import pkg_dir
 
@@ -124,13 +124,7 @@ def smollm2_dir(progress: Progress | None = None) -> Path:
 
 
 def lm_kind(name: str) -> str:
-    if name in DECODERS:
-        return "builtin"
-    if Path(name).expanduser().is_dir():
-        return "local"
-    if name.startswith((".", "/", "~")):
-        return "missing"
-    return "hub"
+    return source_kind(name, DECODERS)
 
 
 def lm_source(name: str, progress: Progress | None = None) -> str:

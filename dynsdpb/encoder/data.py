@@ -21,7 +21,7 @@ from dynsdpb.catalog import CLASSIFICATION_DATASETS
 from dynsdpb.config import AUTO_SHARE, RunConfig
 from dynsdpb.errors import ConfigError
 from dynsdpb.paths import pkg_dir
-from dynsdpb.tables import FILE_SUFFIXES, read_table
+from dynsdpb.tables import FILE_SUFFIXES, dedup, read_table
 
 
 # --------------------------------------------------------------------------------------
@@ -207,20 +207,8 @@ def dedup_rows(kept: list[tuple]) -> tuple[list[tuple], dict]:
     would otherwise land in train and test alike. The first copy is kept, in file order.
     A text that carries different labels is dropped with all its copies (not a majority
     vote: two copies are a tie, and regression targets have no majority)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, (t, pr, _) in enumerate(kept):
-        groups.setdefault((_norm(t), None if pr is None else _norm(pr)), []).append(i)
-    keep, repeats, conflicts, conflict_rows = [], 0, 0, 0
-    for idx in groups.values():  # in order of first appearance
-        if len({_label_key(kept[i][2]) for i in idx}) > 1:
-            conflicts += 1
-            conflict_rows += len(idx)
-            continue
-        keep.append(kept[idx[0]])
-        repeats += len(idx) - 1
-    return keep, {"rows": len(kept), "repeats_dropped": repeats,
-                  "conflicting_texts": conflicts, "conflicting_rows_dropped": conflict_rows,
-                  "kept": len(keep)}
+    return dedup(kept, key=lambda r: (_norm(r[0]), None if r[1] is None else _norm(r[1])),
+                 label=lambda r: _label_key(r[2]))
 
 
 def dedup_words(d: dict) -> str:

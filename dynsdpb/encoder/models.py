@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from dynsdpb.catalog import BUILTIN_MAX_LEN, BUILTIN_MODELS
+from dynsdpb.catalog import BUILTIN_MAX_LEN, BUILTIN_MODELS, source_kind
 from dynsdpb.config import RunConfig
 from dynsdpb.paths import pkg_dir
 from dynsdpb.errors import ConfigError
@@ -24,13 +24,7 @@ def minilm_dir() -> Path:
 
 
 def model_kind(name: str) -> str:
-    if name in BUILTIN_MODELS:
-        return "builtin"
-    if Path(name).expanduser().is_dir():
-        return "local"
-    if name.startswith((".", "/", "~")):
-        return "missing"
-    return "hub"
+    return source_kind(name, BUILTIN_MODELS)
 
 
 def _source(cfg: RunConfig) -> str:
