@@ -194,3 +194,14 @@ def test_the_loop_calls_nothing_on_a_task_but_the_seam():
                     and isinstance(v.value, ast.Name) and v.value.id == "self"):
                 used.add(node.attr)
     assert used and used <= allowed, sorted(used - allowed)
+
+
+def test_the_wheel_lists_every_subpackage():
+    """pyproject.toml names its packages one by one: a new subpackage missing there would be
+    left out of the wheel (tests/test_install.py then fails only on the code paths it runs)."""
+    import tomllib
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(PKG.parent).parts) for p in PKG.rglob("__init__.py")
+             if "_workbench" not in p.parts}
+    assert found - listed == set()
