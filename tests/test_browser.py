@@ -46,6 +46,20 @@ AT_LEAST_FOUR = ("() => { const p = (" + JS_POINTS + ")(); "
                  "return p.length >= 4 && p.every(n => n > 0); }")
 
 
+
+def start_app(runs: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+    """The app on a free local port, offline, on `runs`, its output in `log_path`; the caller
+    waits for it (wait_health) and stops it (stop_server)."""
+    port = free_port()
+    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    with open(log_path, "wb") as log:    # the server keeps its own copy of the file
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port",
+             str(port), "--server.headless", "true", "--server.address", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, port
+
 def _zoom_loss_chart(page) -> dict:
     """Drag a zoom box over part of the loss chart's first subplot, as a user would."""
     initial = page.evaluate(JS_LOSS)
@@ -91,14 +105,7 @@ def test_browser_live_run_and_compare(tmp_path, report):
     steps = 280
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
-    port = free_port()
-    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, port = start_app(runs, tmp_path / "server.log")
     ARTIFACTS.mkdir(exist_ok=True)
     seen: dict[tuple[str, int], float] = {}
     try:
@@ -193,7 +200,6 @@ def test_browser_live_run_and_compare(tmp_path, report):
             browser.close()
     finally:
         stop_server(proc, grace=10)
-        log.close()
 
     # Delay between a record being written (its `time`) and the page showing it.
     exp = next(p for p in runs.iterdir() if (p / "experiment.json").is_file())
@@ -221,14 +227,7 @@ def test_browser_direct_page_urls(tmp_path):
             f"{CHROMIUM} missing: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(tmp_path / "runs"), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, port = start_app(tmp_path / "runs", tmp_path / "server.log")
     try:
         wait_health(port, proc)
         with sync_playwright() as p:
@@ -252,7 +251,6 @@ def test_browser_direct_page_urls(tmp_path):
             browser.close()
     finally:
         stop_server(proc, grace=10)
-        log.close()
 
 
 def test_browser_bench_app_steps_keep_flowing_with_live_tabs_open(tmp_path, report):
@@ -323,14 +321,7 @@ def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
 
     runs = tmp_path / "runs"
     d = _fake_loop(runs)
-    port = free_port()
-    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, port = start_app(runs, tmp_path / "server.log")
     try:
         wait_health(port, proc)
         with sync_playwright() as p:
@@ -375,7 +366,6 @@ def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
             browser.close()
     finally:
         stop_server(proc, grace=10)
-        log.close()
 
 
 JS_HIDE = """(v) => { Object.defineProperty(document, 'visibilityState',
@@ -400,14 +390,7 @@ def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
     runs = tmp_path / "runs"
     d = _fake_loop(runs)
     RunDir(d).set_status("running", round=1, rounds=1, phase="generating", arm="vanilla-s0")
-    port = free_port()
-    env = dict(os.environ, DYNSDPB_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, port = start_app(runs, tmp_path / "server.log")
     try:
         wait_health(port, proc)
         with sync_playwright() as p:
@@ -438,4 +421,3 @@ def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
             browser.close()
     finally:
         stop_server(proc, grace=10)
-        log.close()
