@@ -119,10 +119,14 @@ class JobManager:
         with self._lock:
             exp = create_experiment(self.runs_dir, base, methods, seeds, name, exp_dir=exp,
                                     check=False)
-            job = Job(exp)
-            self._jobs[job.id] = job
-            self._queue.append(job)
-            self._wake.notify_all()
+            return self._enqueue(Job(exp))
+
+    def _enqueue(self, job: Job, key: str | None = None) -> Job:
+        """Register a job and wake the supervisor (under self._lock). `key`: the id a resume
+        was asked for, else the job's own."""
+        self._jobs[key or job.id] = job
+        self._queue.append(job)
+        self._wake.notify_all()
         return job
 
     def submit_selftrain(self, base: RunConfig, loop, methods: list[str], seeds: list[int],
@@ -136,11 +140,7 @@ class JobManager:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             path = unique_dir(self.runs_dir, name or f"{stamp}-selftrain-{loop.loop}")
             create_selftrain(path, base, loop, methods, seeds, name)
-            job = Job(path)
-            self._jobs[job.id] = job
-            self._queue.append(job)
-            self._wake.notify_all()
-        return job
+            return self._enqueue(Job(path))
 
     def resume(self, exp_id: str) -> Job:
         from dynsdpb.selftrain.run import is_selftrain
@@ -157,11 +157,7 @@ class JobManager:
             for rd in ExperimentDir(exp).arms():
                 if rd.status().get("state") != "finished":
                     rd.set_status("queued")
-            job = Job(exp, resume=True)
-            self._jobs[exp_id] = job
-            self._queue.append(job)
-            self._wake.notify_all()
-        return job
+            return self._enqueue(Job(exp, resume=True), exp_id)
 
     def _resume_selftrain(self, exp_id: str) -> Job:
         from dynsdpb.selftrain.run import read_meta
@@ -173,11 +169,7 @@ class JobManager:
                 return j
             from dynsdpb.store import check_not_busy
             check_not_busy([RunDir(path)], exp_id)
-            job = Job(path, resume=True)
-            self._jobs[exp_id] = job
-            self._queue.append(job)
-            self._wake.notify_all()
-        return job
+            return self._enqueue(Job(path, resume=True), exp_id)
 
     def stop(self, exp_id: str) -> bool:
         """Queued: dequeue and mark stopped. Running: finish the current step, save, stop."""
