@@ -66,7 +66,6 @@ BUILTIN_DATASETS = {
 }
 
 # Views by kind, derived from the two tables above.
-ENCODERS = {n: m for n, m in BUILTIN_MODELS.items() if m.kind == "encoder"}
 DECODERS = {n: m for n, m in BUILTIN_MODELS.items() if m.kind == "decoder"}
 CLASSIFICATION_DATASETS = {n: d for n, d in BUILTIN_DATASETS.items() if d.kind == "classification"}
 GENERATION_DATASETS = {n: d for n, d in BUILTIN_DATASETS.items() if d.kind == "generation"}
