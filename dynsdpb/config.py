@@ -52,6 +52,10 @@ AUTO_SHARE, AUTO_VAL_MAX, AUTO_TEST_MAX = 0.1, 400, 800
 # it does not set (`from_dict` without a base, the CLI, presets, Setup, the Self-training
 # page, sweeps); a value given is used as is.
 DECODER_TEMPERATURES = {"tau": 1.0, "tau_0": 1.0, "tau_min": 1.0, "tau_max": 1.5}
+ENCODER_TEMPERATURES = {"tau": 3.0, "tau_0": 3.0, "tau_min": 1.0, "tau_max": 6.0}
+# RunConfig's tau fields default to None, "the model family's value": __post_init__ fills them
+# from the two dicts above, so RunConfig(model="smollm2-135m") built in Python gets the
+# decoder temperatures as the CLI and the app do. (replace() keeps the values a config has.)
 # Below this mean cached top-k mass a decoder run warns (status.json, CLI, Setup by tau).
 KD_MASS_WARN = 0.5
 
@@ -115,11 +119,15 @@ class RunConfig:
                        "method", SCHEDULES)
     alpha: float = _f(0.5, "Weight of the distillation term for static and warmup schedules.",
                       "method")
-    tau: float = _f(3.0, "Softmax temperature for static, warmup and linear schedules.", "method")
+    tau: float = _f(None, "Softmax temperature for static, warmup and linear schedules. "
+                    "Default: the model family's (encoders 3, decoders 1).", "method")
     alpha_max: float = _f(1.0, "Upper bound of alpha for dynsdpb-v1 and linear.", "method")
-    tau_0: float = _f(3.0, "dynsdpb-v1: base temperature, scaled by uncertainty.", "method")
-    tau_min: float = _f(1.0, "dynsdpb-v1: lowest temperature allowed.", "method")
-    tau_max: float = _f(6.0, "dynsdpb-v1: highest temperature allowed.", "method")
+    tau_0: float = _f(None, "dynsdpb-v1: base temperature, scaled by uncertainty. Default: the "
+                      "model family's (encoders 3, decoders 1).", "method")
+    tau_min: float = _f(None, "dynsdpb-v1: lowest temperature allowed. Default: the model "
+                        "family's (encoders and decoders 1).", "method")
+    tau_max: float = _f(None, "dynsdpb-v1: highest temperature allowed. Default: the model "
+                        "family's (encoders 6, decoders 1.5).", "method")
     granularity: str = _f("sample", "dynsdpb-v1: one alpha/tau per sample (decoders: per "
                           "sequence, from the mean over its target tokens), per token (decoders "
                           "only), or one per batch from "
@@ -215,6 +223,17 @@ class RunConfig:
     name: str = _f("", "Optional run name; a safe one is derived when empty.", "run")
 
     # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        unset = [k for k in DECODER_TEMPERATURES if getattr(self, k) is None]
+        if unset:
+            try:
+                decoder = is_causal_lm(self)
+            except Exception:  # noqa: BLE001 - an unreadable model folder: validate says so
+                decoder = False
+            family = DECODER_TEMPERATURES if decoder else ENCODER_TEMPERATURES
+            for k in unset:
+                object.__setattr__(self, k, family[k])   # frozen: filled once, at creation
+
     def replace(self, **kw) -> "RunConfig":
         return dataclasses.replace(self, **kw)
 
@@ -363,18 +382,19 @@ def from_dict(d: dict[str, Any], base: RunConfig | None = None, *, check: bool =
 
 def default_temperatures(decoder: bool) -> dict[str, float]:
     """The tau fields' defaults for a decoder (DECODER_TEMPERATURES) or an encoder."""
-    if decoder:
-        return dict(DECODER_TEMPERATURES)
-    return {k: FIELDS[k].default for k in DECODER_TEMPERATURES}
+    return dict(DECODER_TEMPERATURES if decoder else ENCODER_TEMPERATURES)
 
 
-def with_family_defaults(cfg: RunConfig, given: set[str] | frozenset[str] = frozenset()
-                         ) -> RunConfig:
-    """A decoder config with the decoder temperatures in the tau fields not in `given`."""
-    try:
-        decoder = is_causal_lm(cfg)
-    except Exception:  # noqa: BLE001 - an unreadable local model folder: validate says so
-        return cfg
+def with_family_defaults(cfg: RunConfig, given: set[str] | frozenset[str] = frozenset(),
+                         decoder: bool | None = None) -> RunConfig:
+    """A decoder config with the decoder temperatures in the tau fields not in `given`.
+    `decoder` None: told from the config (is_causal_lm); DynSDPBTrainer tells it from the
+    logits it sees."""
+    if decoder is None:
+        try:
+            decoder = is_causal_lm(cfg)
+        except Exception:  # noqa: BLE001 - an unreadable local model folder: validate says so
+            return cfg
     if not decoder:
         return cfg
     return cfg.replace(**{k: v for k, v in DECODER_TEMPERATURES.items() if k not in given})

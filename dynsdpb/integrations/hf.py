@@ -45,7 +45,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from dynsdpb.config import RunConfig, validate
+from dynsdpb.config import RunConfig, validate, with_family_defaults
 from dynsdpb.decoder.loss import TokenTeacher, make_teachers, shift_labels, token_loss
 from dynsdpb.engine import schedules
 from dynsdpb.engine.schedules import describe
@@ -195,6 +195,7 @@ class DynSDPBTrainer(Trainer):
     def __init__(self, *args, method: str = "dynsdpb", **kwargs):
         mkw = {k: kwargs.pop(k) for k in list(kwargs) if k in METHOD_FIELDS}
         self.dynsdpb = method_config(method=method, **mkw)
+        self._given = frozenset(mkw)   # tau fields not given follow the task (first batch)
         super().__init__(*args, **kwargs)
         # The loss below is already scaled for gradient accumulation (step-wide normalisers).
         self.loss_is_scaled_for_ga = True
@@ -368,6 +369,10 @@ class DynSDPBTrainer(Trainer):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         n_car, t = mb.n_carried, self.state.global_step      # t: 0-based step
         tokens = logits.ndim == 3
+        if tokens and self._task_seen is None:
+            # a causal LM distils through the top-k cache: the decoder temperatures for the
+            # tau fields not given (config.DECODER_TEMPERATURES), before any teacher is made
+            self.dynsdpb = cfg = with_family_defaults(cfg, self._given, decoder=True)
         self._task_seen = "causal-lm" if tokens else "classification"
         acc = self._acc[-1]
         if tokens:

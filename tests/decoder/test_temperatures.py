@@ -38,6 +38,56 @@ def test_decoder_configs_get_decoder_temperatures_unless_given():
     assert (back.base.tau, back.base.tau_max) == (3.0, 6.0)
 
 
+def test_a_config_built_in_python_gets_its_family_temperatures(tiny):
+    """RunConfig(...) called directly (a library user, tests): the decoder temperatures for a
+    decoder (built-in name or a local folder whose config.json says ForCausalLM), the encoder
+    ones for an encoder; a value given stays."""
+    model, _ = tiny
+    for name in ("smollm2-135m", model):
+        dec = C.RunConfig(model=name, dataset="arith-easy", method="dynsdpb")
+        assert (dec.tau, dec.tau_0, dec.tau_min, dec.tau_max) == (1.0, 1.0, 1.0, 1.5)
+    assert C.RunConfig(model="smollm2-135m", tau=2.0).tau == 2.0
+    assert C.RunConfig(model="smollm2-135m", tau=2.0).tau_0 == 1.0
+    enc = C.RunConfig()
+    assert (enc.tau, enc.tau_0, enc.tau_min, enc.tau_max) == (3.0, 3.0, 1.0, 6.0)
+    assert C.RunConfig(**C.RunConfig(model="smollm2-135m").to_dict()).tau_max == 1.5
+
+
+def test_trainer_on_a_causal_lm_uses_decoder_temperatures_unless_given(tiny, tmp_path):
+    """DynSDPBTrainer tells the task from the logits: a causal LM distils at the decoder
+    temperatures for the tau fields the user did not give, from its first step on."""
+    import datasets
+    from functools import partial
+    from transformers import TrainingArguments
+
+    from dynsdpb import tasks
+    from dynsdpb.decoder.data import collate
+    from dynsdpb.integrations.hf import DynSDPBTrainer
+    model, data = tiny
+    cfg = C.check_config(C.RunConfig(model=model, dataset=data, max_len=32, val_size=4,
+                                     test_size=4, batch_size=4, steps=2, finetune="full",
+                                     eval_every=100, checkpoint_every=0, save_model=False,
+                                     eval_generations=0, probe_size=4, max_new_tokens=4))
+    task = tasks.prepare(cfg)
+    rows = task.train.rows
+    ds = datasets.Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
+                                     "labels": [r["labels"] for r in rows]})
+    taus = []
+    for given in ({}, {"tau_max": 4.0}):
+        args = TrainingArguments(output_dir=str(tmp_path / str(len(taus))),
+                                 per_device_train_batch_size=4, max_steps=2, report_to=[],
+                                 use_cpu=True, disable_tqdm=True, save_strategy="no")
+        tr = DynSDPBTrainer(model=task.build_model(cfg, "hf"), args=args, train_dataset=ds,
+                            data_collator=partial(collate, pad_id=task.tokenizer.pad_token_id),
+                            method="dynsdpb", **given)
+        assert tr.dynsdpb.tau_max == given.get("tau_max", 6.0)   # not known before a batch
+        tr.train()
+        c = tr.dynsdpb
+        taus.append((c.tau, c.tau_0, c.tau_min, c.tau_max))
+        assert max(r["tau"] for r in tr.dynsdpb_records if r.get("tau")) <= c.tau_max
+    assert taus == [(1.0, 1.0, 1.0, 1.5), (1.0, 1.0, 1.0, 4.0)]
+
+
 def test_cli_compare_and_selftrain_demo_use_decoder_temperatures(capsys):
     assert main(["compare", "--model", "smollm2-135m", "--dataset", "arith-easy",
                  "--dump"]) == 0
