@@ -14,7 +14,10 @@ that is not possible (read-only install, static serving off), `live_chart` falls
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import plotly
@@ -26,44 +29,97 @@ PLOTLY_JS = STATIC / "plotly.min.js"
 
 _JS = """
 export default function (component) {
-  const { data, parentElement } = component;
+  const { data, parentElement, setTriggerValue } = component;
+  const stats = window.__dynsdpbDraws ||
+    (window.__dynsdpbDraws = { full: 0, extend: 0, points: 0, resync: 0, deferred: 0, ms: 0 });
   let host = parentElement.querySelector(".dynsdpb-plot");
   if (!host) {
     host = document.createElement("div");
     host.className = "dynsdpb-plot";
     host.style.width = "100%";
     parentElement.appendChild(host);
+    host.__tip = null;        // rev of the newest figure received (drawn or waiting)
+    host.__pending = [];      // messages received, not drawn yet (hidden tab, chart off screen)
+    host.__inView = true;     // until the observer says otherwise
   }
-  const render = (d) => {
-    // A fragment rerun with nothing new sends the same figure again: nothing to redraw.
-    if (host.__dynsdpbFigure === d.figure && host.data) return;
-    host.__dynsdpbFigure = d.figure;
-    const fig = JSON.parse(d.figure);
-    // Plotly.react on the same div: layout.uirevision keeps zoom and legend clicks.
-    window.Plotly.react(host, fig.data, fig.layout, d.config || {});
+  const visible = () => document.visibilityState !== "hidden" && host.__inView;
+
+  // Draw what is waiting: the last full figure, then every later batch of new points merged
+  // into one extendTraces call. Plotly redraws the chart either way; extendTraces spares the
+  // browser the whole figure's JSON and Plotly.react's diff of it.
+  const flush = () => {
+    if (!window.Plotly || !host.isConnected || !host.__pending.length || !visible()) return;
+    const q = host.__pending;
+    host.__pending = [];
+    const t0 = performance.now();
+    let start = 0;
+    for (let j = q.length - 1; j >= 0; j--) if (q[j].figure) { start = j; break; }
+    if (q[start].figure) {
+      const fig = JSON.parse(q[start].figure);
+      // Plotly.react on the same div: layout.uirevision keeps zoom and legend clicks.
+      window.Plotly.react(host, fig.data, fig.layout, host.__config || {});
+      stats.full += 1;
+      start += 1;
+    }
+    const add = new Map();    // trace index -> {x, y}
+    for (let j = start; j < q.length; j++) {
+      const e = q[j].extend;
+      e.indices.forEach((i, k) => {
+        const a = add.get(i) || { x: [], y: [] };
+        a.x = a.x.concat(e.x[k]);
+        a.y = a.y.concat(e.y[k]);
+        add.set(i, a);
+      });
+    }
+    if (add.size) {
+      const idx = Array.from(add.keys());
+      window.Plotly.extendTraces(host, { x: idx.map((i) => add.get(i).x),
+                                         y: idx.map((i) => add.get(i).y) }, idx);
+      stats.extend += 1;
+      idx.forEach((i) => { stats.points += add.get(i).x.length; });
+    }
+    stats.ms += performance.now() - t0;
   };
-  const draw = () => {
-    // A tab nobody looks at (another tab in front, a minimised window) draws nothing: it
-    // keeps the latest figure and draws it once, when it is shown again. Drawing in hidden
-    // tabs took CPU from the training on the same machine.
-    host.__dynsdpbLatest = data;
-    if (document.visibilityState === "hidden") {
-      if (!host.__dynsdpbWaiting) {
-        host.__dynsdpbWaiting = true;
-        const onShow = () => {
-          if (document.visibilityState === "hidden") return;
-          document.removeEventListener("visibilitychange", onShow);
-          host.__dynsdpbWaiting = false;
-          if (host.isConnected && host.__dynsdpbLatest) render(host.__dynsdpbLatest);
-        };
-        document.addEventListener("visibilitychange", onShow);
+
+  const receive = (d) => {
+    if (d.rev === host.__tip) return;          // the same figure again: nothing to draw
+    host.__config = d.config || {};
+    if (d.figure) {
+      host.__pending = [d];                    // a whole figure replaces whatever waits
+    } else if (d.base === host.__tip && host.__tip !== null) {
+      host.__pending.push(d);                  // new points for the figure we hold
+    } else {
+      // points for a figure this chart does not hold (it was mounted again, or a message
+      // was missed): ask the server for the whole figure once
+      if (host.__asked !== d.rev) {
+        host.__asked = d.rev;
+        stats.resync += 1;
+        setTriggerValue("resync", d.rev);
       }
       return;
     }
-    render(data);
+    host.__tip = d.rev;
+    if (visible()) flush(); else stats.deferred += 1;
   };
+
+  if (!host.__watching) {
+    host.__watching = true;
+    // A tab nobody looks at, or a chart scrolled out of view, draws nothing: it keeps what
+    // arrives and draws it once, when it is shown. Drawing unseen charts took CPU from the
+    // training on the same machine.
+    document.addEventListener("visibilitychange", flush);
+    if (window.IntersectionObserver) {
+      host.__observer = new IntersectionObserver((entries) => {
+        host.__inView = entries[entries.length - 1].isIntersecting;
+        flush();
+      }, { rootMargin: "200px" });
+      host.__observer.observe(host);
+    }
+  }
+
+  const go = () => { receive(data); };
   if (window.Plotly) {
-    draw();
+    go();
   } else {
     if (!window.__dynsdpbPlotly) {
       window.__dynsdpbPlotly = new Promise((ok, fail) => {
@@ -74,10 +130,14 @@ export default function (component) {
         document.head.appendChild(s);
       });
     }
-    window.__dynsdpbPlotly.then(draw);
+    window.__dynsdpbPlotly.then(() => { go(); flush(); });
   }
   return () => {
-    host.__dynsdpbFigure = null;
+    document.removeEventListener("visibilitychange", flush);
+    if (host.__observer) host.__observer.disconnect();
+    host.__watching = false;
+    host.__tip = null;
+    host.__pending = [];
     if (window.Plotly) window.Plotly.purge(host);
   };
 }
@@ -110,25 +170,105 @@ def _plotly_js_url() -> str | None:
     return "/" + (base + "/" if base else "") + "app/static/plotly.min.js"
 
 
+def _parts(fig: go.Figure) -> tuple[str, list]:
+    """(the figure without its points, as JSON; each trace's (x, y)), once per figure (the
+    figures from figures.figure are shared and never modified)."""
+    cached = getattr(fig, "_dynsdpb_parts", None)
+    if cached is None:
+        from app.figures import figure_json
+        d = json.loads(figure_json(fig))
+        points = [(t.pop("x", None), t.pop("y", None)) for t in d.get("data", [])]
+        cached = (json.dumps(d, sort_keys=True), points)
+        fig._dynsdpb_parts = cached
+    return cached
+
+
+def new_points(old: go.Figure, new: go.Figure) -> dict | None:
+    """The points that turn `old` into `new` when appended to its traces, as Plotly's
+    extendTraces takes them ({"x": [[...]], "y": [[...]], "indices": [...]}); None when `new`
+    is not `old` plus points (another layout, style, trace count, or changed old points, as
+    after decimation)."""
+    shape_old, pts_old = _parts(old)
+    shape_new, pts_new = _parts(new)
+    if shape_old != shape_new or len(pts_old) != len(pts_new):
+        return None
+    xs, ys, idx = [], [], []
+    for i, ((xo, yo), (xn, yn)) in enumerate(zip(pts_old, pts_new)):
+        if not all(isinstance(v, list) for v in (xo, yo, xn, yn)):
+            if (xo, yo) == (xn, yn):
+                continue
+            return None
+        n = len(xo)
+        if len(yo) != n or len(xn) != len(yn) or len(xn) < n or xn[:n] != xo or yn[:n] != yo:
+            return None
+        if len(xn) > n:
+            xs.append(xn[n:])
+            ys.append(yn[n:])
+            idx.append(i)
+    return {"x": xs, "y": ys, "indices": idx}
+
+
+def _rev(fig: go.Figure) -> str:
+    cached = getattr(fig, "_dynsdpb_rev", None)
+    if cached is None:
+        from app.figures import figure_json
+        cached = hashlib.blake2b(figure_json(fig).encode(), digest_size=8).hexdigest()
+        fig._dynsdpb_rev = cached
+    return cached
+
+
+SENT = "_live_chart_sent"     # session state: per chart key, what this session's browser holds
+
+
+def _forget(key: str) -> None:
+    """The browser asked for the whole figure (its chart was mounted again)."""
+    st.session_state.get(SENT, {}).pop(key, None)
+
+
+def chart_data(fig: go.Figure, key: str, config: dict, src: str, sent: dict) -> dict:
+    """What the component gets for `fig`: the whole figure the first time (and whenever it is
+    not the last one plus points), else only the new points and the revision they extend.
+    The same figure again gives the very same data, which Streamlit's message cache sends as a
+    short reference and the component skips. `sent`: this session's SENT state."""
+    from app.figures import figure_json
+    last = sent.get(key)
+    if last is not None and last["fig"] is fig and last["config"] == config:
+        return last["data"]
+    data = {"rev": _rev(fig), "config": config, "src": src}
+    same_config = last is not None and last["config"] == config
+    if same_config and last["data"]["rev"] == data["rev"]:
+        last["fig"] = fig              # a new build of the same figure: the same data again
+        return last["data"]
+    add = new_points(last["fig"], fig) if same_config else None
+    if add is not None:
+        data.update(extend=add, base=last["data"]["rev"])
+    else:
+        data["figure"] = figure_json(fig)
+    sent[key] = {"fig": fig, "config": config, "data": data}
+    return data
+
+
 def live_chart(fig: go.Figure, key: str, config: dict | None = None) -> None:
     """Draw `fig` so that the user's zoom survives the next update of the same key.
 
-    The figure's JSON is computed once per figure (figures.figure_json): a rerun with the same
-    figure sends the same bytes, which Streamlit's message cache turns into a short reference
-    to what the browser already holds, and the component skips Plotly.react for it.
+    The figure's JSON is computed once per figure (figures.figure_json); after the first
+    draw a session sends only the points that are new (chart_data), which the browser appends
+    with Plotly.extendTraces. A hidden tab or a chart out of view draws nothing until shown.
     """
-    from app.figures import figure_json
     url = _plotly_js_url()
     if url is None:
         st.plotly_chart(fig, key=key, config=config)
         return
     cfg = dict(config or {}, responsive=True)
-    _component(key=key, data={"figure": figure_json(fig), "config": cfg, "src": url})
+    sent = st.session_state.setdefault(SENT, {})
+    _component(key=key, data=chart_data(fig, key, cfg, url, sent),
+               on_resync_change=partial(_forget, key))
 
 
-def figure_of(element) -> dict | None:
-    """The plotly figure inside an AppTest element of a live chart (either kind), for tests."""
-    import json
+def figure_of(element, session_state=None) -> dict | None:
+    """The plotly figure inside an AppTest element of a live chart (either kind), for tests.
+    An update that carries only new points is resolved through the session's SENT state
+    (pass AppTest's session_state)."""
     proto = element.proto
     if hasattr(proto, "spec") and proto.spec:
         return json.loads(proto.spec)
@@ -137,4 +277,10 @@ def figure_of(element) -> dict | None:
         data = json.loads(raw)
         if isinstance(data, dict) and "figure" in data:
             return json.loads(data["figure"])
+        if isinstance(data, dict) and "extend" in data and session_state is not None:
+            from app.figures import figure_json
+            sent = session_state[SENT] if SENT in session_state else {}
+            for v in sent.values():
+                if v["data"]["rev"] == data["rev"]:
+                    return json.loads(figure_json(v["fig"]))
     return None

@@ -226,3 +226,18 @@ def progress_words(info: dict) -> list[str]:
         parts.append(" and ".join(f"resumed from the step-{s} checkpoint"
                                   for s in info["resumed_from"]))
     return parts
+
+
+def bar_html(frac: float, label: str = "progress") -> str:
+    """A progress bar as plain HTML without animation, for pages that poll every second.
+
+    st.progress animates each change of its value (a CSS transition): on the Live page, which
+    redraws it every second, that animation alone took about 0.035 of a CPU core per open tab
+    in Chromium (measured against a fragment that draws nothing new: 0.051 vs 0.015 cores),
+    CPU the training on the same machine then lacks."""
+    pct = max(0.0, min(1.0, float(frac))) * 100
+    return (f"<div role='progressbar' aria-label='{label}' aria-valuemin='0' "
+            f"aria-valuemax='100' aria-valuenow='{pct:.0f}' style='height:0.5rem;"
+            "border-radius:0.25rem;background:rgba(151,166,195,0.25);overflow:hidden'>"
+            f"<div style='width:{pct:.2f}%;height:100%;background:#ff4b4b;"
+            "transition:none'></div></div>")

@@ -21,6 +21,7 @@ import streamlit as st
 
 from app import common, figures, progress, samples, tables, views
 from app.livechart import live_chart
+from app.visibility import tab_hidden
 from dynsdpb import config as C
 from dynsdpb.engine.schedules import describe
 
@@ -74,7 +75,8 @@ with c3:
                             "updates either way.")
 
 active_at_start = jm.is_active()
-run_every = 1.0 if active_at_start else None
+# A hidden tab polls nothing (app/visibility.py): showing it again reruns the page at once.
+run_every = 1.0 if active_at_start and not tab_hidden("live_tab_hidden") else None
 CHARTS_EVERY = 2.5   # seconds: charts need not move every second; status and progress do
 
 
@@ -114,7 +116,7 @@ def live_status() -> None:
         frac = info["done"] / info["total"] if info["total"] else 0.0
         if state != "finished":
             frac = min(frac, 0.99)   # 100% only when the run has really finished
-        st.progress(frac)
+        st.html(progress.bar_html(frac, 'training progress'))   # no animation: cheap
         latest = info["latest"]
         if latest:
             a, r = latest

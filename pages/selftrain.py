@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import common, figures, views
 from app.livechart import live_chart
+from app.visibility import tab_hidden
 from dynsdpb import config as C
 from dynsdpb.selftrain import run as S
 from dynsdpb.errors import ConfigError
@@ -292,7 +293,8 @@ def browse(sc: bool) -> None:
     st.dataframe(rows, hide_index=True, width="stretch", column_config=cols)
 
 
-@st.fragment(run_every=POLL if active_at_start else None)
+# A hidden tab polls nothing (app/visibility.py): showing it again reruns the page at once.
+@st.fragment(run_every=POLL if active_at_start and not tab_hidden("st_tab_hidden") else None)
 def watch() -> None:
     status = RunDir(path).status()
     state = status.get("state", "?")

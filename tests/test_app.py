@@ -78,7 +78,9 @@ def specs(at: AppTest) -> list[dict]:
     """Plotly figures on the page: st.plotly_chart specs, or the figures of the Live page's
     zoom-keeping chart component (app/livechart.py), in page order per kind."""
     from app.livechart import figure_of
-    return [figure_of(c) for c in at.get("bidi_component") + at.get("plotly_chart")]
+    return [figure_of(c, at.session_state)
+            for c in at.get("bidi_component") + at.get("plotly_chart")
+            if "dynsdpb.visibility" not in str(getattr(c.proto, "component_name", ""))]
 
 
 def points(spec: dict, name: str) -> int:

@@ -39,6 +39,9 @@ JS_POINTS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).ma
 JS_LOSS = """() => { const d = document.querySelectorAll('.js-plotly-plot')[4];
     return {range: d._fullLayout.xaxis.range.map(v => Math.round(v * 1000) / 1000),
             points: (d.data || []).reduce((n, t) => n + ((t.y && t.y.length) || 0), 0)}; }"""
+# Every live chart's traces as drawn: name, x and y.
+JS_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
+    d => (d.data || []).map(t => [t.name, Array.from(t.x || []), Array.from(t.y || [])]))"""
 # Live: validation, alpha/tau, drift, drift split, loss parts; Compare: at least four.
 ALL_FIVE = ("() => { const p = (" + JS_POINTS + ")(); "
             "return p.length === 5 && p.every(n => n > 0); }")
@@ -188,6 +191,18 @@ def test_browser_live_run_and_compare(tmp_path, report):
             shot = ARTIFACTS / "live.png"
             page.screenshot(path=str(shot))
             report(f"browser test screenshot: {shot.resolve()}")
+            # Issue 20: after the first draw each chart got only its new points (extendTraces),
+            # and what it drew that way is exactly what a freshly opened Live tab draws.
+            draws = page.evaluate("() => window.__dynsdpbDraws")
+            assert draws["extend"] >= 3 and draws["points"] > 0, draws
+            fresh = browser.new_page(viewport={"width": 1400, "height": 2600})
+            fresh.goto(base + "/live")
+            fresh.wait_for_function(ALL_FIVE)
+            time.sleep(3.0)    # one more chart poll on both pages
+            assert page.evaluate(JS_DATA) == fresh.evaluate(JS_DATA)
+            report(f"Live charts while training: {draws['full']} whole-figure draws, "
+                   f"{draws['extend']} extendTraces with {draws['points']} new points")
+            fresh.close()
 
             # Compare: both arms, charts with points, the summary table.
             page.get_by_role("link", name="Compare").click()
@@ -286,7 +301,8 @@ def test_browser_bench_app_steps_keep_flowing_with_live_tabs_open(tmp_path, repo
            f"{wall:.0f} s in all")
     assert "step_time_2_tabs_over_none" in printed and '"goal"' in printed
     assert any("Live tab 2 showed steps" in m for m in logged), logged
-    for n in ("0", "2"):
+    assert "step_time_2_tabs_one_in_front_over_none" in printed
+    for n in ("0", "2", "2-front"):
         phase = result["phases"][n]
         assert phase["n"] == steps, (n, phase, logged)       # steps kept flowing
         # a tiny model's step is well under a second; 30-40 s was the stall
@@ -371,16 +387,18 @@ def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
 JS_HIDE = """(v) => { Object.defineProperty(document, 'visibilityState',
     {get: () => v, configurable: true});
     document.dispatchEvent(new Event('visibilitychange')); }"""
-JS_COUNT_REACTS = """() => { window.__reacts = 0; const r = window.Plotly.react;
-    window.Plotly.react = function (...a) { window.__reacts++; return r.apply(this, a); }; }"""
+# Count chart draws: a whole figure (Plotly.react) or new points (Plotly.extendTraces).
+JS_COUNT_REACTS = """() => { window.__reacts = 0;
+    for (const f of ['react', 'extendTraces']) { const r = window.Plotly[f];
+      window.Plotly[f] = function (...a) { window.__reacts++; return r.apply(this, a); }; } }"""
 JS_KEPT = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
     d => (d.data || []).map(t => (t.y || []).join(',')).join(';'))"""
 
 
 def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
     """Issue 20: every open tab redrew every chart at every update, hidden tabs too, taking
-    CPU from the training. A hidden tab (document.visibilityState) now draws nothing and draws
-    the latest figure once when shown again."""
+    CPU from the training. A hidden tab (document.visibilityState) now draws nothing, is not
+    polled by the server, and draws the latest figure once when shown again."""
     if not Path(CHROMIUM).exists():
         (pytest.fail if os.environ.get("CI") else pytest.skip)(
             f"{CHROMIUM} missing: apt-get install -y chromium")
@@ -398,6 +416,9 @@ def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
                                         args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(30_000)
+            frames: list[float] = []     # websocket messages from the server, by arrival
+            page.on("websocket", lambda ws: ws.on("framereceived",
+                                                  lambda _: frames.append(time.time())))
             page.goto(f"http://127.0.0.1:{port}/selftrain")
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
                                    ".length >= 2 && window.Plotly")
@@ -412,8 +433,15 @@ def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
                 "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
                 "questions": 6, "traces": 6, "kept": 3, "rationalized": 0, "steps": 0,
                 "test_exact_match": 0.5, "aligned_tokens": 0, "dropped_tokens": 0})
-            time.sleep(5)                   # five polls: new data for the kept-traces chart
+            hidden_at = time.time()
+            page.wait_for_timeout(5000)     # five polls: new data for the kept-traces chart
+            # (waiting through Playwright, which timestamps the frames as they arrive)
             assert page.evaluate("() => window.__reacts") == 0
+            # ... and the server stopped polling it: after the one rerun that the change to
+            # hidden itself causes, no fragment rerun reaches the hidden tab (it polled every
+            # second before)
+            late = [t for t in frames if t > hidden_at + 1.5]
+            assert len(late) <= 1, (sorted({round(t - hidden_at, 1) for t in late}), page.evaluate("() => window.__dynsdpbHiddenSent"))
             assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
             page.evaluate(JS_HIDE, "visible")
             page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)

@@ -233,3 +233,56 @@ def test_a_one_point_chart_draws_its_value_on_a_range_around_it():
     one = figures.fig_metric([_arm([{"step": 10, "val_accuracy": 0.5}])], "val_accuracy")
     assert list(one.layout.yaxis.range) == [-2, 102]
     assert one.layout.xaxis.range[0] <= 0
+
+
+def test_a_live_chart_sends_only_new_points_after_the_first_draw():
+    """Issue 20: every poll sent each open tab the whole figure to redraw. After the first
+    draw a session gets the points that are new (what Plotly.extendTraces appends) and the
+    revision they extend; the whole figure again only when it is not the last one plus points
+    (here: the mode switch at 40 points) or when the browser asks for it (a remount)."""
+    import json
+
+    from app import livechart
+    sent: dict = {}
+    arms = [_arm(_recs(20), "vanilla"), _arm(_recs(20), "dynsdpb")]
+
+    def data():
+        fig = figures.figure(figures.fig_loss, arms, "step", uirev="t")
+        return fig, livechart.chart_data(fig, "loss", {}, "/plotly.js", sent)
+
+    f1, d1 = data()
+    assert "figure" in d1 and "extend" not in d1
+    assert data()[1] is d1                            # nothing new: the very same data
+    for a in arms:                                    # three more steps per arm
+        a.records.extend(dict(a.records[-1], step=s, time=1000.0 + s) for s in (21, 22, 23))
+    f2, d2 = data()
+    assert "figure" not in d2 and d2["base"] == d1["rev"] != d2["rev"]
+    ext = d2["extend"]
+    assert ext["indices"] and all(len(x) == 3 for x in ext["x"])
+    assert all(x == [21, 22, 23] for x in ext["x"])
+    # the old figure plus the new points is the new figure, trace by trace
+    old, new = json.loads(figures.figure_json(f1)), json.loads(figures.figure_json(f2))
+    for k, i in enumerate(ext["indices"]):
+        old["data"][i]["x"] += ext["x"][k]
+        old["data"][i]["y"] += ext["y"][k]
+    assert old == new
+    assert len(json.dumps(d2["extend"])) < len(figures.figure_json(f2)) / 5
+    # the browser asks for the whole figure (its chart was mounted again)
+    sent.pop("loss")
+    assert "figure" in data()[1]
+    # 40 points switch the traces from lines+markers to lines: not old plus points
+    for a in arms:
+        a.records.extend(dict(a.records[-1], step=s, time=1000.0 + s) for s in range(24, 45))
+    assert "figure" in data()[1]
+    # a changed config (another export file name) sends the whole figure too
+    fig = figures.figure(figures.fig_loss, arms, "step", uirev="t")
+    assert "figure" in livechart.chart_data(fig, "loss", {"x": 1}, "/plotly.js", sent)
+
+
+def test_new_points_refuses_changed_old_points():
+    from app import livechart
+    arms = [_arm(_recs(10))]
+    f1 = figures.fig_loss(arms)
+    arms[0].records[0] = dict(arms[0].records[0], loss=9.0, ce=9.0)
+    arms[0].records.append(dict(arms[0].records[-1], step=11, time=1011.0))
+    assert livechart.new_points(f1, figures.fig_loss(arms)) is None

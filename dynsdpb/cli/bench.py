@@ -51,7 +51,8 @@ def cmd_bench(a) -> int:
 def add_bench(sub) -> None:
     b = sub.add_parser("bench", help="measure the workbench itself", allow_abbrev=False)
     b.add_argument("--app", action="store_true", help="step time of a training run with 0, 1 "
-                   "and 4 Live tabs open (starts the app and headless Chromium; minutes)")
+                   "and 4 Live tabs open, each visible, then 4 tabs of one window (one in "
+                   "front, 3 hidden) (starts the app and headless Chromium; minutes)")
     b.add_argument("--json", action="store_true", help="progress on stderr; stdout holds only "
                    "the result as one JSON line")
     b.add_argument("--decoder", action="store_true", help="the figures for the decoder (LoRA as "
