@@ -449,3 +449,52 @@ def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
             browser.close()
     finally:
         stop_server(proc, grace=10)
+
+
+def test_browser_a_chart_out_of_view_draws_when_scrolled_to(tmp_path):
+    """Issue 20: a chart below the fold was redrawn at every update too. It now keeps what
+    arrives and draws it when scrolled into view (IntersectionObserver)."""
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+    from dynsdpb.store import RunDir, atomic_write_json
+
+    runs = tmp_path / "runs"
+    d = _fake_loop(runs)
+    RunDir(d).set_status("running", round=1, rounds=1, phase="generating", arm="vanilla-s0")
+    proc, port = start_app(runs, tmp_path / "server.log")
+    try:
+        wait_health(port, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(30_000)
+            page.goto(f"http://127.0.0.1:{port}/selftrain")
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
+                                   ".length >= 2 && window.Plotly")
+            time.sleep(2.5)
+            page.set_viewport_size({"width": 1400, "height": 300})   # charts below the fold
+            page.evaluate("() => window.scrollTo(0, 0)")
+            time.sleep(1.0)
+            assert page.evaluate("() => Array.from(document.querySelectorAll('.dynsdpb-plot'))"
+                                 ".every(h => h.__inView === false)")
+            page.evaluate(JS_COUNT_REACTS)
+            arm = d / "round-01" / "vanilla-s0"
+            arm.mkdir(parents=True)
+            (arm / "train.jsonl").write_text(json.dumps({"prompt": "p", "target": "so 1",
+                                                         "answer": "1"}) + "\n")
+            atomic_write_json(arm / "round.json", {
+                "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
+                "questions": 6, "traces": 6, "kept": 3, "rationalized": 0, "steps": 0,
+                "test_exact_match": 0.5, "aligned_tokens": 0, "dropped_tokens": 0})
+            page.wait_for_function("() => window.__dynsdpbDraws.deferred >= 1", timeout=10_000)
+            assert page.evaluate("() => window.__reacts") == 0
+            assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
+            page.locator(".dynsdpb-plot").first.scroll_into_view_if_needed()
+            page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)
+            assert "3" in page.evaluate(JS_KEPT)[0]           # the latest figure, drawn
+            browser.close()
+    finally:
+        stop_server(proc, grace=10)
