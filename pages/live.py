@@ -165,7 +165,9 @@ def live_status() -> None:
                      "tau": tables.cell("tau", last.get("tau")),
                      axis_title(val_key): tables.cell(val_key, val),
                      "samples/s": "—" if sps is None else f"{sps:.1f}"})
-    st.dataframe(rows, hide_index=True, width="stretch")
+    # a static table: the interactive grid (st.dataframe) redrawn every second cost about
+    # twice the browser CPU of this one per open tab
+    st.table(rows, hide_index=True, border="horizontal")
     msgs = st.container()   # fixed slots keep the elements below in place between updates
     for a in arms:
         if a.state == "failed":
