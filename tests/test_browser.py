@@ -395,15 +395,30 @@ JS_KEPT = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
     d => (d.data || []).map(t => (t.y || []).join(',')).join(';'))"""
 
 
-def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
-    """Issue 20: every open tab redrew every chart at every update, hidden tabs too, taking
-    CPU from the training. A hidden tab (document.visibilityState) now draws nothing, is not
-    polled by the server, and draws the latest figure once when shown again."""
+def _write_kept_round(d: Path) -> None:
+    """Round 1 of the fake loop ends with 3 traces kept (new data for the kept-traces chart)."""
+    from dynsdpb.store import atomic_write_json
+    arm = d / "round-01" / "vanilla-s0"
+    arm.mkdir(parents=True)
+    (arm / "train.jsonl").write_text(json.dumps({"prompt": "p", "target": "so 1",
+                                                 "answer": "1"}) + "\n")
+    atomic_write_json(arm / "round.json", {
+        "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0, "questions": 6,
+        "traces": 6, "kept": 3, "rationalized": 0, "steps": 0, "test_exact_match": 0.5,
+        "aligned_tokens": 0, "dropped_tokens": 0})
+
+
+@pytest.mark.parametrize("unseen", ["hidden tab", "chart out of view"])
+def test_browser_an_unseen_chart_draws_nothing_until_shown(unseen, tmp_path):
+    """Issue 20: every open tab redrew every chart at every update, hidden tabs and charts
+    below the fold too, taking CPU from the training. A hidden tab (document.visibilityState)
+    now draws nothing and is not polled by the server; a chart out of view
+    (IntersectionObserver) keeps what arrives. Each draws the latest figure once shown."""
     if not Path(CHROMIUM).exists():
         (pytest.fail if os.environ.get("CI") else pytest.skip)(
             f"{CHROMIUM} missing: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
-    from dynsdpb.store import RunDir, atomic_write_json
+    from dynsdpb.store import RunDir
 
     runs = tmp_path / "runs"
     d = _fake_loop(runs)
@@ -423,76 +438,29 @@ def test_browser_a_hidden_tab_draws_nothing_until_shown(tmp_path):
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
                                    ".length >= 2 && window.Plotly")
             time.sleep(2.5)
+            if unseen == "hidden tab":
+                page.evaluate(JS_HIDE, "hidden")
+            else:
+                page.set_viewport_size({"width": 1400, "height": 300})   # below the fold
+                page.evaluate("() => window.scrollTo(0, 0)")
+                page.wait_for_function("() => Array.from(document.querySelectorAll("
+                                       "'.dynsdpb-plot')).every(h => h.__inView === false)")
             page.evaluate(JS_COUNT_REACTS)
-            page.evaluate(JS_HIDE, "hidden")
-            arm = d / "round-01" / "vanilla-s0"
-            arm.mkdir(parents=True)
-            (arm / "train.jsonl").write_text(json.dumps({"prompt": "p", "target": "so 1",
-                                                         "answer": "1"}) + "\n")
-            atomic_write_json(arm / "round.json", {
-                "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
-                "questions": 6, "traces": 6, "kept": 3, "rationalized": 0, "steps": 0,
-                "test_exact_match": 0.5, "aligned_tokens": 0, "dropped_tokens": 0})
+            _write_kept_round(d)
             hidden_at = time.time()
-            page.wait_for_timeout(5000)     # five polls: new data for the kept-traces chart
-            # (waiting through Playwright, which timestamps the frames as they arrive)
-            assert page.evaluate("() => window.__reacts") == 0
-            # ... and the server stopped polling it: after the one rerun that the change to
-            # hidden itself causes, no fragment rerun reaches the hidden tab (it polled every
-            # second before)
-            late = [t for t in frames if t > hidden_at + 1.5]
-            assert len(late) <= 1, (sorted({round(t - hidden_at, 1) for t in late}), page.evaluate("() => window.__dynsdpbHiddenSent"))
-            assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
-            page.evaluate(JS_HIDE, "visible")
-            page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)
-            assert "3" in page.evaluate(JS_KEPT)[0]           # the latest figure, drawn
-            browser.close()
-    finally:
-        stop_server(proc, grace=10)
-
-
-def test_browser_a_chart_out_of_view_draws_when_scrolled_to(tmp_path):
-    """Issue 20: a chart below the fold was redrawn at every update too. It now keeps what
-    arrives and draws it when scrolled into view (IntersectionObserver)."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-    from dynsdpb.store import RunDir, atomic_write_json
-
-    runs = tmp_path / "runs"
-    d = _fake_loop(runs)
-    RunDir(d).set_status("running", round=1, rounds=1, phase="generating", arm="vanilla-s0")
-    proc, port = start_app(runs, tmp_path / "server.log")
-    try:
-        wait_health(port, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM,
-                                        args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(30_000)
-            page.goto(f"http://127.0.0.1:{port}/selftrain")
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
-                                   ".length >= 2 && window.Plotly")
-            time.sleep(2.5)
-            page.set_viewport_size({"width": 1400, "height": 300})   # charts below the fold
-            page.evaluate("() => window.scrollTo(0, 0)")
-            time.sleep(1.0)
-            assert page.evaluate("() => Array.from(document.querySelectorAll('.dynsdpb-plot'))"
-                                 ".every(h => h.__inView === false)")
-            page.evaluate(JS_COUNT_REACTS)
-            arm = d / "round-01" / "vanilla-s0"
-            arm.mkdir(parents=True)
-            (arm / "train.jsonl").write_text(json.dumps({"prompt": "p", "target": "so 1",
-                                                         "answer": "1"}) + "\n")
-            atomic_write_json(arm / "round.json", {
-                "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
-                "questions": 6, "traces": 6, "kept": 3, "rationalized": 0, "steps": 0,
-                "test_exact_match": 0.5, "aligned_tokens": 0, "dropped_tokens": 0})
-            page.wait_for_function("() => window.__dynsdpbDraws.deferred >= 1", timeout=10_000)
+            # five polls (waiting through Playwright, which timestamps frames as they arrive)
+            page.wait_for_timeout(5000)
             assert page.evaluate("() => window.__reacts") == 0
             assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
-            page.locator(".dynsdpb-plot").first.scroll_into_view_if_needed()
+            if unseen == "hidden tab":
+                # the server stopped polling it: after the one rerun that the change to
+                # hidden itself causes, no fragment rerun reaches it (it polled every second)
+                late = [t for t in frames if t > hidden_at + 1.5]
+                assert len(late) <= 1, sorted({round(t - hidden_at, 1) for t in late})
+                page.evaluate(JS_HIDE, "visible")
+            else:
+                assert page.evaluate("() => window.__dynsdpbDraws.deferred") >= 1
+                page.locator(".dynsdpb-plot").first.scroll_into_view_if_needed()
             page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)
             assert "3" in page.evaluate(JS_KEPT)[0]           # the latest figure, drawn
             browser.close()
