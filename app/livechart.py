@@ -4,8 +4,16 @@ Why not `st.plotly_chart`: in Streamlit 1.67 its element id hashes the figure, s
 update mounts a new chart and `layout.uirevision` never gets a chance to keep the zoom
 (checked in Chromium: a drag-zoom is gone at the next update). This small
 `st.components.v2` component keeps one plot div per key and calls `Plotly.react` on it,
-which is exactly what `uirevision` was made for. A hidden tab (document.visibilityState)
-draws nothing until it is shown again, then only the latest figure.
+which is exactly what `uirevision` was made for.
+
+What each open tab pays per update is kept small: after the first draw a session gets only
+the points that are new (`chart_data`; the browser appends them with Plotly.extendTraces, and
+asks for the whole figure again only if its chart was mounted anew); a figure that did not
+change is not drawn again; a hidden tab (document.visibilityState) or a chart scrolled out of
+view (IntersectionObserver) keeps what arrives and draws it once, when shown. A hidden tab is
+not even polled (app/visibility.py). Plotly redraws a chart on extendTraces as on react, so
+the saving is the figure's JSON and its diff, not the drawing; skipping unseen charts is
+what saves the drawing. window.__dynsdpbDraws counts the draws (browser tests read it).
 
 plotly.js is served by Streamlit's static file serving (`server.enableStaticServing`,
 `app/static/`), copied there from the installed plotly package: no network, no CDN. When
