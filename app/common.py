@@ -70,6 +70,15 @@ STATE_COLORS = {"queued": "gray", "running": "blue", "finished": "green", "stopp
                 "failed": "red", "interrupted": "orange"}
 
 
+# How often a watching page polls while something runs (seconds). Every poll of every visible
+# tab costs CPU that the training on the same machine then lacks: one visible Live tab took
+# 0.16 cores (browser + server) at 1 s / 2.5 s and 0.09 at 2 s / 5 s (measured side by side,
+# headless Chromium, a MiniLM run; docs/results.md "Speed: does watching Live slow
+# training?"). Hidden tabs do not poll at all (app/visibility.py).
+STATUS_EVERY = 2.0     # state, progress, Stop, the runs table, the queue
+CHARTS_EVERY = 5.0     # the live charts
+
+
 def state_badge(state: str) -> str:
     """A coloured state word with its icon, for st.markdown."""
     return f":{STATE_COLORS.get(state, 'gray')}-badge[{STATE_ICONS.get(state, '')} {state}]"

@@ -229,10 +229,10 @@ def progress_words(info: dict) -> list[str]:
 
 
 def bar_html(frac: float, label: str = "progress") -> str:
-    """A progress bar as plain HTML without animation, for pages that poll every second.
+    """A progress bar as plain HTML without animation, for pages that poll.
 
     st.progress animates each change of its value (a CSS transition): on the Live page, which
-    redraws it every second, that animation alone took about 0.035 of a CPU core per open tab
+    redrew it every second, that animation alone took about 0.035 of a CPU core per open tab
     in Chromium (measured against a fragment that draws nothing new: 0.051 vs 0.015 cores),
     CPU the training on the same machine then lacks."""
     pct = max(0.0, min(1.0, float(frac))) * 100

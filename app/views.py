@@ -87,7 +87,7 @@ def arm_dirs(exp: Path, meta: dict | None = None) -> list[RunDir]:
     return ExperimentDir(exp).arms(meta)
 
 
-# The pages re-read metrics.jsonl about once a second per open tab, in the same process as
+# The pages re-read metrics.jsonl at every poll of every visible tab, in the same process as
 # the training thread. Parsing only the bytes appended since the last read keeps that cheap
 # (and off the GIL the trainer needs). Same rules as the engine's read_metrics: a torn last
 # line waits for its newline, a garbled line is skipped.
@@ -162,7 +162,7 @@ _LIVE_ARMS_LOCK = threading.Lock()
 def load_arms_live(exp: Path) -> tuple[tuple, list[ArmView]]:
     """(signature, arms) of an experiment, re-read only when its files changed.
 
-    The Live page polls every second in every open tab; with nothing new this is a few stat
+    The Live page polls every 2 s in every visible tab; with nothing new this is a few stat
     calls, shared by all tabs. Every 5 s the arms are read anyway: a run whose process died
     shows as interrupted without writing anything.
     """

@@ -1,9 +1,10 @@
 """Live: one experiment's arms, updated while anything is training.
 
 Two sibling fragments poll the run folders (status.json, metrics.jsonl; the training process
-only writes files): `live_status` (state, progress, Stop, the queue) every second and
-`live_charts` (the four charts, which can be paused) every CHARTS_EVERY seconds. Polling
-switches off when nothing is queued or running.
+only writes files): `live_status` (state, progress, Stop, the queue) every
+common.STATUS_EVERY seconds and `live_charts` (the four charts, which can be paused) every
+common.CHARTS_EVERY seconds. Polling switches off when nothing is queued or running, and in a
+hidden tab (app/visibility.py).
 
 Watching must cost little whatever the number of tabs: each poll first compares a stat-only
 signature of the run files (views.load_arms_live) and re-reads nothing when it is the same;
@@ -76,8 +77,8 @@ with c3:
 
 active_at_start = jm.is_active()
 # A hidden tab polls nothing (app/visibility.py): showing it again reruns the page at once.
-run_every = 1.0 if active_at_start and not tab_hidden("live_tab_hidden") else None
-CHARTS_EVERY = 2.5   # seconds: charts need not move every second; status and progress do
+run_every = (common.STATUS_EVERY if active_at_start and not tab_hidden("live_tab_hidden")
+             else None)
 
 
 def _state_line(arms: list[views.ArmView]) -> str:
@@ -126,7 +127,7 @@ def live_status() -> None:
         else:
             text = "no step records yet"
         st.caption(text, help="Step records are written by the training thread; this page "
-                   "re-reads them about once a second.")
+                   f"re-reads them every {common.STATUS_EVERY:g} s.")
     with top2:
         if state not in ("running", "queued"):
             ss.pop("live_stopping", None)
@@ -165,7 +166,7 @@ def live_status() -> None:
                      "tau": tables.cell("tau", last.get("tau")),
                      axis_title(val_key): tables.cell(val_key, val),
                      "samples/s": "—" if sps is None else f"{sps:.1f}"})
-    # a static table: the interactive grid (st.dataframe) redrawn every second cost about
+    # a static table: the interactive grid (st.dataframe) redrawn at every poll cost about
     # twice the browser CPU of this one per open tab
     st.table(rows, hide_index=True, border="horizontal")
     msgs = st.container()   # fixed slots keep the elements below in place between updates
@@ -264,7 +265,7 @@ def decoder_views(arms: list[views.ArmView]) -> None:
                "hover a token for its values.")
 
 
-@st.fragment(run_every=None if (paused or not run_every) else CHARTS_EVERY)
+@st.fragment(run_every=None if (paused or not run_every) else common.CHARTS_EVERY)
 def live_charts() -> None:
     """The four charts, the schedule formulas and (when done) the test results."""
     _, arms = views.load_arms_live(jm.runs_dir / exp_id)

@@ -121,10 +121,10 @@ meta = read_json(path / S.META, {}) or {}
 sc = (meta.get("loop") or {}).get("loop") == "selfcorrect"
 ACTIVE = ("queued", "running")
 active_at_start = RunDir(path).status().get("state", "?") in ACTIVE
-# The same polling as Live: status every second while the loop runs; nothing when it is done.
-# A change of state (finished, stopped, started again) reruns the page once, which turns the
-# polling off or on and redraws the Stop/Resume buttons.
-POLL = 1.0
+# The same polling as Live: status every common.STATUS_EVERY s while the loop runs; nothing
+# when it is done. A change of state (finished, stopped, started again) reruns the page once,
+# which turns the polling off or on and redraws the Stop/Resume buttons.
+POLL = common.STATUS_EVERY
 
 # How the page names the answers, the same on Live: the gold one and the model's.
 SHOWN = {"answer": "gold answer", "extracted": "model's answer",
