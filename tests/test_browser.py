@@ -19,11 +19,12 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench.app import free_port, stop_server, wait_health
+from dynsdpb.bench.app import JS_HIDE, free_port, stop_server, wait_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
@@ -325,18 +326,11 @@ def _fake_loop(runs: Path) -> Path:
     return d
 
 
-def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
-    """Issue 20: the Self-training page kept "queued · round 0/1", a Stop button and "Nothing
-    generated yet" after the loop had finished, until a reload. It polls as Live does: each
-    phase shows, then the finished state, the kept count and why nothing was kept."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+@contextmanager
+def _app_page(runs: Path, tmp_path: Path):
+    """The app on `runs` and one Chromium page (1400 x 1800) in it, yielded with the app's
+    base URL; the browser and the app are closed afterwards."""
     from playwright.sync_api import sync_playwright
-    from dynsdpb.store import RunDir, atomic_write_json
-
-    runs = tmp_path / "runs"
-    d = _fake_loop(runs)
     proc, port = start_app(runs, tmp_path / "server.log")
     try:
         wait_health(port, proc)
@@ -345,48 +339,60 @@ def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
                                         args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(30_000)
-            page.goto(f"http://127.0.0.1:{port}/selftrain")
-            page.get_by_text(re.compile(r"round 0/1[:,] queued")).wait_for()
-            page.get_by_role("button", name="Stop").wait_for()
-
-            RunDir(d).set_status("running", round=1, rounds=1, phase="generating",
-                                 arm="vanilla-s0")
-            page.get_by_text(re.compile(r"round 1/1[:,] generating \(vanilla-s0\)")).wait_for(
-                timeout=15_000)
-
-            arm = d / "round-01" / "vanilla-s0"
-            arm.mkdir(parents=True)
-            traces = [{"question": f"q{i}", "answer": "1", "completion": "so 0",
-                       "extracted": "0", "correct": False, "rationalized": False}
-                      for i in range(6)]
-            (arm / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
-            (arm / "train.jsonl").write_text("")
-            note = ("none of the 6 traces ended with the gold answer: nothing to fine-tune; "
-                    "the model stays as it was and is tested as is")
-            atomic_write_json(arm / "round.json", {
-                "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
-                "questions": 6, "traces": 6, "kept": 0, "rationalized": 0, "steps": 0,
-                "note": note, "test_exact_match": 0.0, "aligned_tokens": 0,
-                "dropped_tokens": 0})
-            RunDir(d).set_status("finished", phase="finished")
-            # no reload: the page sees the end by itself
-            page.get_by_text("Nothing was kept in this round: none of the 6 traces").wait_for(
-                timeout=15_000)
-            page.get_by_text("finished", exact=False).first.wait_for()
-            time.sleep(2.5)
-            body = page.evaluate("() => document.body.innerText")
-            assert "queued" not in body and "round 0/1" not in body, body[:2000]
-            assert page.get_by_role("button", name="Stop").count() == 0
-            assert "Nothing generated yet" not in body
-            assert "No train.jsonl" not in body
+            yield page, f"http://127.0.0.1:{port}"
             browser.close()
     finally:
         stop_server(proc, grace=10)
 
 
-JS_HIDE = """(v) => { Object.defineProperty(document, 'visibilityState',
-    {get: () => v, configurable: true});
-    document.dispatchEvent(new Event('visibilitychange')); }"""
+def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
+    """Issue 20: the Self-training page kept "queued · round 0/1", a Stop button and "Nothing
+    generated yet" after the loop had finished, until a reload. It polls as Live does: each
+    phase shows, then the finished state, the kept count and why nothing was kept."""
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} missing: apt-get install -y chromium")
+    from dynsdpb.store import RunDir, atomic_write_json
+
+    runs = tmp_path / "runs"
+    d = _fake_loop(runs)
+    with _app_page(runs, tmp_path) as (page, base):
+        page.goto(base + "/selftrain")
+        page.get_by_text(re.compile(r"round 0/1[:,] queued")).wait_for()
+        page.get_by_role("button", name="Stop").wait_for()
+
+        RunDir(d).set_status("running", round=1, rounds=1, phase="generating",
+                             arm="vanilla-s0")
+        page.get_by_text(re.compile(r"round 1/1[:,] generating \(vanilla-s0\)")).wait_for(
+            timeout=15_000)
+
+        arm = d / "round-01" / "vanilla-s0"
+        arm.mkdir(parents=True)
+        traces = [{"question": f"q{i}", "answer": "1", "completion": "so 0",
+                   "extracted": "0", "correct": False, "rationalized": False}
+                  for i in range(6)]
+        (arm / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
+        (arm / "train.jsonl").write_text("")
+        note = ("none of the 6 traces ended with the gold answer: nothing to fine-tune; "
+                "the model stays as it was and is tested as is")
+        atomic_write_json(arm / "round.json", {
+            "round": 1, "arm": "vanilla-s0", "method": "vanilla", "seed": 0,
+            "questions": 6, "traces": 6, "kept": 0, "rationalized": 0, "steps": 0,
+            "note": note, "test_exact_match": 0.0, "aligned_tokens": 0,
+            "dropped_tokens": 0})
+        RunDir(d).set_status("finished", phase="finished")
+        # no reload: the page sees the end by itself
+        page.get_by_text("Nothing was kept in this round: none of the 6 traces").wait_for(
+            timeout=15_000)
+        page.get_by_text("finished", exact=False).first.wait_for()
+        time.sleep(2.5)
+        body = page.evaluate("() => document.body.innerText")
+        assert "queued" not in body and "round 0/1" not in body, body[:2000]
+        assert page.get_by_role("button", name="Stop").count() == 0
+        assert "Nothing generated yet" not in body
+        assert "No train.jsonl" not in body
+
+
 # Count chart draws: a whole figure (Plotly.react) or new points (Plotly.extendTraces).
 JS_COUNT_REACTS = """() => { window.__reacts = 0;
     for (const f of ['react', 'extendTraces']) { const r = window.Plotly[f];
@@ -417,52 +423,41 @@ def test_browser_an_unseen_chart_draws_nothing_until_shown(unseen, tmp_path):
     if not Path(CHROMIUM).exists():
         (pytest.fail if os.environ.get("CI") else pytest.skip)(
             f"{CHROMIUM} missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
     from dynsdpb.store import RunDir
 
     runs = tmp_path / "runs"
     d = _fake_loop(runs)
     RunDir(d).set_status("running", round=1, rounds=1, phase="generating", arm="vanilla-s0")
-    proc, port = start_app(runs, tmp_path / "server.log")
-    try:
-        wait_health(port, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM,
-                                        args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(30_000)
-            frames: list[float] = []     # websocket messages from the server, by arrival
-            page.on("websocket", lambda ws: ws.on("framereceived",
-                                                  lambda _: frames.append(time.time())))
-            page.goto(f"http://127.0.0.1:{port}/selftrain")
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
-                                   ".length >= 2 && window.Plotly")
-            time.sleep(2.5)
-            if unseen == "hidden tab":
-                page.evaluate(JS_HIDE, "hidden")
-            else:
-                page.set_viewport_size({"width": 1400, "height": 300})   # below the fold
-                page.evaluate("() => window.scrollTo(0, 0)")
-                page.wait_for_function("() => Array.from(document.querySelectorAll("
-                                       "'.dynsdpb-plot')).every(h => h.__inView === false)")
-            page.evaluate(JS_COUNT_REACTS)
-            _write_kept_round(d)
-            hidden_at = time.time()
-            # five polls (waiting through Playwright, which timestamps frames as they arrive)
-            page.wait_for_timeout(5000)
-            assert page.evaluate("() => window.__reacts") == 0
-            assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
-            if unseen == "hidden tab":
-                # the server stopped polling it: after the one rerun that the change to
-                # hidden itself causes, no fragment rerun reaches it (it polled every second)
-                late = [t for t in frames if t > hidden_at + 1.5]
-                assert len(late) <= 1, sorted({round(t - hidden_at, 1) for t in late})
-                page.evaluate(JS_HIDE, "visible")
-            else:
-                assert page.evaluate("() => window.__dynsdpbDraws.deferred") >= 1
-                page.locator(".dynsdpb-plot").first.scroll_into_view_if_needed()
-            page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)
-            assert "3" in page.evaluate(JS_KEPT)[0]           # the latest figure, drawn
-            browser.close()
-    finally:
-        stop_server(proc, grace=10)
+    with _app_page(runs, tmp_path) as (page, base):
+        frames: list[float] = []     # websocket messages from the server, by arrival
+        page.on("websocket", lambda ws: ws.on("framereceived",
+                                              lambda _: frames.append(time.time())))
+        page.goto(base + "/selftrain")
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
+                               ".length >= 2 && window.Plotly")
+        time.sleep(2.5)
+        if unseen == "hidden tab":
+            page.evaluate(JS_HIDE, "hidden")
+        else:
+            page.set_viewport_size({"width": 1400, "height": 300})   # below the fold
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.wait_for_function("() => Array.from(document.querySelectorAll("
+                                   "'.dynsdpb-plot')).every(h => h.__inView === false)")
+        page.evaluate(JS_COUNT_REACTS)
+        _write_kept_round(d)
+        hidden_at = time.time()
+        # five polls (waiting through Playwright, which timestamps frames as they arrive)
+        page.wait_for_timeout(5000)
+        assert page.evaluate("() => window.__reacts") == 0
+        assert not any("3" in s for s in page.evaluate(JS_KEPT)[:1])
+        if unseen == "hidden tab":
+            # the server stopped polling it: after the one rerun that the change to
+            # hidden itself causes, no fragment rerun reaches it (it polled every second)
+            late = [t for t in frames if t > hidden_at + 1.5]
+            assert len(late) <= 1, sorted({round(t - hidden_at, 1) for t in late})
+            page.evaluate(JS_HIDE, "visible")
+        else:
+            assert page.evaluate("() => window.__dynsdpbDraws.deferred") >= 1
+            page.locator(".dynsdpb-plot").first.scroll_into_view_if_needed()
+        page.wait_for_function("() => window.__reacts >= 1", timeout=5_000)
+        assert "3" in page.evaluate(JS_KEPT)[0]           # the latest figure, drawn
