@@ -385,9 +385,20 @@ def test_jobmanager_runs_a_selftrain_loop_in_its_queue(tiny, tmp_path):
         jm.close()
 
 
+def _selftrain_page():
+    """AppTest on the Self-training page (the runs directory from DYNSDPB_RUNS_DIR), after
+    checking that it drew without an exception."""
+    from streamlit.testing.v1 import AppTest
+    from dynsdpb.paths import APP_MAIN
+    at = AppTest.from_file(str(APP_MAIN), default_timeout=120)
+    at.run()
+    at.switch_page(str(APP_MAIN.parent.parent / "pages" / "selftrain.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatch):
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
     from dynsdpb.paths import APP_MAIN
     cfg, _ = tiny
     runs = tmp_path / "runs"
@@ -398,10 +409,7 @@ def test_page_shows_rounds_curves_and_kept_rationales(tiny, tmp_path, monkeypatc
     assert run_selftrain(d, generate=Scripted())["state"] == "finished"
     st.cache_resource.clear()
     try:
-        at = AppTest.from_file(str(APP_MAIN), default_timeout=120)
-        at.run()
-        at.switch_page(str(APP_MAIN.parent.parent / "pages" / "selftrain.py")).run()
-        assert not at.exception, [e.value for e in at.exception]
+        at = _selftrain_page()
         assert at.title[0].value == "Self-training"
         page = " ".join(str(getattr(e, "value", "")) for e in at.main)
         assert "finished" in page and "vanilla" in " ".join(c.value for c in at.code)
@@ -447,8 +455,6 @@ def test_a_round_that_kept_nothing_says_why_in_its_file_and_on_the_page(tiny, tm
     """Issue 20: a round with no right trace said so only in an arm's status.json, and the
     page then showed "No train.jsonl in this round yet" for a finished round."""
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
-    from dynsdpb.paths import APP_MAIN
 
     def wrong(model, tok, prompts, *, max_new_tokens, temperature, n):
         return [["so 0"] * n for _ in prompts]
@@ -463,10 +469,7 @@ def test_a_round_that_kept_nothing_says_why_in_its_file_and_on_the_page(tiny, tm
     assert info["note"].startswith("none of the 6 traces ended with the gold answer")
     st.cache_resource.clear()
     try:
-        at = AppTest.from_file(str(APP_MAIN), default_timeout=120)
-        at.run()
-        at.switch_page(str(APP_MAIN.parent.parent / "pages" / "selftrain.py")).run()
-        assert not at.exception, [e.value for e in at.exception]
+        at = _selftrain_page()
         rounds = at.dataframe[0].value
         assert list(rounds["kept"]) == [0] and list(rounds["phase"]) == ["done"]
         assert rounds["note"][0] == info["note"]
