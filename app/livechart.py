@@ -125,9 +125,8 @@ export default function (component) {
     }
   }
 
-  const go = () => { receive(data); };
   if (window.Plotly) {
-    go();
+    receive(data);
   } else {
     if (!window.__dynsdpbPlotly) {
       window.__dynsdpbPlotly = new Promise((ok, fail) => {
@@ -138,7 +137,7 @@ export default function (component) {
         document.head.appendChild(s);
       });
     }
-    window.__dynsdpbPlotly.then(() => { go(); flush(); });
+    window.__dynsdpbPlotly.then(() => { receive(data); flush(); });
   }
   return () => {
     document.removeEventListener("visibilitychange", flush);
@@ -240,12 +239,10 @@ def chart_data(fig: go.Figure, key: str, config: dict, src: str, sent: dict) -> 
     short reference and the component skips. `sent`: this session's SENT state."""
     from app.figures import figure_json
     last = sent.get(key)
-    if last is not None and last["fig"] is fig and last["config"] == config:
-        return last["data"]
-    data = {"rev": _rev(fig), "config": config, "src": src}
+    data = {"rev": _rev(fig), "config": config, "src": src}     # _rev: once per figure
     same_config = last is not None and last["config"] == config
     if same_config and last["data"]["rev"] == data["rev"]:
-        last["fig"] = fig              # a new build of the same figure: the same data again
+        last["fig"] = fig              # the same figure (or a new build of it): the same data
         return last["data"]
     add = new_points(last["fig"], fig) if same_config else None
     if add is not None:

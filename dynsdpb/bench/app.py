@@ -159,9 +159,10 @@ JS_HIDE = """(v) => { Object.defineProperty(document, 'visibilityState',
     document.dispatchEvent(new Event('visibilitychange')); }"""
 
 
-def _measure(runs: Path, arm: str, pids: dict, steps: int) -> dict:
+def _measure(runs: Path, arm: str, server_pid: int, steps: int) -> dict:
     """Median step time over `steps` steps, and the cores the server, the training and the
     browser used meanwhile (2.0 = both cores of this machine)."""
+    pids = {"server": server_pid, "training": _training_pid(runs, arm)}
     c0 = {k: _cpu_seconds(v) for k, v in pids.items()}
     b0 = _browser_cpu()
     t0 = time.time()
@@ -173,6 +174,12 @@ def _measure(runs: Path, arm: str, pids: dict, steps: int) -> dict:
     cores["browser_cores"] = round(sum(c - b0.get(p, 0.0) for p, c in b1.items()) / wall, 2)
     med = statistics.median(dts) if dts else float("nan")
     return {"median_step_s": med, "n": len(dts), **cores}
+
+
+def _phase_line(what: str, ph: dict) -> str:
+    """One log line of a measured phase."""
+    return (f"{what}: median step {ph['median_step_s']:.3f} s over {ph['n']} steps; "
+            + ", ".join(f"{k} {v}" for k, v in ph.items() if k.endswith("_cores")))
 
 
 def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str = "minilm-l6",
@@ -245,11 +252,8 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                 while len(open_pages) > n:
                     open_pages.pop().close()
                 _window(runs, arm, 2, timeout=600)   # let the new tabs settle
-                pids = {"server": proc.pid, "training": _training_pid(runs, arm)}
-                ph = result["phases"][str(n)] = _measure(runs, arm, pids, steps_per_phase)
-                log(f"{n} Live tab(s), each visible: median step {ph['median_step_s']:.3f} s "
-                    f"over {ph['n']} steps; " + ", ".join(f"{k} {v}" for k, v in ph.items()
-                                                          if k.endswith("_cores")))
+                ph = result["phases"][str(n)] = _measure(runs, arm, proc.pid, steps_per_phase)
+                log(_phase_line(f"{n} Live tab(s), each visible", ph))
                 if open_pages:   # what the viewers saw, to look at afterwards
                     shot = tmp / f"live-{n}-tabs.png"
                     open_pages[-1].screenshot(path=str(shot), full_page=True)
@@ -259,11 +263,10 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                     pg.evaluate(JS_HIDE, "hidden")
                 n = len(open_pages)
                 _window(runs, arm, 2, timeout=600)
-                pids = {"server": proc.pid, "training": _training_pid(runs, arm)}
-                ph = result["phases"][f"{n}-front"] = _measure(runs, arm, pids, steps_per_phase)
-                log(f"{n} Live tabs in one window (one in front, {n - 1} hidden): median step "
-                    f"{ph['median_step_s']:.3f} s over {ph['n']} steps; "
-                    + ", ".join(f"{k} {v}" for k, v in ph.items() if k.endswith("_cores")))
+                ph = result["phases"][f"{n}-front"] = _measure(runs, arm, proc.pid,
+                                                                steps_per_phase)
+                log(_phase_line(f"{n} Live tabs in one window (one in front, {n - 1} hidden)",
+                                ph))
             for pg in open_pages:
                 pg.close()
             browser.close()
