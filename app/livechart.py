@@ -25,12 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 
 import plotly
 import plotly.graph_objects as go
 import streamlit as st
+
+from app import common
 
 STATIC = Path(__file__).resolve().parent / "static"
 PLOTLY_JS = STATIC / "plotly.min.js"
@@ -89,9 +93,12 @@ export default function (component) {
     stats.ms += performance.now() - t0;
   };
 
+  const seen = host.__seen || (host.__seen = new Set());
   const receive = (d) => {
     if (d.rev === host.__tip) return;          // the same figure again: nothing to draw
-    host.__config = d.config || {};
+    // a figure this chart held before (a rerun sends what the feed has already extended)
+    if (seen.has(d.rev)) return;
+    if (d.config) host.__config = d.config;
     if (d.figure) {
       host.__pending = [d];                    // a whole figure replaces whatever waits
     } else if (d.base === host.__tip && host.__tip !== null) {
@@ -107,7 +114,39 @@ export default function (component) {
       return;
     }
     host.__tip = d.rev;
+    seen.add(d.rev);
+    if (seen.size > 64) seen.delete(seen.values().next().value);
     if (visible()) flush(); else stats.deferred += 1;
+  };
+
+  // The live feed (app/feed.py): while a run trains the chart asks the server for the points
+  // newer than the revision it holds, every `every` seconds, without a Streamlit rerun; a
+  // hidden tab or a chart out of view asks for nothing until shown.
+  const poll = async () => {
+    const f = host.__feed;
+    if (!f || host.__busy || !window.Plotly || !visible() || !host.isConnected) return;
+    host.__busy = true;
+    try {
+      const r = await fetch(f.url + "&rev=" + encodeURIComponent(host.__tip || ""),
+                            { cache: "no-store" });
+      if (r.ok) {
+        const d = await r.json();
+        stats.fetches = (stats.fetches || 0) + 1;
+        if (d.figure || d.extend) receive(d);
+      }
+    } catch (e) {
+      // the server is restarting: the next poll tries again
+    } finally {
+      host.__busy = false;
+    }
+  };
+  const feed = (f) => {
+    const same = host.__feed && f && host.__feed.url === f.url && host.__feed.every === f.every;
+    if (same) return;
+    if (host.__timer) clearInterval(host.__timer);
+    host.__timer = null;
+    host.__feed = f || null;
+    if (f) host.__timer = setInterval(poll, f.every * 1000);
   };
 
   if (!host.__watching) {
@@ -115,16 +154,19 @@ export default function (component) {
     // A tab nobody looks at, or a chart scrolled out of view, draws nothing: it keeps what
     // arrives and draws it once, when it is shown. Drawing unseen charts took CPU from the
     // training on the same machine.
-    document.addEventListener("visibilitychange", flush);
+    host.__onvis = () => { flush(); poll(); };
+    document.addEventListener("visibilitychange", host.__onvis);
     if (window.IntersectionObserver) {
       host.__observer = new IntersectionObserver((entries) => {
         host.__inView = entries[entries.length - 1].isIntersecting;
         flush();
+        poll();
       }, { rootMargin: "200px" });
       host.__observer.observe(host);
     }
   }
 
+  feed(data.feed);
   if (window.Plotly) {
     receive(data);
   } else {
@@ -140,11 +182,13 @@ export default function (component) {
     window.__dynsdpbPlotly.then(() => { receive(data); flush(); });
   }
   return () => {
-    document.removeEventListener("visibilitychange", flush);
+    feed(null);
+    document.removeEventListener("visibilitychange", host.__onvis);
     if (host.__observer) host.__observer.disconnect();
     host.__watching = false;
     host.__tip = null;
     host.__pending = [];
+    host.__seen = new Set();
     if (window.Plotly) window.Plotly.purge(host);
   };
 }
@@ -224,6 +268,35 @@ def _rev(fig: go.Figure) -> str:
     return cached
 
 
+_BY_REV: OrderedDict[str, go.Figure] = OrderedDict()   # rev -> figure recently sent
+_BY_REV_LOCK = threading.Lock()
+
+
+def _remember(rev: str, fig: go.Figure) -> None:
+    with _BY_REV_LOCK:
+        _BY_REV[rev] = fig
+        _BY_REV.move_to_end(rev)
+        while len(_BY_REV) > 256:
+            _BY_REV.popitem(last=False)
+
+
+def feed_update(fig: go.Figure, held: str | None) -> dict:
+    """What the live feed (app/feed.py) sends a chart that holds revision `held` when the
+    figure is now `fig`: only the revision when it is the same, the new points when `fig`
+    extends a figure sent recently (to any session), else the whole figure."""
+    from app.figures import figure_json
+    rev = _rev(fig)
+    _remember(rev, fig)
+    if held == rev:
+        return {"rev": rev}
+    with _BY_REV_LOCK:
+        old = _BY_REV.get(held) if held else None
+    add = new_points(old, fig) if old is not None else None
+    if add is not None:
+        return {"rev": rev, "base": held, "extend": add}
+    return {"rev": rev, "figure": figure_json(fig)}
+
+
 SENT = "_live_chart_sent"     # session state: per chart key, what this session's browser holds
 
 
@@ -250,10 +323,12 @@ def chart_data(fig: go.Figure, key: str, config: dict, src: str, sent: dict) -> 
     else:
         data["figure"] = figure_json(fig)
     sent[key] = {"fig": fig, "config": config, "data": data}
+    _remember(data["rev"], fig)      # the feed may extend what this session was sent
     return data
 
 
-def live_chart(fig: go.Figure, key: str, config: dict | None = None) -> None:
+def live_chart(fig: go.Figure, key: str, config: dict | None = None,
+               feed: str | None = None) -> None:
     """Draw `fig` so that the user's zoom survives the next update of the same key.
 
     The figure's JSON is computed once per figure (figures.figure_json); after the first
@@ -266,8 +341,10 @@ def live_chart(fig: go.Figure, key: str, config: dict | None = None) -> None:
         return
     cfg = dict(config or {}, responsive=True)
     sent = st.session_state.setdefault(SENT, {})
-    _component(key=key, data=chart_data(fig, key, cfg, url, sent),
-               on_resync_change=partial(_forget, key))
+    data = chart_data(fig, key, cfg, url, sent)
+    if feed:     # a copy: chart_data's result is reused as is for the same figure
+        data = dict(data, feed={"url": feed, "every": common.CHARTS_EVERY})
+    _component(key=key, data=data, on_resync_change=partial(_forget, key))
 
 
 def figure_of(element, session_state=None) -> dict | None:

@@ -12,6 +12,8 @@ _PKG = Path(__file__).resolve().parent
 _INSTALLED = _PKG / "_workbench"
 ROOT = _INSTALLED if (_INSTALLED / "app" / "main.py").is_file() else _PKG.parent
 APP_MAIN = ROOT / "app" / "main.py"
+# What `dynsdpb app` serves: app/main.py plus the live feed's routes (app/server.py).
+APP_SERVER = ROOT / "app" / "server.py"
 PAGES = ROOT / "pages"
 ASSETS = ROOT / "assets"
 

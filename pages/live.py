@@ -16,11 +16,9 @@ The charts keep the user's zoom across updates (app/livechart.py).
 """
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
-from app import common, figures, progress, samples, tables, views
+from app import common, feed, figures, livestatus, progress, samples, tables, views
 from app.livechart import live_chart
 from app.visibility import tab_hidden
 from dynsdpb import config as C
@@ -76,17 +74,17 @@ with c3:
                             "updates either way.")
 
 active_at_start = jm.is_active()
-# A hidden tab polls nothing (app/visibility.py): showing it again reruns the page at once.
-run_every = (common.STATUS_EVERY if active_at_start and not tab_hidden("live_tab_hidden")
-             else None)
+# Under the workbench's server (app/server.py) the status block and the charts fetch what is
+# new from its live feed by themselves (app/feed.py): the page reruns only when the state,
+# the queue or a failure changes (a decoder's generations: that part alone, every few
+# seconds). Elsewhere the page polls by rerunning its fragments; a hidden tab polls nothing
+# (app/visibility.py), and showing it again reruns the page at once.
+use_feed = active_at_start and feed.available()
+run_every = (common.STATUS_EVERY if active_at_start and not use_feed
+             and not tab_hidden("live_tab_hidden") else None)
 
 
-def _state_line(arms: list[views.ArmView]) -> str:
-    return common.state_badge(views.exp_state([a.state for a in arms]))
-
-
-@st.fragment(run_every=run_every)
-def live_status() -> None:
+def status_section() -> None:
     """Status, progress, Stop/Resume, the runs table and the queue: always live."""
     cur = views.exp_of_job(jm, jm.current())      # the experiment training now, as a key
     job = views.job_of_exp(exp_id)                # the job that trains the one shown
@@ -100,34 +98,20 @@ def live_status() -> None:
         ss["live_followed"] = cur     # jump to each newly started experiment once
         ss["live_exp"] = cur
         st.rerun()
-    info = progress.progress_info(arms)
+    view = livestatus.status_view(jm, exp_id, arms)
+    state = view["state"]
 
     # -- status, progress, stop -----------------------------------------------------------
     top1, top2 = st.columns([4, 1])
     with top1:
-        state = views.exp_state([a.state for a in arms])
-        parts = [_state_line(arms), *progress.progress_words(info)]
-        if info["samples_per_s"]:
-            parts.append(f"{info['samples_per_s']:.1f} samples/s per arm")
-        if state == "running" and not info["latest"] and "loading…" not in parts:
-            parts.append("loading the model and data…")
-        if job in jm.queue():
-            parts.append(f"waiting in the queue (position {jm.queue().index(job) + 1})")
-        st.markdown(" · ".join(parts))
-        frac = info["done"] / info["total"] if info["total"] else 0.0
-        if state != "finished":
-            frac = min(frac, 0.99)   # 100% only when the run has really finished
-        st.html(progress.bar_html(frac, 'training progress'))   # no animation: cheap
-        latest = info["latest"]
-        if latest:
-            a, r = latest
-            text = (f"latest step {r.get('step')} of {a.id} written at "
-                    f"{progress.fmt_clock(r.get('time'))}; page updated "
-                    f"{progress.fmt_clock(time.time())}")
+        if use_feed:
+            # one block that updates itself from the server's live feed: no rerun per poll
+            livestatus.live_status_block(view, feed.url(feed.STATUS_PATH, exp=exp_id))
         else:
-            text = "no step records yet"
-        st.caption(text, help="Step records are written by the training thread; this page "
-                   f"re-reads them every {common.STATUS_EVERY:g} s.")
+            st.markdown(" · ".join([common.state_badge(state), *view["words"]]))
+            st.html(progress.bar_html(view["frac"], 'training progress'))   # no animation
+            st.caption(view["caption"], help="Step records are written by the training "
+                       f"process; this page re-reads them every {common.STATUS_EVERY:g} s.")
     with top2:
         if state not in ("running", "queued"):
             ss.pop("live_stopping", None)
@@ -150,25 +134,10 @@ def live_status() -> None:
                 jm.resume(job)
                 st.rerun()
 
-    from dynsdpb.records import axis_title
-    val_key = views.primary_val_metric(arms)
-    rows = []
-    for a in arms:
-        last = a.records[-1] if a.records else {}
-        val = next((r.get(val_key) for r in reversed(a.records) if r.get(val_key) is not None),
-                   None)
-        step, steps = progress.arm_steps(a)
-        sps = progress.samples_per_s(a)
-        # cells as text: "—" where a value does not apply (vanilla has no alpha), never None
-        rows.append({"run": a.id, "state": progress.arm_phase(a), "step": f"{step}/{steps}",
-                     "loss": tables.cell("loss", last.get("loss")),
-                     "alpha": tables.cell("alpha", last.get("alpha")),
-                     "tau": tables.cell("tau", last.get("tau")),
-                     axis_title(val_key): tables.cell(val_key, val),
-                     "samples/s": "—" if sps is None else f"{sps:.1f}"})
-    # a static table: the interactive grid (st.dataframe) redrawn at every poll cost about
-    # twice the browser CPU of this one per open tab
-    st.table(rows, hide_index=True, border="horizontal")
+    if not use_feed:
+        # a static table: the interactive grid (st.dataframe) redrawn at every poll cost
+        # about twice the browser CPU of this one per open tab
+        st.table(view["rows"], hide_index=True, border="horizontal")
     msgs = st.container()   # fixed slots keep the elements below in place between updates
     for a in arms:
         if a.state == "failed":
@@ -197,7 +166,7 @@ def live_status() -> None:
                     st.rerun()
 
     # Polling stops with the last run: one full rerun turns run_every off (or on again).
-    if jm.is_active() != active_at_start:
+    if not use_feed and jm.is_active() != active_at_start:
         st.rerun()
 
 
@@ -265,12 +234,25 @@ def decoder_views(arms: list[views.ArmView]) -> None:
                "hover a token for its values.")
 
 
+def decoder_section() -> None:
+    _, arms = views.load_arms_live(jm.runs_dir / exp_id)
+    if arms:
+        decoder_views(arms)
+
+
 @st.fragment(run_every=None if (paused or not run_every) else common.CHARTS_EVERY)
 def live_charts() -> None:
     """The four charts, the schedule formulas and (when done) the test results."""
     _, arms = views.load_arms_live(jm.runs_dir / exp_id)
     if not arms:
         return
+
+    def chart(fn, *args, key: str, config: dict, **kw) -> None:
+        """One live chart of fn(arms, *args, **kw); under the live feed it fetches its new
+        points from the server while the run trains (unless the charts are paused)."""
+        src = (feed.url(feed.CHART_PATH, id=feed.register_chart(exp_id, fn, *args, **kw))
+               if use_feed and not paused else None)
+        live_chart(figures.figure(fn, arms, *args, **kw), key=key, config=config, feed=src)
     state = views.exp_state([a.state for a in arms])
     methods = list(dict.fromkeys(a.method for a in arms))
     st.markdown("Colours: " + " &nbsp; ".join(common.method_chip(m) for m in methods)
@@ -288,24 +270,27 @@ def live_charts() -> None:
         # exact match moves in coarse jumps, perplexity shows learning before it does
         v1, v0, v2 = st.columns(3)
         with v1:
-            live_chart(figures.figure(figures.fig_metric, arms, val_key, x, uirev=uirev + ":val",
-                                     title=f"exact match (flexible), % ({every})"),
-                       key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
+            chart(figures.fig_metric, val_key, x, uirev=uirev + ":val",
+                  title=f"exact match (flexible), % ({every})",
+                  key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
         with v0:
-            live_chart(figures.figure(figures.fig_metric, arms, "val_strict_exact_match", x,
-                                     uirev=uirev + ":strict",
-                                     title="exact match (strict: finished, answer in place), %"),
-                       key="chart_strict", config=figures.chart_config(f"{exp_id}-strict"))
+            chart(figures.fig_metric, "val_strict_exact_match", x,
+                  uirev=uirev + ":strict",
+                  title="exact match (strict: finished, answer in place), %",
+                  key="chart_strict", config=figures.chart_config(f"{exp_id}-strict"))
         with v2:
-            live_chart(figures.figure(figures.fig_metric, arms, "val_perplexity", x,
-                                     uirev=uirev + ":ppl",
-                                     title=f"perplexity on the targets ({every})"),
-                       key="chart_ppl", config=figures.chart_config(f"{exp_id}-perplexity"))
-        decoder_views(arms)
+            chart(figures.fig_metric, "val_perplexity", x,
+                  uirev=uirev + ":ppl",
+                  title=f"perplexity on the targets ({every})",
+                  key="chart_ppl", config=figures.chart_config(f"{exp_id}-perplexity"))
+        # the generations and the token view change at evaluations: under the feed this part
+        # alone reruns (the charts fetch their points themselves)
+        st.fragment(run_every=common.CHARTS_EVERY if use_feed and not paused else None)(
+            decoder_section)()
     else:
-        live_chart(figures.figure(figures.fig_metric, arms, val_key, x, uirev=uirev + ":val",
-                                 title=f"{figures.title_of(val_key)} ({every})"),
-                   key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
+        chart(figures.fig_metric, val_key, x, uirev=uirev + ":val",
+              title=f"{figures.title_of(val_key)} ({every})",
+              key="chart_val", config=figures.chart_config(f"{exp_id}-{val_key}"))
 
     st.markdown("##### alpha and tau per step (mean line, min-max band over the carried half)")
     for m in methods:
@@ -324,8 +309,8 @@ def live_charts() -> None:
                    "token); the band spans the carried sequences.")
     if "vanilla" in methods:
         st.caption("vanilla has no distillation term, so no alpha or tau (alpha = 0).")
-    live_chart(figures.figure(figures.fig_alpha_tau, arms, x, uirev=uirev + ":at"),
-               key="chart_alpha_tau", config=figures.chart_config(f"{exp_id}-alpha-tau"))
+    chart(figures.fig_alpha_tau, x, uirev=uirev + ":at",
+          key="chart_alpha_tau", config=figures.chart_config(f"{exp_id}-alpha-tau"))
     if decoder and any(a.method in ("dlb", "dynsdpb") for a in arms) and any(
             a.cfg.get("kd_cache", "topk") == "topk" for a in arms):
         st.markdown("##### Cached top-k teacher mass")
@@ -337,30 +322,30 @@ def live_charts() -> None:
             for w in (a.rd.raw_status().get("warnings") or []):
                 if "top-k teacher cache" in w:
                     st.warning(f"{a.id}: {w}")
-        live_chart(figures.figure(figures.fig_metric, arms, "kd_topk_mass", x,
-                                  uirev=uirev + ":mass",
-                                  title="cached top-k mass, % of the teacher's"),
-                   key="chart_topk_mass", config=figures.chart_config(f"{exp_id}-topk-mass"))
+        chart(figures.fig_metric, "kd_topk_mass", x,
+              uirev=uirev + ":mass",
+              title="cached top-k mass, % of the teacher's",
+              key="chart_topk_mass", config=figures.chart_config(f"{exp_id}-topk-mass"))
 
     st.markdown("##### Drift: how far predictions move")
     st.caption("logit drift = KL(previous-step prediction ‖ current), on the carried half before "
                "the update; agreement = share of carried samples whose predicted class did not "
                "change. Only distilling arms have a carried half; probe drift (same KL on a fixed "
                "probe set, between evaluations) covers every arm, vanilla included.")
-    live_chart(figures.figure(figures.fig_drift, arms, x, uirev=uirev + ":drift"),
-               key="chart_drift", config=figures.chart_config(f"{exp_id}-drift"))
+    chart(figures.fig_drift, x, uirev=uirev + ":drift",
+          key="chart_drift", config=figures.chart_config(f"{exp_id}-drift"))
     st.caption("The drift split, at each evaluation: **update part** = KL between the carried "
                "half's no-dropout (eval-mode) outputs one step ago and now: what the update "
                "alone moved (it grows as lr²). **dropout part** = KL between two train-mode "
                "passes with the same weights and last step's vs this step's dropout masks: "
                "noise, no learning. logit drift (train mode, DLB's teacher) holds both; with "
                "frozen weights it equals the dropout part, without dropout the update part.")
-    live_chart(figures.figure(figures.fig_drift_split, arms, x, uirev=uirev + ":dsplit"),
-               key="chart_drift_split", config=figures.chart_config(f"{exp_id}-drift-split"))
+    chart(figures.fig_drift_split, x, uirev=uirev + ":dsplit",
+          key="chart_drift_split", config=figures.chart_config(f"{exp_id}-drift-split"))
 
     st.markdown("##### Loss parts")
-    live_chart(figures.figure(figures.fig_loss, arms, x, uirev=uirev + ":loss"),
-               key="chart_loss", config=figures.chart_config(f"{exp_id}-loss"))
+    chart(figures.fig_loss, x, uirev=uirev + ":loss",
+          key="chart_loss", config=figures.chart_config(f"{exp_id}-loss"))
 
     finished = [a for a in arms if a.state == "finished"]
     if finished and state == "finished":
@@ -370,7 +355,10 @@ def live_charts() -> None:
                      width="stretch")
 
 
-live_status()
+if use_feed:
+    status_section()
+else:
+    st.fragment(run_every=run_every)(status_section)()
 if paused and active_at_start:
     st.info("Charts paused. Turn the pause off to follow the run again.")
 live_charts()

@@ -59,7 +59,7 @@ def start_app(runs: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
                TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     with open(log_path, "wb") as log:    # the server keeps its own copy of the file
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port",
+            [sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.port",
              str(port), "--server.headless", "true", "--server.address", "127.0.0.1"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, port

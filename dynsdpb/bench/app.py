@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
-from dynsdpb.paths import APP_MAIN as APP  # the checkout's app/ or the installed copy
+from dynsdpb.paths import APP_SERVER as APP  # what `dynsdpb app` serves (checkout or installed)
 
 
 def free_port() -> int:

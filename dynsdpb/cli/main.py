@@ -40,7 +40,7 @@ def cmd_list(a) -> int:
 
 
 def cmd_app(a, extra: list[str]) -> int:
-    from dynsdpb.paths import APP_MAIN
+    from dynsdpb.paths import APP_SERVER
     from dynsdpb.store import make_out
     env = dict(os.environ)
     # The runs folder is checked (and made) before the server starts: a file, a read-only
@@ -53,7 +53,7 @@ def cmd_app(a, extra: list[str]) -> int:
     # current folder is, so the settings (127.0.0.1 only, postScriptGC off, static serving)
     # hold in an installed package too; the user's folder stays the current one, so
     # ./runs and relative data paths mean what they say. An argument list, never a shell.
-    return _serve([sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *extra], env)
+    return _serve([sys.executable, "-m", "streamlit", "run", str(APP_SERVER), *extra], env)
 
 
 def _serve(cmd: list[str], env: dict) -> int:
