@@ -126,6 +126,9 @@ def chart_endpoint(request):
 
 
 def routes() -> list:
+    """The feed's routes, at the root and under any prefix: Streamlit serves its own routes
+    under server.baseUrlPath but mounts an app's routes as given (`url` adds the prefix)."""
     from starlette.routing import Route
-    return [Route(STATUS_PATH, status_endpoint, methods=["GET"]),
-            Route(CHART_PATH, chart_endpoint, methods=["GET"])]
+    return [Route(prefix + path, endpoint, methods=["GET"])
+            for path, endpoint in ((STATUS_PATH, status_endpoint), (CHART_PATH, chart_endpoint))
+            for prefix in ("", "/{base:path}")]

@@ -366,11 +366,18 @@ def figure(fn, arms: list[ArmView], *args, **kw) -> go.Figure:
             _FIGS.move_to_end(key)
             return fig
     fig = fn(arms, *args, **kw)
+    fig._records_behind = sum(len(a.records) for a in arms)
     with _FIGS_LOCK:
         _FIGS[key] = fig
         while len(_FIGS) > 64:
             _FIGS.popitem(last=False)
     return fig
+
+
+def records_behind(fig: go.Figure) -> int:
+    """How many step records a figure from `figure` was built from (0 for another figure):
+    a live chart never goes back to a figure built from fewer records of the same run."""
+    return getattr(fig, "_records_behind", 0)
 
 
 def figure_json(fig: go.Figure) -> str:

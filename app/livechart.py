@@ -15,6 +15,11 @@ not even polled (app/visibility.py). Plotly redraws a chart on extendTraces as o
 the saving is the figure's JSON and its diff, not the drawing; skipping unseen charts is
 what saves the drawing. window.__dynsdpbDraws counts the draws (browser tests read it).
 
+Under the workbench's server (app/server.py) a chart given a `feed` URL fetches its new points
+itself (app/feed.py, `feed_update`) every common.CHARTS_EVERY seconds while the run trains,
+with no Streamlit rerun at all; a rerun that later sends a figure the chart already extended
+past is ignored (each figure carries its uirevision and the number of records behind it).
+
 plotly.js is served by Streamlit's static file serving (`server.enableStaticServing`,
 `app/static/`), copied there from the installed plotly package: no network, no CDN. When
 that is not possible (read-only install, static serving off), `live_chart` falls back to
@@ -93,11 +98,12 @@ export default function (component) {
     stats.ms += performance.now() - t0;
   };
 
-  const seen = host.__seen || (host.__seen = new Set());
   const receive = (d) => {
     if (d.rev === host.__tip) return;          // the same figure again: nothing to draw
-    // a figure this chart held before (a rerun sends what the feed has already extended)
-    if (seen.has(d.rev)) return;
+    // [uirevision, records behind it]: a rerun may send a figure of fewer records than the
+    // feed has already drawn; another uirevision (x axis, experiment) is always drawn
+    const s = host.__stamp;
+    if (d.stamp && s && d.stamp[0] === s[0] && d.stamp[1] < s[1]) return;
     if (d.config) host.__config = d.config;
     if (d.figure) {
       host.__pending = [d];                    // a whole figure replaces whatever waits
@@ -114,8 +120,7 @@ export default function (component) {
       return;
     }
     host.__tip = d.rev;
-    seen.add(d.rev);
-    if (seen.size > 64) seen.delete(seen.values().next().value);
+    host.__stamp = d.stamp || null;
     if (visible()) flush(); else stats.deferred += 1;
   };
 
@@ -140,13 +145,36 @@ export default function (component) {
       host.__busy = false;
     }
   };
+  // One timer per page for all its charts, stopped while the tab is hidden: the charts ask
+  // together, so the machine wakes once per interval, not once per chart.
+  const ticker = window.__dynsdpbTicker || (window.__dynsdpbTicker = (() => {
+    const t = { hosts: new Set(), timer: null, every: 0 };
+    t.tick = () => t.hosts.forEach((h) => h.__poll && h.__poll());
+    t.sync = () => {
+      const want = t.hosts.size > 0 && document.visibilityState !== "hidden";
+      if (want && !t.timer) t.timer = setInterval(t.tick, t.every * 1000);
+      if (!want && t.timer) { clearInterval(t.timer); t.timer = null; }
+    };
+    document.addEventListener("visibilitychange", () => {
+      t.sync();
+      if (document.visibilityState !== "hidden") t.tick();
+    });
+    return t;
+  })());
   const feed = (f) => {
-    const same = host.__feed && f && host.__feed.url === f.url && host.__feed.every === f.every;
-    if (same) return;
-    if (host.__timer) clearInterval(host.__timer);
-    host.__timer = null;
     host.__feed = f || null;
-    if (f) host.__timer = setInterval(poll, f.every * 1000);
+    host.__poll = poll;
+    if (f) {
+      if (ticker.every !== f.every && ticker.timer) {
+        clearInterval(ticker.timer);
+        ticker.timer = null;
+      }
+      ticker.every = f.every;
+      ticker.hosts.add(host);
+    } else {
+      ticker.hosts.delete(host);
+    }
+    ticker.sync();
   };
 
   if (!host.__watching) {
@@ -154,7 +182,7 @@ export default function (component) {
     // A tab nobody looks at, or a chart scrolled out of view, draws nothing: it keeps what
     // arrives and draws it once, when it is shown. Drawing unseen charts took CPU from the
     // training on the same machine.
-    host.__onvis = () => { flush(); poll(); };
+    host.__onvis = flush;          // the ticker asks for what is new (below)
     document.addEventListener("visibilitychange", host.__onvis);
     if (window.IntersectionObserver) {
       host.__observer = new IntersectionObserver((entries) => {
@@ -188,7 +216,7 @@ export default function (component) {
     host.__watching = false;
     host.__tip = null;
     host.__pending = [];
-    host.__seen = new Set();
+    host.__stamp = null;
     if (window.Plotly) window.Plotly.purge(host);
   };
 }
@@ -272,6 +300,12 @@ _BY_REV: OrderedDict[str, go.Figure] = OrderedDict()   # rev -> figure recently 
 _BY_REV_LOCK = threading.Lock()
 
 
+def _stamp(fig: go.Figure) -> list:
+    """[uirevision, records behind the figure]: what the browser orders figures by."""
+    from app.figures import records_behind
+    return [str(fig.layout.uirevision), records_behind(fig)]
+
+
 def _remember(rev: str, fig: go.Figure) -> None:
     with _BY_REV_LOCK:
         _BY_REV[rev] = fig
@@ -293,8 +327,8 @@ def feed_update(fig: go.Figure, held: str | None) -> dict:
         old = _BY_REV.get(held) if held else None
     add = new_points(old, fig) if old is not None else None
     if add is not None:
-        return {"rev": rev, "base": held, "extend": add}
-    return {"rev": rev, "figure": figure_json(fig)}
+        return {"rev": rev, "stamp": _stamp(fig), "base": held, "extend": add}
+    return {"rev": rev, "stamp": _stamp(fig), "figure": figure_json(fig)}
 
 
 SENT = "_live_chart_sent"     # session state: per chart key, what this session's browser holds
@@ -312,7 +346,7 @@ def chart_data(fig: go.Figure, key: str, config: dict, src: str, sent: dict) -> 
     short reference and the component skips. `sent`: this session's SENT state."""
     from app.figures import figure_json
     last = sent.get(key)
-    data = {"rev": _rev(fig), "config": config, "src": src}     # _rev: once per figure
+    data = {"rev": _rev(fig), "stamp": _stamp(fig), "config": config, "src": src}
     same_config = last is not None and last["config"] == config
     if same_config and last["data"]["rev"] == data["rev"]:
         last["fig"] = fig              # the same figure (or a new build of it): the same data
@@ -334,6 +368,7 @@ def live_chart(fig: go.Figure, key: str, config: dict | None = None,
     The figure's JSON is computed once per figure (figures.figure_json); after the first
     draw a session sends only the points that are new (chart_data), which the browser appends
     with Plotly.extendTraces. A hidden tab or a chart out of view draws nothing until shown.
+    `feed`: the chart's URL in the live feed (app/feed.py), which it then polls by itself.
     """
     url = _plotly_js_url()
     if url is None:

@@ -133,6 +133,7 @@ export default function (component) {
         // the state or the queue changed: the page redraws what is around
         box.__key = d.key;
         stats.changed += 1;
+        (stats.keys || (stats.keys = [])).push([Date.now() / 1000, d.key]);
         setTriggerValue("changed", d.key);
       }
     } catch (e) {
@@ -141,9 +142,15 @@ export default function (component) {
       busy = false;
     }
   };
-  box.__timer = setInterval(poll, data.every * 1000);
-  box.__onvis = () => { if (document.visibilityState !== "hidden") poll(); };
+  // no timer while the tab is hidden: it would wake the machine for nothing
+  const sync = () => {
+    const want = document.visibilityState !== "hidden";
+    if (want && !box.__timer) box.__timer = setInterval(poll, data.every * 1000);
+    if (!want && box.__timer) { clearInterval(box.__timer); box.__timer = null; }
+  };
+  box.__onvis = () => { sync(); poll(); };
   document.addEventListener("visibilitychange", box.__onvis);
+  sync();
   return () => {
     if (box.__timer) clearInterval(box.__timer);
     box.__timer = null;

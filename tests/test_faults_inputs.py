@@ -548,8 +548,9 @@ def test_lookups_with_hostile_ids_stay_inside(tmp_path):
 
 
 def test_app_binds_to_localhost_unless_asked(monkeypatch):
-    """`dynsdpb app` runs app/main.py, whose own app/.streamlit/config.toml (read by Streamlit
-    from any current folder) binds it to 127.0.0.1; a --server.address the user gives is
+    """`dynsdpb app` runs app/server.py (app/main.py plus the live feed's routes), whose
+    folder's app/.streamlit/config.toml (read by Streamlit from any current folder) binds it
+    to 127.0.0.1; a --server.address the user gives is
     passed through. The current folder stays the user's (./runs, relative data paths)."""
     import tomllib
     conf = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())
@@ -567,7 +568,7 @@ def test_app_binds_to_localhost_unless_asked(monkeypatch):
         assert where == cmd[0]       # exec'd: the process stays in the user's folder
     else:
         assert Path(where).resolve() == Path.cwd().resolve()
-    assert Path(cmd[cmd.index("run") + 1]) == ROOT / "app" / "main.py"
+    assert Path(cmd[cmd.index("run") + 1]) == ROOT / "app" / "server.py"
     assert not any("address" in c for c in cmd)
     assert "STREAMLIT_SERVER_ADDRESS" not in env
     assert cli.main(["app", "--server.address", "0.0.0.0"]) == 0

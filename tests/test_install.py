@@ -9,6 +9,7 @@ settings apply outside the repo), and every page runs from the installed files.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -114,6 +115,13 @@ def test_dynsdpb_app_serves_from_another_folder(installed):
         for page in ("setup", "live", "compare", "runs", "learn"):
             status, html = _get(f"{base}/{page}")
             assert status == 200 and b"<div id=\"root\">" in html
+        # the live feed's routes (app/server.py) are served too: an unknown experiment is
+        # its one-line 404, not Streamlit's page
+        import urllib.error
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(base + "/_dynsdpb/live/status?exp=nope")
+        assert e.value.code == 404 and json.loads(e.value.read()) == {
+            "error": "no such experiment"}
     finally:
         stop_server(proc)
         log.close()

@@ -7,7 +7,9 @@ built-in tweets, vanilla + dynsdpb, as a class would), then measures the lockste
 evaluation steps do not count) with 0, 1 and 4 Live tabs open, each visible (as 4 windows
 side by side: the worst case), then the 4 as tabs of one window (one in front, 3 hidden), in
 one run, and prints the ratios and the cores that the server, the training and the browser
-used. Goal (issues #8, #20): step time with 4 local tabs / with none <= 1.10.
+used. Goal (issues #8, #20): step time with 4 local tabs / with none <= 1.10. "None" is the
+mean of two phases without a tab, the first and the last of the run: on a shared machine
+the speed drifts over minutes (baseline_drift = last / first).
 
 Needs the dev extras (playwright) and Debian's chromium; never downloads a browser. The
 engine does not import Streamlit: this module only drives the app from outside.
@@ -269,12 +271,22 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                                 ph))
             for pg in open_pages:
                 pg.close()
+            if any(tabs):
+                # the same machine, no tab, again: a shared machine's speed drifts over the
+                # minutes of a run, so the ratios use both baselines (before and after)
+                _window(runs, arm, 2, timeout=600)
+                ph = result["phases"]["0-end"] = _measure(runs, arm, proc.pid, steps_per_phase)
+                log(_phase_line("0 Live tabs again (all closed)", ph))
             browser.close()
     finally:
         stop_server(proc)
         server_log.close()
     ph = result["phases"]
-    none = ph.get("0", {}).get("median_step_s")
+    # no tab: the mean of the first and the last phase, which bracket the watched ones
+    ends = [ph[k]["median_step_s"] for k in ("0", "0-end") if k in ph]
+    none = statistics.fmean(ends) if ends else None
+    if len(ends) == 2:
+        result["baseline_drift"] = ends[1] / ends[0]
     for n in tabs:
         if n and none:
             result[f"step_time_{n}_tabs_over_none"] = ph[str(n)]["median_step_s"] / none
