@@ -74,14 +74,18 @@ def register_chart(exp_key: str, fn, *args, **kw) -> str:
     return ident
 
 
+def _arms(exp_key: str) -> list | None:
+    """The arms of an experiment key as Live reads them (shared cache), None if none."""
+    from app import views
+    exp = experiment(exp_key)
+    return (views.load_arms_live(exp)[1] or None) if exp is not None else None
+
+
 def status_payload(exp_key: str) -> dict | None:
     """What the status route answers for an experiment key; None when there is none."""
-    from app import common, livestatus, views
-    exp = experiment(exp_key)
-    if exp is None:
-        return None
-    _, arms = views.load_arms_live(exp)
-    if not arms:
+    from app import common, livestatus
+    arms = _arms(exp_key)
+    if arms is None:
         return None
     view = livestatus.status_view(common.manager(), exp_key, arms)
     return {"html": livestatus.status_html(view), "key": view["key"]}
@@ -90,18 +94,15 @@ def status_payload(exp_key: str) -> dict | None:
 def chart_payload(ident: str, held: str | None) -> dict | None:
     """What the chart route answers: the points newer than the browser's revision `held`, the
     whole figure, or only the revision when nothing changed; None for an unknown chart."""
-    from app import figures, views
+    from app import figures
     from app.livechart import feed_update
     with _CHARTS_LOCK:
         spec = _CHARTS.get(ident)
     if spec is None:
         return None
     exp_key, fn, args, kw = spec
-    exp = experiment(exp_key)
-    if exp is None:
-        return None
-    _, arms = views.load_arms_live(exp)
-    if not arms:
+    arms = _arms(exp_key)
+    if arms is None:
         return None
     return feed_update(figures.figure(fn, arms, *args, **kw), held)
 

@@ -331,9 +331,9 @@ def _fake_loop(runs: Path) -> Path:
 
 
 @contextmanager
-def _app_page(runs: Path, tmp_path: Path):
-    """The app on `runs` and one Chromium page (1400 x 1800) in it, yielded with the app's
-    base URL; the browser and the app are closed afterwards."""
+def _app_page(runs: Path, tmp_path: Path, height: int = 1800, timeout_ms: int = 30_000):
+    """The app on `runs` and one Chromium page (1400 x `height`) in it, yielded with the app's
+    base URL before it opens anything; the browser and the app are closed afterwards."""
     from playwright.sync_api import sync_playwright
     proc, port = start_app(runs, tmp_path / "server.log")
     try:
@@ -341,8 +341,8 @@ def _app_page(runs: Path, tmp_path: Path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM,
                                         args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(30_000)
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.set_default_timeout(timeout_ms)
             yield page, f"http://127.0.0.1:{port}"
             browser.close()
     finally:
@@ -476,69 +476,56 @@ def test_browser_live_updates_without_rerunning_the_page(tmp_path, report):
     if not Path(CHROMIUM).exists():
         (pytest.fail if os.environ.get("CI") else pytest.skip)(
             f"{CHROMIUM} missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
     steps = 5000          # still training when the test ends (the server stops it)
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
     cfg_file.write_text(cfg_file.read_text().replace("eval_every: 2", "eval_every: 4000"))
-    proc, port = start_app(runs, tmp_path / "server.log")
-    try:
-        wait_health(port, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM,
-                                        args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 2600})
-            page.set_default_timeout(60_000)
-            frames: list[float] = []     # websocket messages from the server, by arrival
-            page.on("websocket", lambda ws: ws.on("framereceived",
-                                                  lambda _: frames.append(time.time())))
-            _start_from_yaml(page, f"http://127.0.0.1:{port}", cfg_file, steps)
-            page.get_by_text(LATEST).first.wait_for()
-            page.wait_for_function("() => window.__dynsdpbDraws && "
-                                   "document.querySelectorAll('.js-plotly-plot').length >= 4")
-            # settle, waiting through Playwright: it timestamps websocket frames as they arrive
-            # only while it is called
-            page.wait_for_timeout(3000)
-            draws0 = page.evaluate("() => Object.assign({}, window.__dynsdpbDraws)")
-            t0 = time.time()
-            shown = set()
-            while time.time() < t0 + 12:
-                m = LATEST.search(page.evaluate("() => document.body.innerText"))
-                if m:
-                    shown.add(int(m.group(1)))
-                page.wait_for_timeout(500)
-            draws = page.evaluate("() => window.__dynsdpbDraws")
-            status = page.evaluate("() => window.__dynsdpbStatus")
-            in_window = [t for t in frames if t >= t0]
-            # Stopped: the x axis step -> epoch -> step draws the step figure again (a chart
-            # ignores only figures built from fewer records than the one it holds)
-            page.get_by_role("button", name="Stop").click()
-            end = time.time() + 60
-            while not FINAL.search(page.evaluate("() => document.body.innerText")):
-                assert time.time() < end, "the run did not stop"
-                page.wait_for_timeout(300)
-            time.sleep(1.0)
-            by_step = page.evaluate(JS_DATA)
-            for axis in ("epoch", "step"):
-                page.locator("[role=radiogroup] label").filter(
-                    has_text=re.compile(f"^{axis}$")).click()
-                page.wait_for_function("(a) => { const d = document.querySelectorAll("
-                                       "'.js-plotly-plot')[4]; return d && d.layout && "
-                                       "d.layout.xaxis.title.text === a; }", arg=axis)
-            time.sleep(1.0)
-            assert page.evaluate(JS_DATA) == by_step
-            browser.close()
-    finally:
-        stop_server(proc, grace=10)
-    frames = in_window
+    with _app_page(runs, tmp_path, height=2600, timeout_ms=60_000) as (page, base):
+        frames: list[float] = []     # websocket messages from the server, by arrival
+        page.on("websocket", lambda ws: ws.on("framereceived",
+                                              lambda _: frames.append(time.time())))
+        _start_from_yaml(page, base, cfg_file, steps)
+        page.get_by_text(LATEST).first.wait_for()
+        page.wait_for_function("() => window.__dynsdpbDraws && "
+                               "document.querySelectorAll('.js-plotly-plot').length >= 4")
+        # settle, waiting through Playwright: it timestamps websocket frames as they arrive
+        # only while it is called
+        page.wait_for_timeout(3000)
+        draws0 = page.evaluate("() => Object.assign({}, window.__dynsdpbDraws)")
+        t0 = time.time()
+        shown = set()
+        while time.time() < t0 + 12:
+            m = LATEST.search(page.evaluate("() => document.body.innerText"))
+            if m:
+                shown.add(int(m.group(1)))
+            page.wait_for_timeout(500)
+        draws = page.evaluate("() => window.__dynsdpbDraws")
+        status = page.evaluate("() => window.__dynsdpbStatus")
+        in_window = [t for t in frames if t >= t0]
+        # Stopped: the x axis step -> epoch -> step draws the step figure again (a chart
+        # ignores only figures built from fewer records than the one it holds)
+        page.get_by_role("button", name="Stop").click()
+        end = time.time() + 60
+        while not FINAL.search(page.evaluate("() => document.body.innerText")):
+            assert time.time() < end, "the run did not stop"
+            page.wait_for_timeout(300)
+        time.sleep(1.0)
+        by_step = page.evaluate(JS_DATA)
+        for axis in ("epoch", "step"):
+            page.locator("[role=radiogroup] label").filter(
+                has_text=re.compile(f"^{axis}$")).click()
+            page.wait_for_function("(a) => { const d = document.querySelectorAll("
+                                   "'.js-plotly-plot')[4]; return d && d.layout && "
+                                   "d.layout.xaxis.title.text === a; }", arg=axis)
+        time.sleep(1.0)
+        assert page.evaluate(JS_DATA) == by_step
     new_draws = draws["extend"] + draws["full"] - draws0["extend"] - draws0["full"]
     report(f"Live feed, 12 s of a visible tab while training: steps shown {sorted(shown)[:3]}"
            f"..{max(shown) if shown else None} ({len(shown)} values), {new_draws} chart "
-           f"updates, {status['fetches']} status fetches, {len(frames)} frames from the "
+           f"updates, {status['fetches']} status fetches, {len(in_window)} frames from the "
            "Streamlit server")
     assert len(shown) >= 3, shown                  # the status block kept moving
     assert new_draws >= 2, (draws0, draws)         # and the charts
     assert status["fetches"] >= 4 and not [k for k in status.get("keys", []) if k[0] >= t0], (
         t0, status)
-    assert len(frames) <= 1, frames                # without a page rerun
+    assert len(in_window) <= 1, in_window          # without a page rerun
