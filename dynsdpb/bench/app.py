@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -281,6 +282,10 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
     finally:
         stop_server(proc)
         server_log.close()
+        # the bench's experiment (its stop checkpoint: about 0.5 GB for MiniLM) is throwaway;
+        # 50 runs of the bench left in the temp folder filled a disk. Screenshots and the
+        # server log stay.
+        shutil.rmtree(runs, ignore_errors=True)
     ph = result["phases"]
     # no tab: the mean of the first and the last phase, which bracket the watched ones
     ends = [ph[k]["median_step_s"] for k in ("0", "0-end") if k in ph]
