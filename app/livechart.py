@@ -48,11 +48,13 @@ _JS = """
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
   const stats = window.__dynsdpbDraws ||
-    (window.__dynsdpbDraws = { full: 0, extend: 0, points: 0, resync: 0, deferred: 0, ms: 0 });
+    (window.__dynsdpbDraws = { full: 0, extend: 0, points: 0, resync: 0, deferred: 0, ms: 0,
+                               mounts: 0 });
   let host = parentElement.querySelector(".dynsdpb-plot");
   if (!host) {
     host = document.createElement("div");
     host.className = "dynsdpb-plot";
+    stats.mounts += 1;
     host.style.width = "100%";
     parentElement.appendChild(host);
     host.__tip = null;        // rev of the newest figure received (drawn or waiting)

@@ -167,7 +167,8 @@ _component = st.components.v2.component("dynsdpb.live_status", js=_JS, css=_CSS,
 
 
 def _changed() -> None:
-    """The feed saw the state or the queue change: rerun the page."""
+    """The feed saw the state, the queue or a failure change: the page reruns (the block is
+    drawn outside any fragment)."""
 
 
 def live_status_block(view: dict, url: str | None) -> None:

@@ -138,6 +138,8 @@ def status_section() -> None:
         # a static table: the interactive grid (st.dataframe) redrawn at every poll cost
         # about twice the browser CPU of this one per open tab
         st.table(view["rows"], hide_index=True, border="horizontal")
+    else:
+        st.empty()        # where the table is when polling (it is in the block here)
     msgs = st.container()   # fixed slots keep the elements below in place between updates
     for a in arms:
         if a.state == "failed":
@@ -356,7 +358,12 @@ def live_charts() -> None:
 
 
 if use_feed:
-    status_section()
+    # outside any fragment: its block asks for a page rerun when the state or the queue
+    # changes. In a container, as a fragment draws into one (Streamlit 1.67): when the run
+    # ends and the page switches to polling, the elements below keep their places and the
+    # charts are not mounted anew (a resync and a whole redraw each, the zoom lost).
+    with st.container():
+        status_section()
 else:
     st.fragment(run_every=run_every)(status_section)()
 if paused and active_at_start:

@@ -187,6 +187,12 @@ def test_browser_live_run_and_compare(tmp_path, report):
             assert zoom["before"]["range"] != zoom["initial"]["range"], zoom
             body = page.evaluate("() => document.body.innerText")
             assert FINAL.search(body), body[:1500]
+            # the page reruns once the run has ended (the feed saw the state change): wait for
+            # what only that rerun draws, the test results or (stopped) the Resume button (a
+            # rerun briefly shows old and new copies of the elements)
+            page.wait_for_function(
+                "() => document.body.innerText.includes('Test results') || Array.from("
+                "document.querySelectorAll('button')).some(b => b.innerText.trim() === 'Resume')")
             # 5 charts, every one with points (a redraw briefly shows old and new copies)
             page.wait_for_function(ALL_FIVE)
             pts = page.evaluate(JS_POINTS)
@@ -199,6 +205,10 @@ def test_browser_live_run_and_compare(tmp_path, report):
             # and what it drew that way is exactly what a freshly opened Live tab draws.
             draws = page.evaluate("() => window.__dynsdpbDraws")
             assert draws["extend"] >= 3 and draws["points"] > 0, draws
+            # no chart was mounted anew since the reload, not even when the run ended and the
+            # page switched from the live feed to polling (a new mount redraws the whole
+            # figure and loses the zoom)
+            assert draws["mounts"] == 5, draws
             fresh = browser.new_page(viewport={"width": 1400, "height": 2600})
             fresh.goto(base + "/live")
             fresh.wait_for_function(ALL_FIVE)
