@@ -171,18 +171,41 @@ def test_a_figure_is_serialised_once_and_the_same_bytes_are_reused():
     assert figures.figure(figures.fig_loss, arms, "step", uirev="t") is not f1
 
 
-def test_building_the_four_live_charts_is_fast():
+def test_building_the_four_live_charts_skips_plotly_validation():
     """2 arms x 300 steps: 230 ms before issue #8 (plotly validation and template copies),
-    ~16 ms after, on the 2-core machine. The bound leaves room for a loaded machine."""
+    ~16 ms after, on the 2-core machine. Checked as a ratio measured side by side, not a time
+    bound (a bound of 120 ms failed on a loaded machine): building the four charts and their
+    JSON must cost less than half of passing the same figures through plotly's validating
+    go.Figure, best of three each."""
+    import json
     import time
+
+    import plotly.graph_objects as go
     arms = [_arm(_recs(300), "vanilla"), _arm(_recs(300), "dynsdpb")]
-    figures.fig_loss(arms)
-    t = time.perf_counter()
-    for _ in range(3):
+
+    def ours():
         for fig in (figures.fig_metric(arms, "val_accuracy"), figures.fig_alpha_tau(arms),
                     figures.fig_drift(arms), figures.fig_loss(arms)):
             figures.figure_json(fig)
-    assert (time.perf_counter() - t) / 3 < 0.12
+
+    specs = [json.loads(figures.figure_json(f)) for f in (
+        figures.fig_metric(arms, "val_accuracy"), figures.fig_alpha_tau(arms),
+        figures.fig_drift(arms), figures.fig_loss(arms))]
+
+    def validated():
+        for spec in specs:
+            go.Figure(spec).to_json()
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    ours()
+    assert best(ours) < best(validated) / 2
 
 
 def test_html_export_embeds_plotly_js_once_for_all_charts():
