@@ -79,6 +79,14 @@ STATUS_EVERY = 2.0     # state, progress, Stop, the runs table, the queue
 CHARTS_EVERY = 5.0     # the live charts
 
 
+def server_url(path: str, **query: str) -> str:
+    """A path of this server as the browser asks for it: under server.baseUrlPath, if set
+    (plotly.js under static serving, the live feed's routes)."""
+    from urllib.parse import urlencode
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    return ("/" + base if base else "") + path + ("?" + urlencode(query) if query else "")
+
+
 def state_badge(state: str) -> str:
     """A coloured state word with its icon, for st.markdown."""
     return f":{STATE_COLORS.get(state, 'gray')}-badge[{STATE_ICONS.get(state, '')} {state}]"

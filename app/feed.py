@@ -39,15 +39,6 @@ def available() -> bool:
     return os.environ.get(ENV) == "1"
 
 
-def url(path: str, **query: str) -> str:
-    """The route's URL as the browser asks for it (under server.baseUrlPath, if set)."""
-    from urllib.parse import urlencode
-
-    import streamlit as st
-    base = (st.get_option("server.baseUrlPath") or "").strip("/")
-    return ("/" + base if base else "") + path + ("?" + urlencode(query) if query else "")
-
-
 def experiment(key: str) -> Path | None:
     """The experiment folder of a page's key, only if it is one under the runs directory."""
     from app.common import runs_dir
@@ -128,7 +119,7 @@ def chart_endpoint(request):
 
 def routes() -> list:
     """The feed's routes, at the root and under any prefix: Streamlit serves its own routes
-    under server.baseUrlPath but mounts an app's routes as given (`url` adds the prefix)."""
+    under server.baseUrlPath but mounts an app's routes as given (common.server_url adds the prefix)."""
     from starlette.routing import Route
     return [Route(prefix + path, endpoint, methods=["GET"])
             for path, endpoint in ((STATUS_PATH, status_endpoint), (CHART_PATH, chart_endpoint))

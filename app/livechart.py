@@ -247,8 +247,7 @@ def _plotly_js_url() -> str | None:
         pass                # read-only install: the shipped copy below, if any
     if not PLOTLY_JS.is_file():
         return None
-    base = (st.get_option("server.baseUrlPath") or "").strip("/")
-    return "/" + (base + "/" if base else "") + "app/static/plotly.min.js"
+    return common.server_url("/app/static/plotly.min.js")
 
 
 def _parts(fig: go.Figure) -> tuple[str, list]:

@@ -106,7 +106,7 @@ def status_section() -> None:
     with top1:
         if use_feed:
             # one block that updates itself from the server's live feed: no rerun per poll
-            livestatus.live_status_block(view, feed.url(feed.STATUS_PATH, exp=exp_id))
+            livestatus.live_status_block(view, common.server_url(feed.STATUS_PATH, exp=exp_id))
         else:
             st.markdown(" · ".join([common.state_badge(state), *view["words"]]))
             st.html(progress.bar_html(view["frac"], 'training progress'))   # no animation
@@ -252,7 +252,8 @@ def live_charts() -> None:
     def chart(fn, *args, key: str, config: dict, **kw) -> None:
         """One live chart of fn(arms, *args, **kw); under the live feed it fetches its new
         points from the server while the run trains (unless the charts are paused)."""
-        src = (feed.url(feed.CHART_PATH, id=feed.register_chart(exp_id, fn, *args, **kw))
+        src = (common.server_url(feed.CHART_PATH,
+                                 id=feed.register_chart(exp_id, fn, *args, **kw))
                if use_feed and not paused else None)
         live_chart(figures.figure(fn, arms, *args, **kw), key=key, config=config, feed=src)
     state = views.exp_state([a.state for a in arms])
