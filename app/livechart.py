@@ -315,21 +315,28 @@ def _remember(rev: str, fig: go.Figure) -> None:
             _BY_REV.popitem(last=False)
 
 
+def _update(fig: go.Figure, old: go.Figure | None, base: str | None) -> dict:
+    """`fig` for a browser that holds `old` (revision `base`; None: nothing): the points
+    that extend `old` when `fig` is `old` plus points, else the whole figure."""
+    from app.figures import figure_json
+    out = {"rev": _rev(fig), "stamp": _stamp(fig)}
+    add = new_points(old, fig) if old is not None else None
+    if add is not None:
+        return dict(out, extend=add, base=base)
+    return dict(out, figure=figure_json(fig))
+
+
 def feed_update(fig: go.Figure, held: str | None) -> dict:
     """What the live feed (app/feed.py) sends a chart that holds revision `held` when the
     figure is now `fig`: only the revision when it is the same, the new points when `fig`
     extends a figure sent recently (to any session), else the whole figure."""
-    from app.figures import figure_json
     rev = _rev(fig)
     _remember(rev, fig)
     if held == rev:
         return {"rev": rev}
     with _BY_REV_LOCK:
         old = _BY_REV.get(held) if held else None
-    add = new_points(old, fig) if old is not None else None
-    if add is not None:
-        return {"rev": rev, "stamp": _stamp(fig), "base": held, "extend": add}
-    return {"rev": rev, "stamp": _stamp(fig), "figure": figure_json(fig)}
+    return _update(fig, old, held)
 
 
 SENT = "_live_chart_sent"     # session state: per chart key, what this session's browser holds
@@ -345,18 +352,13 @@ def chart_data(fig: go.Figure, key: str, config: dict, src: str, sent: dict) -> 
     not the last one plus points), else only the new points and the revision they extend.
     The same figure again gives the very same data, which Streamlit's message cache sends as a
     short reference and the component skips. `sent`: this session's SENT state."""
-    from app.figures import figure_json
     last = sent.get(key)
-    data = {"rev": _rev(fig), "stamp": _stamp(fig), "config": config, "src": src}
     same_config = last is not None and last["config"] == config
-    if same_config and last["data"]["rev"] == data["rev"]:
+    if same_config and last["data"]["rev"] == _rev(fig):
         last["fig"] = fig              # the same figure (or a new build of it): the same data
         return last["data"]
-    add = new_points(last["fig"], fig) if same_config else None
-    if add is not None:
-        data.update(extend=add, base=last["data"]["rev"])
-    else:
-        data["figure"] = figure_json(fig)
+    data = dict(_update(fig, last["fig"], last["data"]["rev"]) if same_config
+                else _update(fig, None, None), config=config, src=src)
     sent[key] = {"fig": fig, "config": config, "data": data}
     _remember(data["rev"], fig)      # the feed may extend what this session was sent
     return data

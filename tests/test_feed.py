@@ -95,7 +95,7 @@ def test_status_html_says_what_the_streamlit_status_says():
 
 
 def test_feed_routes_answer_under_the_base_url_path():
-    """With server.baseUrlPath set, the pages ask for /BASE/_dynsdpb/live/... (feed.url), and
+    """With server.baseUrlPath set, the pages ask for /BASE/_dynsdpb/live/... (common.server_url), and
     Streamlit mounts an app's own routes without the prefix: both must reach the feed."""
     from starlette.routing import Match
     for path in (feed.STATUS_PATH, "/work/bench" + feed.STATUS_PATH, feed.CHART_PATH,
