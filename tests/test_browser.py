@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from dynsdpb.bench.app import JS_HIDE, free_port, stop_server, wait_health
+from dynsdpb.bench.app import (JS_HIDE, free_port, start_from_yaml, stop_server,
+                               wait_health)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("DYNSDPB_CHROMIUM", "/usr/bin/chromium")
@@ -95,27 +96,6 @@ def _write_inputs(tmp: Path, steps: int) -> Path:
     return cfg
 
 
-def _start_from_yaml(page, base: str, cfg_file: Path, steps: int) -> None:
-    """Setup: load the config from YAML, as a user would, then Start; waits for Live."""
-    page.goto(base + "/")
-    page.get_by_role("heading", name="Setup").wait_for()
-    page.get_by_text("Load or save a config (YAML)").click()
-    page.locator("input[type=file]").first.set_input_files(str(cfg_file))
-    page.get_by_text(f"Loaded {cfg_file.name}").wait_for()
-    # The message shows before the rest of that rerun reaches the form: wait for the
-    # fields, or Start would send the old values back.
-    page.wait_for_function(
-        "(n) => { const e = Array.from(document.querySelectorAll("
-        "'input[aria-label=\"steps\"]')); return e.length > 0 && "
-        "e.every(x => x.value === String(n)); }", arg=steps)
-    start = page.get_by_role("button", name="Start", exact=True)
-    page.wait_for_function("() => { const b = Array.from(document.querySelectorAll("
-                           "'button')).find(b => b.innerText.trim() === 'Start');"
-                           " return b && !b.disabled; }")
-    start.click()
-    page.get_by_role("heading", name="Live").wait_for()
-
-
 def test_browser_live_run_and_compare(tmp_path, report):
     if not Path(CHROMIUM).exists():
         # .ci/run installs it, so in CI a missing browser is a failure, not a skip.
@@ -143,7 +123,7 @@ def test_browser_live_run_and_compare(tmp_path, report):
             page = browser.new_page(viewport={"width": 1400, "height": 2600})
             page.set_default_timeout(30_000)
             base = f"http://127.0.0.1:{port}"
-            _start_from_yaml(page, base, cfg_file, steps)
+            start_from_yaml(page, base, cfg_file, steps)
 
             # Poll the page: note when each "latest step" first shows; reload once mid-run,
             # then zoom into the loss chart, check the zoom survives new points, and press
@@ -498,7 +478,7 @@ def test_browser_live_updates_without_rerunning_the_page(tmp_path, report):
         frames: list[float] = []     # websocket messages from the server, by arrival
         page.on("websocket", lambda ws: ws.on("framereceived",
                                               lambda _: frames.append(time.time())))
-        _start_from_yaml(page, base, cfg_file, steps)
+        start_from_yaml(page, base, cfg_file, steps)
         page.get_by_text(LATEST).first.wait_for()
         page.wait_for_function("() => window.__dynsdpbDraws && "
                                "document.querySelectorAll('.js-plotly-plot').length >= 4")

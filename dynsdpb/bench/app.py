@@ -162,6 +162,27 @@ JS_HIDE = """(v) => { Object.defineProperty(document, 'visibilityState',
     document.dispatchEvent(new Event('visibilitychange')); }"""
 
 
+def start_from_yaml(page, base: str, cfg_file: Path, steps: int) -> None:
+    """Setup: load the config from YAML, as a user would, then Start; waits for Live.
+    `steps`: the config's steps (the form must show them before Start is pressed)."""
+    page.goto(base + "/")
+    page.get_by_role("heading", name="Setup").wait_for()
+    page.get_by_text("Load or save a config (YAML)").click()
+    page.locator("input[type=file]").first.set_input_files(str(cfg_file))
+    page.get_by_text(f"Loaded {cfg_file.name}").wait_for()
+    # The message shows before the rest of that rerun reaches the form: wait for the
+    # fields, or Start would send the old values back.
+    page.wait_for_function(
+        "(n) => { const e = Array.from(document.querySelectorAll("
+        "'input[aria-label=\"steps\"]')); return e.length > 0 && "
+        "e.every(x => x.value === String(n)); }", arg=steps)
+    page.wait_for_function("() => { const b = Array.from(document.querySelectorAll("
+                           "'button')).find(b => b.innerText.trim() === 'Start');"
+                           " return b && !b.disabled; }")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_role("heading", name="Live").wait_for()
+
+
 def _measure(runs: Path, arm: str, server_pid: int, steps: int) -> dict:
     """Median step time over `steps` steps, and the cores the server, the training and the
     browser used meanwhile (2.0 = both cores of this machine)."""
@@ -222,20 +243,7 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
             ctx = browser.new_context(viewport={"width": 1400, "height": 2400})
             page = ctx.new_page()
             page.set_default_timeout(120_000)
-            page.goto(base + "/")
-            page.get_by_role("heading", name="Setup").wait_for()
-            page.get_by_text("Load or save a config (YAML)").click()
-            page.locator("input[type=file]").first.set_input_files(str(cfg))
-            page.get_by_text("Loaded bench.yaml").wait_for()
-            page.wait_for_function(
-                "(n) => { const e = Array.from(document.querySelectorAll("
-                "'input[aria-label=\"steps\"]')); return e.length > 0 && "
-                "e.every(x => x.value === String(n)); }", arg=total)
-            page.wait_for_function("() => { const b = Array.from(document.querySelectorAll("
-                                   "'button')).find(b => b.innerText.trim() === 'Start');"
-                                   " return b && !b.disabled; }")
-            page.get_by_role("button", name="Start", exact=True).click()
-            page.get_by_role("heading", name="Live").wait_for()
+            start_from_yaml(page, base, cfg, total)
             page.close()
             log("started; waiting for the first steps (model load)")
             _window(runs, arm, 3, timeout=600)       # warm: loading done, steps flowing
