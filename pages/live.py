@@ -1,10 +1,11 @@
 """Live: one experiment's arms, updated while anything is training.
 
-Two sibling fragments poll the run folders (status.json, metrics.jsonl; the training process
-only writes files): `live_status` (state, progress, Stop, the queue) every
-common.STATUS_EVERY seconds and `live_charts` (the four charts, which can be paused) every
-common.CHARTS_EVERY seconds. Polling switches off when nothing is queued or running, and in a
-hidden tab (app/visibility.py).
+Two parts read the run folders (status.json, metrics.jsonl; the training process only writes
+files): `status_section` (state, progress, Stop, the queue) every common.STATUS_EVERY seconds
+and `live_charts` (the charts, which can be paused) every common.CHARTS_EVERY seconds. Under
+the workbench's server (app/server.py) both fetch what is new from its live feed (app/feed.py)
+without rerunning the page; elsewhere they are fragments that rerun. Either way nothing is
+fetched when nothing is queued or running, nor in a hidden tab.
 
 Watching must cost little whatever the number of tabs: each poll first compares a stat-only
 signature of the run files (views.load_arms_live) and re-reads nothing when it is the same;
