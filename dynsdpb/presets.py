@@ -59,7 +59,7 @@ def dump_experiment(base: C.RunConfig, methods: list[str], seeds: list[int], nam
         head["description"] = description
     head["methods"] = list(methods)
     head["seeds"] = [int(s) for s in seeds]
-    # the defaults a reader gets back: a decoder's temperatures for a decoder (config.py)
+    # the defaults a reader gets back: a decoder's temperatures for a decoder (config/fields.py)
     defaults = {**C.RunConfig().to_dict(),
                 **C.default_temperatures(C.is_causal_lm(base))}
     body = {k: v for k, v in base.to_dict().items()

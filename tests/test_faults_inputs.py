@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dynsdpb.cli import main as cli
+from dynsdpb import catalog
 from dynsdpb import config as C
 from dynsdpb.encoder import data as D
 from dynsdpb import tables
@@ -387,9 +388,9 @@ def test_max_len_over_the_model_limit(tmp_path, capsys, no_training):
     from dynsdpb.encoder.models import minilm_dir, build_model, load_tokenizer, tiny_bert_config
     import json as _json
     assert _json.loads((minilm_dir() / "config.json").read_text())[
-        "max_position_embeddings"] == C.BUILTIN_MAX_LEN["minilm-l6"]
+        "max_position_embeddings"] == catalog.BUILTIN_MAX_LEN["minilm-l6"]
     assert tiny_bert_config(10, 2, "classification").max_position_embeddings == \
-        C.BUILTIN_MAX_LEN["tiny-random-bert"]
+        catalog.BUILTIN_MAX_LEN["tiny-random-bert"]
     # the load-time check (what a local or hub model gets)
     cfg = tiny_config("x.csv")
     tok = load_tokenizer(cfg)

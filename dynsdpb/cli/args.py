@@ -46,7 +46,7 @@ def fields_from_args(a) -> dict:
     flags = {n: v for n in C.FIELDS if (v := getattr(a, "f_" + n, None)) is not None}
     sets = C.parse_overrides(a.set)
     for k in flags.keys() & sets.keys():
-        if C._coerce(k, flags[k]) != C._coerce(k, sets[k]):
+        if C.coerce(k, flags[k]) != C.coerce(k, sets[k]):
             raise ConfigError.one(k, sets[k], f"given twice with different values "
                                   f"({flag(k)} {flags[k]} and --set {k}={sets[k]}); keep one")
     return {**flags, **sets}

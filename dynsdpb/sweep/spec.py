@@ -106,7 +106,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         if any(not x.strip() for x in v.split(",")):
             raise ConfigError.one("--grid", it, "has an empty value (two commas in a row or one "
                                   "at an end); write each value once, e.g. alpha_max=1,2")
-        vals = [C._coerce(k, x.strip()) for x in v.split(",")]
+        vals = [C.coerce(k, x.strip()) for x in v.split(",")]
         if len(set(vals)) != len(vals):
             raise ConfigError.one("--grid", it, "give each value once")
         if k in out:
@@ -200,7 +200,7 @@ def create_sweep(out: str | Path, base: C.RunConfig, methods: list[str], seeds: 
 
 
 def _typed(cell: dict) -> dict:
-    return {k: C._coerce(k, v) for k, v in cell.items()}
+    return {k: C.coerce(k, v) for k, v in cell.items()}
 
 
 def load_sweep(path: str | Path, field: str = "sweep") -> dict:

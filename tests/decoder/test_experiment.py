@@ -213,7 +213,7 @@ def test_local_decoder_folder_with_a_classification_dataset_is_refused(tiny):
 
 
 def test_builtins_are_listed(capsys):
-    assert set(C.GENERATION_DATASETS) == set(BUILTIN_LM_DATASETS)
+    assert set(C.check.GENERATION_DATASETS) == set(BUILTIN_LM_DATASETS)
     assert main(["list", "models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "decoder" in out
