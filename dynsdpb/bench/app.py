@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -62,6 +63,36 @@ def stop_server(proc: subprocess.Popen, grace: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive and not a zombie (an orphan waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_training(pid: int | None, grace: float = 60) -> None:
+    """Wait for the training child, which outlives the app for its stop checkpoint (it watches
+    its parent), to exit; SIGTERM, then SIGKILL it after `grace` seconds. Removing the runs
+    directory while it still wrote left the directory behind."""
+    if not pid:
+        return
+    end = time.time() + grace
+    while _running(pid) and time.time() < end:
+        time.sleep(0.2)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _running(pid):
+            return
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            return
+        t = time.time() + 10
+        while _running(pid) and time.time() < t:
+            time.sleep(0.2)
 
 
 def _config_yaml(tmp: Path, model: str, dataset: str, steps: int) -> Path:
@@ -288,7 +319,9 @@ def run(tabs: tuple[int, ...] = (0, 1, 4), steps_per_phase: int = 12, model: str
                 log(_phase_line("0 Live tabs again (all closed)", ph))
             browser.close()
     finally:
+        training = _training_pid(runs, arm) if runs.is_dir() else None
         stop_server(proc)
+        stop_training(training)
         server_log.close()
         # the bench's experiment (its stop checkpoint: about 0.5 GB for MiniLM) is throwaway;
         # 50 runs of the bench left in the temp folder filled a disk. Screenshots and the
