@@ -1,5 +1,6 @@
-"""The live feed: two small JSON routes of the workbench's server (app/server.py) that Live's
-status block and charts fetch by themselves while a run trains, instead of rerunning the page.
+"""The live feed: small JSON routes of the workbench's server (app/server.py) that the status
+blocks and charts of Live and Self-training fetch by themselves while a run trains, instead of
+rerunning the page.
 
 Why: a Streamlit rerun costs a visible tab 30-45 ms of browser CPU even when nothing on the
 page changed (measured in Chromium: React redraws the page's tree), and Plotly redraws a chart
@@ -10,6 +11,8 @@ the revision it holds and draws only when there are some.
 
 - GET /_dynsdpb/live/status?exp=KEY -> {"html": the status block, "key": what the page draws
   around it}; the page reruns when "key" changes (app/livestatus.py).
+- GET /_dynsdpb/live/loop?loop=KEY -> the same for the Self-training page's status block
+  (app/loopstatus.py) of the self-training folder KEY.
 - GET /_dynsdpb/live/chart?id=ID&rev=REV -> {"rev"} when nothing is new, else the new points
   that extend REV or the whole figure (app/livechart.py `feed_update`). ID names a chart the
   page registered (`register_chart`): experiment, figure function and arguments.
@@ -27,6 +30,7 @@ from pathlib import Path
 
 ENV = "DYNSDPB_LIVE_FEED"      # set by app/server.py: the routes exist in this process
 STATUS_PATH = "/_dynsdpb/live/status"
+LOOP_PATH = "/_dynsdpb/live/loop"
 CHART_PATH = "/_dynsdpb/live/chart"
 
 _CHARTS: OrderedDict[str, tuple] = OrderedDict()     # id -> (exp key, fn, args, kw)
@@ -39,17 +43,28 @@ def available() -> bool:
     return os.environ.get(ENV) == "1"
 
 
-def experiment(key: str) -> Path | None:
-    """The experiment folder of a page's key, only if it is one under the runs directory."""
+def _folder(key: str, meta: str) -> Path | None:
+    """The folder `key` under the runs directory if it holds the file `meta`, else None."""
     from app.common import runs_dir
-    from dynsdpb.store import ExperimentDir
     root = runs_dir()
     try:
         p = (root / key).resolve()
         p.relative_to(root)
     except (ValueError, OSError):
         return None
-    return p if key and (p / ExperimentDir.META).is_file() else None
+    return p if key and (p / meta).is_file() else None
+
+
+def experiment(key: str) -> Path | None:
+    """The experiment folder of a page's key, only if it is one under the runs directory."""
+    from dynsdpb.store import ExperimentDir
+    return _folder(key, ExperimentDir.META)
+
+
+def loop(key: str) -> Path | None:
+    """The self-training folder of a page's key, only if it is one under the runs directory."""
+    from dynsdpb.selftrain.store import META
+    return _folder(key, META)
 
 
 def register_chart(exp_key: str, fn, *args, **kw) -> str:
@@ -82,6 +97,16 @@ def status_payload(exp_key: str) -> dict | None:
     return {"html": livestatus.status_html(view), "key": view["key"]}
 
 
+def loop_payload(loop_key: str) -> dict | None:
+    """What the loop route answers for a self-training folder's key; None when there is none."""
+    from app import loopstatus
+    path = loop(loop_key)
+    if path is None:
+        return None
+    view = loopstatus.loop_view(path)
+    return {"html": loopstatus.loop_html(view), "key": view["key"]}
+
+
 def chart_payload(ident: str, held: str | None) -> dict | None:
     """What the chart route answers: the points newer than the browser's revision `held`, the
     whole figure, or only the revision when nothing changed; None for an unknown chart."""
@@ -111,6 +136,11 @@ def status_endpoint(request):
     return _json(status_payload(request.query_params.get("exp", "")), "experiment")
 
 
+def loop_endpoint(request):
+    """GET LOOP_PATH?loop=KEY."""
+    return _json(loop_payload(request.query_params.get("loop", "")), "self-training folder")
+
+
 def chart_endpoint(request):
     """GET CHART_PATH?id=ID&rev=REV."""
     q = request.query_params
@@ -122,5 +152,6 @@ def routes() -> list:
     under server.baseUrlPath but mounts an app's routes as given (common.server_url adds the prefix)."""
     from starlette.routing import Route
     return [Route(prefix + path, endpoint, methods=["GET"])
-            for path, endpoint in ((STATUS_PATH, status_endpoint), (CHART_PATH, chart_endpoint))
+            for path, endpoint in ((STATUS_PATH, status_endpoint), (LOOP_PATH, loop_endpoint),
+                                   (CHART_PATH, chart_endpoint))
             for prefix in ("", "/{base:path}")]

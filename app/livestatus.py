@@ -72,7 +72,8 @@ def status_view(jm, exp_id: str, arms: list[views.ArmView]) -> dict:
             "key": key}
 
 
-def _badge_html(state: str) -> str:
+def badge_html(state: str) -> str:
+    """A coloured state word, as common.state_badge draws it in Streamlit."""
     fg, bg = STATE_HTML.get(common.STATE_COLORS.get(state, "gray"), STATE_HTML["gray"])
     return (f"<span style='color:{fg};background:{bg};border-radius:0.5rem;"
             f"padding:0.05rem 0.45rem;font-size:0.875rem'>{html.escape(state)}</span>")
@@ -81,19 +82,24 @@ def _badge_html(state: str) -> str:
 def status_html(view: dict) -> str:
     """The status block as one piece of HTML (what the feed sends)."""
     e = html.escape
-    line = " · ".join([_badge_html(view["state"]), *map(e, view["words"])])
-    rows = view["rows"]
-    head = "".join(f"<th>{e(k)}</th>" for k in rows[0]) if rows else ""
-    body = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in r.values()) + "</tr>"
-                   for r in rows)
+    line = " · ".join([badge_html(view["state"]), *map(e, view["words"])])
     help_ = ("Step records are written by the training process; this block re-reads them "
              f"every {common.STATUS_EVERY:g} s.")
     return (f"<div class='dynsdpb-status'><p style='margin:0 0 0.5rem 0'>{line}</p>"
             + progress.bar_html(view["frac"], "training progress")
             + f"<p title='{e(help_)}' style='margin:0.5rem 0;font-size:0.875rem;"
               f"color:rgba(49,51,63,0.6)'>{e(view['caption'])}</p>"
-            + "<table style='width:100%;border-collapse:collapse;font-size:0.875rem'>"
-              f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+            + table_html(view["rows"]) + "</div>")
+
+
+def table_html(rows: list[dict]) -> str:
+    """Rows of cells as a plain HTML table (the block's CSS styles it); None shows as "—"."""
+    e = html.escape
+    head = "".join(f"<th>{e(str(k))}</th>" for k in rows[0]) if rows else ""
+    body = "".join("<tr>" + "".join(f"<td>{e('—' if v is None else str(v))}</td>"
+                                    for v in r.values()) + "</tr>" for r in rows)
+    return ("<table style='width:100%;border-collapse:collapse;font-size:0.875rem'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 _CSS = """
@@ -171,10 +177,15 @@ def _changed() -> None:
     drawn outside any fragment)."""
 
 
-def live_status_block(view: dict, url: str | None) -> None:
-    """The status block as one component that updates itself from `url` (app/feed.py) every
-    common.STATUS_EVERY seconds while `url` is given; the page reruns when its key changes."""
-    _component(key="live_status_block",
-               data={"html": status_html(view), "key": view["key"], "url": url,
-                     "every": common.STATUS_EVERY},
+def feed_block(name: str, html_: str, key: str, url: str | None) -> None:
+    """A block of HTML that replaces itself with what `url` (a status route of app/feed.py:
+    {"html", "key"}) answers every common.STATUS_EVERY seconds while `url` is given; the page
+    reruns when the key changes. `name`: the component's key in the page."""
+    _component(key=name, data={"html": html_, "key": key, "url": url,
+                               "every": common.STATUS_EVERY},
                on_changed_change=_changed)
+
+
+def live_status_block(view: dict, url: str | None) -> None:
+    """Live's status block, updating itself from the feed's status route `url`."""
+    feed_block("live_status_block", status_html(view), view["key"], url)

@@ -11,7 +11,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import common, figures, views
+from app import common, feed, figures, livestatus, loopstatus, views
 from app.livechart import live_chart
 from app.visibility import tab_hidden
 from dynsdpb import config as C
@@ -119,12 +119,14 @@ pick = st.selectbox("loop folder", ids, key="w_st_pick")
 path = jm.runs_dir / pick
 meta = read_json(path / S.META, {}) or {}
 sc = (meta.get("loop") or {}).get("loop") == "selfcorrect"
-ACTIVE = ("queued", "running")
+ACTIVE = loopstatus.ACTIVE
 active_at_start = RunDir(path).status().get("state", "?") in ACTIVE
-# The same polling as Live: status every common.STATUS_EVERY s while the loop runs; nothing
-# when it is done. A change of state (finished, stopped, started again) reruns the page once,
-# which turns the polling off or on and redraws the Stop/Resume buttons.
-POLL = common.STATUS_EVERY
+# As on Live: under the workbench's server (app/server.py) the status block and the
+# fine-tuning curves fetch what is new from its live feed (app/feed.py), and the page reruns
+# only when its block's key changes (the state, a failure, a round's files). Elsewhere the
+# page polls by rerunning its fragment every common.STATUS_EVERY s while the loop runs; a
+# change of state reruns the page once, which turns the polling off or on.
+use_feed = active_at_start and feed.available()
 
 # How the page names the answers, the same on Live: the gold one and the model's.
 SHOWN = {"answer": "gold answer", "extracted": "model's answer",
@@ -167,83 +169,35 @@ def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
     return kept, acc
 
 
-def elapsed(sec: float) -> str:
-    sec = max(0, int(sec))
-    return f"{sec // 3600}h {sec % 3600 // 60:02d}m" if sec >= 3600 else \
-        f"{sec // 60}m {sec % 60:02d}s"
-
-
-def header(status: dict) -> None:
-    state = status.get("state", "?")
-    c1, c2, c3 = st.columns([3, 1, 1])
+def header(view: dict) -> None:
+    """The loop's state and where it is (under the live feed: one block with the rounds table
+    that updates itself), a failure, and Stop or Resume."""
+    state = view["state"]
+    c1, c2 = st.columns([4, 1])
     with c1:
-        if state in ("queued", "running"):
-            where = (f"round {status.get('round')}/{status.get('rounds')}: "
-                     f"{status.get('phase')}"
-                     + (f" ({status['arm']})" if status.get("arm") and state == "running"
-                        else ""))
+        if use_feed:
+            livestatus.feed_block("st_status_block", loopstatus.loop_html(view), view["key"],
+                                  common.server_url(feed.LOOP_PATH, loop=pick))
         else:
-            where = f"{status.get('rounds', meta.get('loop', {}).get('rounds', '?'))} rounds"
-            t0 = meta.get("created")
-            if isinstance(t0, (int, float)) and status.get("updated"):
-                where += f", {elapsed(status['updated'] - t0)} from start to end"
-        st.markdown(f"{common.state_badge(state)} &nbsp; {where}")
-        if status.get("error"):
-            st.error(f"{status['error']}" + (f" — hint: {status['hint']}" if status.get("hint")
-                                             else ""))
+            st.markdown(f"{common.state_badge(state)} &nbsp; {view['where']}")
+        if view.get("error"):
+            st.error(f"{view['error']}" + (f" — hint: {view['hint']}" if view.get("hint")
+                                           else ""))
     with c2:
-        if state in ("queued", "running"):
+        if state in ACTIVE:
             if ss.get("st_stopping") == pick:
                 st.markdown(":orange-badge[stopping…]")
             elif st.button("Stop", help="finish the current step, checkpoint, stop"):
                 jm.stop(pick)
                 ss["st_stopping"] = pick
-                st.rerun(scope="fragment")
-    with c3:
-        if state in ("stopped", "failed", "interrupted") and st.button("Resume"):
+                st.rerun()
+        elif state in ("stopped", "failed", "interrupted") and st.button("Resume"):
             try:
                 jm.resume(pick)
                 ss.pop("st_stopping", None)
                 st.rerun()
             except ConfigError as e:
                 st.error(str(e))
-
-
-def round_rows(status: dict) -> list[dict]:
-    """One row per round and arm: its phase, traces, kept, and why nothing was kept."""
-    rounds = int(status.get("rounds") or (meta.get("loop") or {}).get("rounds") or 0)
-    arms = [f"{m}-s{sd}" for m in meta.get("methods") or [] for sd in meta.get("seeds") or []]
-    cur, phase = status.get("round"), status.get("phase")
-    running = status.get("state") == "running"
-    rows = []
-    for r in range(1, rounds + 1):
-        for arm in arms:
-            d = path / f"round-{r:02d}" / arm
-            info = read_json(d / "round.json", None)
-            row = {"round": r, "arm": arm}
-            if isinstance(info, dict):
-                row.update(phase="done", traces=info.get("traces"), kept=info.get("kept"))
-                row["note"] = info.get("note") or ("" if info.get("kept") else
-                                                   "nothing kept: no right traces")
-            else:
-                kept = len(read_metrics(d / "train.jsonl")) if (d / "train.jsonl").is_file() \
-                    else None
-                traces = len(read_metrics(d / "traces.jsonl")) \
-                    if (d / "traces.jsonl").is_file() else None
-                arm_st = RunDir(d).raw_status() if d.is_dir() else {}
-                if running and r == cur and phase == "generating" and status.get("arm") == arm:
-                    ph = "generating"
-                elif arm_st.get("state") == "running":
-                    ph = f"training, step {arm_st.get('step', 0)}/{arm_st.get('steps', '?')}"
-                elif kept is not None:
-                    ph = "generated" + (", waiting to train" if running and r == cur else "")
-                elif running and r == cur:
-                    ph = "waiting"
-                else:
-                    ph = "not started"
-                row.update(phase=ph, traces=traces, kept=kept, note="")
-            rows.append(row)
-    return rows
 
 
 def browse(sc: bool) -> None:
@@ -293,20 +247,26 @@ def browse(sc: bool) -> None:
     st.dataframe(rows, hide_index=True, width="stretch", column_config=cols)
 
 
-# A hidden tab polls nothing (app/visibility.py): showing it again reruns the page at once.
-@st.fragment(run_every=POLL if active_at_start and not tab_hidden("st_tab_hidden") else None)
+def chart(exp_key: str, arms: list, fn, *args, key: str, **kw) -> None:
+    """A live chart of fn(arms of experiment exp_key, ...); under the feed it fetches its new
+    points by itself."""
+    src = (common.server_url(feed.CHART_PATH, id=feed.register_chart(exp_key, fn, *args, **kw))
+           if use_feed else None)
+    live_chart(figures.figure(fn, arms, *args, **kw), key=key, feed=src)
+
+
 def watch() -> None:
-    status = RunDir(path).status()
-    state = status.get("state", "?")
+    view = loopstatus.loop_view(path, meta)
+    state = view["state"]
     if ss.get("st_stopping") == pick and state not in ACTIVE:
         ss.pop("st_stopping", None)
-    header(status)
+    header(view)
     summary = S.summarize(path)
-    st.markdown("##### Rounds")
-    rows = round_rows(status)
-    if rows:
-        st.dataframe(rows, hide_index=True, width="stretch",
-                     column_config={"note": st.column_config.TextColumn(width="large")})
+    if not use_feed:           # under the feed the table is in the block
+        st.markdown("##### Rounds")
+        if view["rows"]:
+            st.dataframe(view["rows"], hide_index=True, width="stretch",
+                         column_config={"note": st.column_config.TextColumn(width="large")})
     kept, acc = round_figures(summary)
     left, right = st.columns(2)
     with left:
@@ -322,16 +282,24 @@ def watch() -> None:
                              key="st_round")
             _, arms = views.load_arms_live(path / r)
             for k in ("alpha", "val_exact_match"):
-                live_chart(figures.figure(figures.fig_metric, arms, k, uirev=f"st-{k}-{r}"),
-                           key=f"st_{k}")
+                chart(f"{pick}/{r}", arms, figures.fig_metric, k, uirev=f"st-{k}-{r}",
+                      key=f"st_{k}")
     if summary.get("rounds"):
         st.code(S.format_rounds(summary), language=None)     # full width: no clipped column
     if rounds:
         # three panels need the page's width: at half width their titles ran into each other
-        live_chart(figures.figure(figures.fig_loss, arms, uirev=f"st-loss-{r}"), key="st_loss")
+        chart(f"{pick}/{r}", arms, figures.fig_loss, uirev=f"st-loss-{r}", key="st_loss")
     browse(sc)
-    if (state in ACTIVE) != active_at_start:
+    if not use_feed and (state in ACTIVE) != active_at_start:
         st.rerun()
 
 
-watch()
+if use_feed:
+    # outside any fragment: the block asks for a page rerun when its key changes; in a
+    # container, as a fragment draws into one, so nothing moves when the loop ends
+    with st.container():
+        watch()
+else:
+    # A hidden tab polls nothing (app/visibility.py): showing it again reruns the page at once.
+    st.fragment(run_every=common.STATUS_EVERY if active_at_start
+                and not tab_hidden("st_tab_hidden") else None)(watch)()

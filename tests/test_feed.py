@@ -105,3 +105,33 @@ def test_feed_routes_answer_under_the_base_url_path():
         assert hits and hits[0].endpoint in (feed.status_endpoint, feed.chart_endpoint), path
     scope = {"type": "http", "method": "GET", "path": "/_dynsdpb/live/other"}
     assert not any(r.matches(scope)[0] == Match.FULL for r in feed.routes())
+
+
+def test_loop_route_reads_only_self_training_folders(runs_dir, tmp_path):  # noqa: F811
+    """The loop route answers the Self-training page's block (the state, where the loop is,
+    the rounds table) and a key that changes when a round's files arrive, not with each
+    step; anything but a self-training folder of the runs directory is 404 with one line."""
+    from dynsdpb.store import RunDir, atomic_write_json
+    from tests.test_browser import _fake_loop, _write_kept_round, _write_round_training
+    d = _fake_loop(runs_dir)
+    RunDir(d).set_status("running", round=1, rounds=1, phase="training", arm="vanilla-s0")
+    rd = _write_round_training(d, 100)
+    rd.set_status("running", step=7, steps=100)
+    code, body = _get(feed.loop_endpoint, loop="loop")
+    assert code == 200
+    assert "round 1/1: training (vanilla-s0)" in body["html"]
+    assert "training, step 7/100" in body["html"] and "<table" in body["html"]
+    rd.set_status("running", step=8, steps=100)
+    again = _get(feed.loop_endpoint, loop="loop")[1]
+    assert "training, step 8/100" in again["html"] and again["key"] == body["key"]
+    _write_kept_round(d)
+    assert _get(feed.loop_endpoint, loop="loop")[1]["key"] != body["key"]
+    (tmp_path / "outside").mkdir()
+    atomic_write_json(tmp_path / "outside" / "selftrain.json", {})
+    exp = runs_dir / "an-experiment"
+    exp.mkdir()
+    (exp / "experiment.json").write_text("{}")
+    for bad in ("../outside", str(tmp_path / "outside"), "", "nope", "an-experiment",
+                "loop/../../outside"):
+        assert _get(feed.loop_endpoint, loop=bad) == (404, {"error": "no such self-training "
+                                                                     "folder"})
