@@ -158,14 +158,26 @@ def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
                 None if mean(r, key) is None else 100 * mean(r, key) for r in rs]
             acc.add_trace(go.Scatter(x=xs, y=ys, name=method + suffix, mode="lines+markers",
                                      line={"color": color, "dash": dash}))
-    kept.update_layout(title="Kept traces per round", barmode="group", height=300,
-                       xaxis_title="round", yaxis_title="kept traces", margin={"t": 40},
-                       xaxis_dtick=1)
+    # short titles, the rest in a subtitle: at half width the long title was cut at both ends
+    sub = {"font": {"size": 12, "color": "#555"}}
+    head = {"x": 0, "font": {"size": 14}}        # as the fine-tuning curves beside them
+    kept.update_layout(title={**head, "text": "Kept traces per round", "subtitle": dict(
+                           sub, text="training examples each round kept, per method")},
+                       barmode="group", height=320, xaxis_title="round",
+                       yaxis_title="kept traces", margin={"t": 62}, xaxis_dtick=1)
     # a share: the same 0-100 axis as every % chart (a flat 33.3 % read as a wavy 32.5-34)
-    acc.update_layout(title="Test exact match (%) per round (0 = base model): flexible "
-                      "(solid), strict (dashed)", height=300,
-                      xaxis_title="round", yaxis_title="test exact match (%)",
-                      margin={"t": 40}, xaxis_dtick=1, yaxis_range=[-2, 102])
+    acc.update_layout(title={**head, "text": "Test exact match (%) per round", "subtitle": dict(
+                          sub, text="round 0: the base model; solid: flexible, dashed: strict")},
+                      height=320, xaxis_title="round", yaxis_title="test exact match (%)",
+                      margin={"t": 62}, xaxis_dtick=1, yaxis_range=[-2, 102])
+    for fig, what in ((kept, "no round has finished yet"), (acc, "no test results yet")):
+        if not any(y is not None for t in fig.data for y in (t.y or ())):
+            # empty axes alone read as "zero kept"
+            fig.add_annotation(text=what, showarrow=False, xref="paper", yref="paper",
+                               x=0.5, y=0.5, font={"color": "#888"})
+            fig.update_xaxes(range=[0.5, 3.5] if fig is kept else [-0.5, 3.5])
+            if fig is kept:
+                fig.update_yaxes(range=[0, 4])
     return kept, acc
 
 

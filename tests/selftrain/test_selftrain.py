@@ -626,3 +626,28 @@ def test_cli_selftrain_defaults_are_the_cpu_demo_with_a_short_expected_time():
     # what the same command trained before: the field defaults, 200 steps of 16 (1.5 h)
     old = RunConfig(model="smollm2-135m", dataset="arith-easy")
     assert expected_seconds(old, loop, methods, seeds) > 60 * 60
+
+
+def test_round_charts_before_any_round_say_so_and_keep_their_titles_whole(tiny, tmp_path,
+                                                                          monkeypatch):
+    """Issue 20 (charts that cannot be misread): before a round finished, the kept-traces
+    chart drew empty axes from -1 (read as "nothing kept"), and the accuracy chart's title (95
+    characters) was cut at both ends in its half-width column."""
+    import streamlit as st
+    from app.livechart import figure_of
+    cfg, _ = tiny
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("DYNSDPB_RUNS_DIR", str(runs))
+    create_selftrain(runs / "loop", cfg, _opt(questions=6), ["vanilla"], [0])
+    st.cache_resource.clear()
+    try:
+        at = _selftrain_page()
+        kept, acc = (figure_of(e, at.session_state) for e in at.get("plotly_chart")[:2])
+        notes = [[a["text"] for a in f["layout"].get("annotations", [])] for f in (kept, acc)]
+        assert notes == [["no round has finished yet"], ["no test results yet"]]
+        assert kept["layout"]["yaxis"]["range"][0] == 0
+        for f in (kept, acc):
+            assert len(f["layout"]["title"]["text"]) <= 32, f["layout"]["title"]
+            assert f["layout"]["title"]["subtitle"]["text"]
+    finally:
+        st.cache_resource.clear()
