@@ -52,6 +52,22 @@ AT_LEAST_FOUR = ("() => { const p = (" + JS_POINTS + ")(); "
 
 
 
+def need_chromium() -> None:
+    """Skip without Debian's chromium here; in CI, which installs it (.ci/run), fail."""
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} missing: apt-get install -y chromium")
+
+
+def server_frames(page) -> list[float]:
+    """The arrival times of the websocket messages the Streamlit server sends `page` (filled
+    while Playwright is called: wait through page.wait_for_timeout, not time.sleep)."""
+    frames: list[float] = []
+    page.on("websocket", lambda ws: ws.on("framereceived",
+                                          lambda _: frames.append(time.time())))
+    return frames
+
+
 def start_app(runs: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
     """The app on a free local port, offline, on `runs`, its output in `log_path`; the caller
     waits for it (wait_health) and stops it (stop_server)."""
@@ -97,10 +113,7 @@ def _write_inputs(tmp: Path, steps: int) -> Path:
 
 
 def test_browser_live_run_and_compare(tmp_path, report):
-    if not Path(CHROMIUM).exists():
-        # .ci/run installs it, so in CI a missing browser is a failure, not a skip.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     from playwright.sync_api import sync_playwright  # a dev dependency: missing is a failure
 
     t_start = time.time()
@@ -231,9 +244,7 @@ def test_browser_direct_page_urls(tmp_path):
     """Every page's URL opened in a fresh tab shows that page, usable. /setup used to show a
     "Page not found" dialog (Setup was the default page, which lives only at "/") that left
     the page under it inert: a click on "Load or save a config (YAML)" timed out."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     from playwright.sync_api import sync_playwright
 
     proc, port = start_app(tmp_path / "runs", tmp_path / "server.log")
@@ -266,9 +277,7 @@ def test_browser_bench_app_steps_keep_flowing_with_live_tabs_open(tmp_path, repo
     """`dynsdpb bench --app` on a small setting: the real app in Chromium, one run, 0 then 2
     Live tabs open. Watching used to stall training (30-40 s per step with Live tabs open);
     here every phase must record its steps, and the ratio keys must be printed."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     import random
 
     from dynsdpb.bench import app as bench_app
@@ -347,9 +356,7 @@ def test_browser_selftrain_page_follows_the_loop_without_a_reload(tmp_path):
     """Issue 20: the Self-training page kept "queued · round 0/1", a Stop button and "Nothing
     generated yet" after the loop had finished, until a reload. It polls as Live does: each
     phase shows, then the finished state, the kept count and why nothing was kept."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     from dynsdpb.store import RunDir, atomic_write_json
 
     runs = tmp_path / "runs"
@@ -418,18 +425,14 @@ def test_browser_an_unseen_chart_draws_nothing_until_shown(unseen, tmp_path):
     below the fold too, taking CPU from the training. A hidden tab (document.visibilityState)
     now draws nothing and is not polled by the server; a chart out of view
     (IntersectionObserver) keeps what arrives. Each draws the latest figure once shown."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     from dynsdpb.store import RunDir
 
     runs = tmp_path / "runs"
     d = _fake_loop(runs)
     RunDir(d).set_status("running", round=1, rounds=1, phase="generating", arm="vanilla-s0")
     with _app_page(runs, tmp_path) as (page, base):
-        frames: list[float] = []     # websocket messages from the server, by arrival
-        page.on("websocket", lambda ws: ws.on("framereceived",
-                                              lambda _: frames.append(time.time())))
+        frames = server_frames(page)
         page.goto(base + "/selftrain")
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot')"
                                ".length >= 2 && window.Plotly")
@@ -467,17 +470,13 @@ def test_browser_live_updates_without_rerunning_the_page(tmp_path, report):
     training on the same machine. Under the workbench's server the status block and the
     charts fetch what is new from its live feed (app/feed.py): the step shown advances and
     the charts get new points while the server sends the page nothing."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     steps = 5000          # still training when the test ends (the server stops it)
     runs = tmp_path / "runs"
     cfg_file = _write_inputs(tmp_path, steps)
     cfg_file.write_text(cfg_file.read_text().replace("eval_every: 2", "eval_every: 4000"))
     with _app_page(runs, tmp_path, height=2600, timeout_ms=60_000) as (page, base):
-        frames: list[float] = []     # websocket messages from the server, by arrival
-        page.on("websocket", lambda ws: ws.on("framereceived",
-                                              lambda _: frames.append(time.time())))
+        frames = server_frames(page)
         start_from_yaml(page, base, cfg_file, steps)
         page.get_by_text(LATEST).first.wait_for()
         page.wait_for_function("() => window.__dynsdpbDraws && "
@@ -547,9 +546,7 @@ def test_browser_selftrain_updates_without_rerunning_the_page(tmp_path, report):
     status block and its fine-tuning curves fetch what is new from the live feed: the step
     shown in the rounds table advances and the loss chart gets new points while the server
     sends the page nothing; a finished round (a new file) reruns the page once."""
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{CHROMIUM} missing: apt-get install -y chromium")
+    need_chromium()
     from dynsdpb.store import RunDir, append_jsonl
 
     runs = tmp_path / "runs"
@@ -567,9 +564,7 @@ def test_browser_selftrain_updates_without_rerunning_the_page(tmp_path, report):
         step(s)
     training = re.compile(r"training, step (\d+)/1000")
     with _app_page(runs, tmp_path, height=2600) as (page, base):
-        frames: list[float] = []     # websocket messages from the server, by arrival
-        page.on("websocket", lambda ws: ws.on("framereceived",
-                                              lambda _: frames.append(time.time())))
+        frames = server_frames(page)
         page.goto(base + "/selftrain")
         page.get_by_text(re.compile(r"round 1/1: training")).first.wait_for()
         page.wait_for_function("() => window.__dynsdpbDraws && "
