@@ -149,7 +149,8 @@ def chart_endpoint(request):
 
 def routes() -> list:
     """The feed's routes, at the root and under any prefix: Streamlit serves its own routes
-    under server.baseUrlPath but mounts an app's routes as given (common.server_url adds the prefix)."""
+    under server.baseUrlPath but mounts an app's routes as given (common.server_url adds the
+    prefix)."""
     from starlette.routing import Route
     return [Route(prefix + path, endpoint, methods=["GET"])
             for path, endpoint in ((STATUS_PATH, status_endpoint), (LOOP_PATH, loop_endpoint),
