@@ -219,9 +219,22 @@ def _one_point_ranges(spec: dict) -> None:
             lay[name] = dict(a, range=[min(v, 0) - pad, max(v, 0) + pad])
 
 
+def _autorange_the_rest(spec: dict) -> None:
+    """Every axis without a range says autorange: true. A live chart is redrawn with
+    Plotly.react under one uirevision, which keeps an axis's autorange off once a figure gave
+    it a range: after a one-point figure (_one_point_ranges) the next ones, without a range,
+    were drawn on plotly's empty -1..6 x -1..4 axes. An explicit value is applied, and a
+    user's zoom still survives (it changes the axis in the browser, which uirevision keeps)."""
+    for name, a in spec["layout"].items():
+        if (name.startswith(("xaxis", "yaxis")) and isinstance(a, dict)
+                and "range" not in a and "autorange" not in a):
+            a["autorange"] = True
+
+
 def _finish(spec: dict) -> go.Figure:
     _mark_coinciding(spec)
     _one_point_ranges(spec)
+    _autorange_the_rest(spec)
     return go.Figure(spec, _validate=False)
 
 

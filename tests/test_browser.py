@@ -600,3 +600,34 @@ def test_browser_selftrain_updates_without_rerunning_the_page(tmp_path, report):
         page.get_by_text("3 kept of 6 traces").wait_for(timeout=15_000)
     report("Self-training feed, 12 s of a visible tab while a round trains: " + feed_words(w))
     assert_fed(w, chart_updates=1)
+
+
+def test_browser_a_chart_fits_its_points_after_its_first_one(tmp_path):
+    """A chart drawn with one point (given a range around it) and then with two stayed on
+    plotly's empty axes (-1..6 x -1..4): Plotly.react under one uirevision kept the axis's
+    autorange off. Seen on the Self-training page's loss chart while a round trained."""
+    need_chromium()
+    from dynsdpb.store import RunDir, append_jsonl
+
+    runs = tmp_path / "runs"
+    d = _fake_loop(runs)
+    RunDir(d).set_status("running", round=1, rounds=1, phase="training", arm="vanilla-s0")
+    rd = _write_round_training(d, 1000)
+    js_ce = """() => { const p = Array.from(document.querySelectorAll('.js-plotly-plot')).pop();
+        if (!p || !p._fullLayout) return {n: -1};       // not drawn yet
+        const t = (p.data || [])[0] || {};
+        return {x: p._fullLayout.xaxis.range, y: p._fullLayout.yaxis.range,
+                n: (t.x || []).length}; }"""
+    with _app_page(runs, tmp_path, height=2600) as (page, base):
+        page.goto(base + "/selftrain")
+        page.get_by_text(re.compile(r"round 1/1: training")).first.wait_for()
+        for s in (1, 2, 3):
+            append_jsonl(rd.metrics_path, [{"step": s, "time": time.time(), "ce": 1 / s,
+                                            "loss": 1 / s, "kd": 0.0}])
+            rd.set_status("running", step=s, steps=1000)
+            page.wait_for_function(f"() => ({js_ce})().n === {s}", timeout=20_000)
+            page.wait_for_timeout(300)
+            ce = page.evaluate(js_ce)
+            # the CE panel shows every point: steps 1..s, values 1/s..1
+            assert ce["x"][0] <= 1 and ce["x"][1] >= s, (s, ce)
+            assert ce["y"][0] <= 1 / s and 1 <= ce["y"][1] < 3, (s, ce)
