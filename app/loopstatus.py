@@ -67,6 +67,13 @@ def round_rows(path: Path, meta: dict, status: dict) -> list[dict]:
                     ph = "generating"
                 elif arm_st.get("state") == "running":
                     ph = f"training, step {arm_st.get('step', 0)}/{arm_st.get('steps', '?')}"
+                elif arm_st.get("state") == "finished":
+                    # trained and tested; round.json comes when every arm is done
+                    ph = "trained" + (", waiting for the other arms" if running and r == cur
+                                      else "")
+                elif arm_st.get("state") in ("stopped", "failed", "interrupted"):
+                    ph = (f"{arm_st['state']} at step {arm_st.get('step', 0)}/"
+                          f"{arm_st.get('steps', '?')}")
                 elif kept is not None:
                     ph = "generated" + (", waiting to train" if running and r == cur else "")
                 elif running and r == cur:

@@ -263,6 +263,9 @@ class _Loop:
 
     # -- the steps, in the loop's order ---------------------------------------------------
     def phase(self, r: int, name: str, **kw) -> None:
+        """The loop's status: round r, phase `name`, and the arm it works on (`arm`) only when
+        the phase is about one (generating and evaluating are; training is all arms at once)."""
+        kw.setdefault("arm", None)        # set_status merges: an old arm must not linger
         self.top.set_status("running", round=r, rounds=self.opt.rounds, phase=name, **kw)
         self.say("selftrain", {"event": "phase", "round": r, "phase": name, **kw})
 

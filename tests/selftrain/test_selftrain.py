@@ -651,3 +651,25 @@ def test_round_charts_before_any_round_say_so_and_keep_their_titles_whole(tiny, 
             assert f["layout"]["title"]["subtitle"]["text"]
     finally:
         st.cache_resource.clear()
+
+
+def test_the_loops_status_names_an_arm_only_in_a_phase_about_one(tiny, tmp_path, monkeypatch):
+    """Seen in a real loop on the Self-training page: "round 1/1: training (dynsdpb-s0)" while
+    both arms trained in lockstep; the arm was left over from the generating phase (the status
+    file merges what each write gives)."""
+    cfg, _ = tiny
+    d = create_selftrain(tmp_path / "loop", cfg, _opt(questions=8), ["vanilla", "dynsdpb"], [0])
+    seen: list[tuple[str, str | None]] = []
+    real = RunDir.set_status
+
+    def spy(self, state, **kw):
+        out = real(self, state, **kw)
+        if self.path == d and state == "running":
+            seen.append((out.get("phase"), out.get("arm")))
+        return out
+    monkeypatch.setattr(RunDir, "set_status", spy)
+    assert run_selftrain(d, generate=Scripted())["state"] == "finished"
+    phases = dict(seen)
+    assert phases.get("generating") in ("vanilla-s0", "dynsdpb-s0"), seen
+    assert "training" in phases and phases["training"] is None, seen
+    assert phases["finishing round"] is None, seen
