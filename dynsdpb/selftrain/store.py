@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dynsdpb.compare import fmt_ci
 from dynsdpb.config import RunConfig
 from dynsdpb.errors import ConfigError
 from dynsdpb.metrics import mean_std, paired_diff
@@ -147,8 +148,10 @@ def summarize(path: str | Path) -> dict:
                         [seeds[s].get(m) for s in common], [base[s].get(m) for s in common])
             methods[method] = row
         rounds.append({"round": r, "methods": methods})
+    base_eval = round_dir(path, 0) / "eval.jsonl"     # every round is tested on these items
     return {"kind": "selftrain", "loop": meta.get("loop"), "methods": meta.get("methods"),
             "seeds": meta.get("seeds"), "primary_metric": "test_exact_match",
+            "test_size": len(read_jsonl(base_eval)) if base_eval.is_file() else None,
             "baseline": read_json(round_dir(path, 0) / "baseline.json", None),
             "rounds": rounds, "state": RunDir(path).status().get("state")}
 
@@ -161,7 +164,8 @@ def write_summary(path: str | Path) -> dict:
 
 def format_rounds(summary: dict) -> str:
     """One line per round and method: kept, rationalized, steps, accuracy (%: flexible, then
-    strict), with the paired difference to vanilla (flexible); mean over seeds."""
+    strict), with the paired difference to vanilla (flexible: points, 95% interval, seed
+    pairs); mean over seeds. A line says what every number stands on (seeds, test items)."""
     sc = (summary.get("loop") or {}).get("loop") == "selfcorrect"
 
     def f(row, m, pct=False):
@@ -170,8 +174,8 @@ def format_rounds(summary: dict) -> str:
             return "n/a"
         return f"{100 * v:.1f}" if pct else f"{v:.1f}".rstrip("0").rstrip(".")
     head = ["round", "method", "kept", "rationalized" if not sc else "fixed", "steps"] + \
-        (["first %", "corrected %"] if sc else ["test %"]) + ["strict %", "diff vs vanilla",
-                                                           "aligned", "dropped"]
+        (["first %", "corrected %"] if sc else ["test %"]) + [
+            "strict %", "diff vs vanilla (points) [95% CI]", "aligned", "dropped"]
     lines = []
     b = summary.get("baseline") or {}
     if b:
@@ -181,11 +185,16 @@ def format_rounds(summary: dict) -> str:
         strict = b.get("test_strict_exact_match")
         extra += f", strict {100 * strict:.1f}%" if strict is not None else ""
         lines.append(f"base model: test {100 * acc:.1f}%{extra}" if acc is not None else "")
+    seeds, n = len(summary.get("seeds") or []), summary.get("test_size")
+    if summary.get("rounds") and n:
+        lines.append(f"{seeds} seed{'s' if seeds != 1 else ''} per method x {n} test items; "
+                     f"one test item = {100 / n:.2f} points"
+                     + ("; one seed: no interval, no winner" if seeds < 2 else ""))
     rows = [head]
     for rd in summary.get("rounds", []):
         for method, row in rd["methods"].items():
             d = (row.get("test_exact_match") or {}).get("diff_vs_vanilla")
-            dd = "-" if not d or d.get("mean") != d.get("mean") else f"{100 * d['mean']:+.1f}"
+            dd = "-" if not d or d.get("mean") != d.get("mean") else fmt_ci(d, pct=True)
             rows.append([str(rd["round"]), method, f(row, "kept"),
                          f(row, "fixed" if sc else "rationalized"), f(row, "steps")]
                         + ([f(row, "test_first_exact_match", True)] if sc else [])
