@@ -185,7 +185,8 @@ def test_browser_live_run_and_compare(tmp_path, report):
             # rerun briefly shows old and new copies of the elements)
             page.wait_for_function(
                 "() => document.body.innerText.includes('Test results') || Array.from("
-                "document.querySelectorAll('button')).some(b => b.innerText.trim() === 'Resume')")
+                "document.querySelectorAll('button')).some(b => /(^|\\s)Resume$/.test("
+                "b.innerText.trim()))")
             # 5 charts, every one with points (a redraw briefly shows old and new copies)
             page.wait_for_function(ALL_FIVE)
             pts = page.evaluate(JS_POINTS)
