@@ -5,6 +5,7 @@ config and standalone HTML export.
 from __future__ import annotations
 
 import math
+import textwrap
 import threading
 from collections import OrderedDict
 
@@ -148,7 +149,8 @@ def _mark_coinciding(spec: dict) -> None:
     for t in spec["data"]:
         if t.get("fill") or t.get("hoverinfo") == "skip" or len(t["y"]) < 2:
             continue
-        sig = (t["xaxis"], tuple(t["x"]), tuple(round(float(v), 9) for v in t["y"]))
+        sig = (t["xaxis"], tuple(t["x"]),
+               tuple(None if v is None else round(float(v), 9) for v in t["y"]))
         groups.setdefault(sig, []).append(t)
     said: list[str] = []
     for ts in groups.values():
@@ -161,7 +163,7 @@ def _mark_coinciding(spec: dict) -> None:
         for t in ts[1:]:
             t["line"] = dict(t["line"], dash="dot", width=2)
             t["mode"] = "lines+markers"
-        text = " and ".join(names) + " coincide"
+        text = ", ".join(names[:-1]) + " and " + names[-1] + " coincide"
         if text not in said:
             said.append(text)
     if not said:
@@ -171,8 +173,16 @@ def _mark_coinciding(spec: dict) -> None:
     if title:
         # A one-metric chart has its title at the top left, where a note at the top right
         # runs into it in a half-width column: the note is its subtitle, a line under it.
-        title["subtitle"] = {"text": note, "font": {"size": 12, "color": "#555"}}
-        spec["layout"]["margin"] = dict(spec["layout"]["margin"], t=62)
+        # A subtitle it already has stays; a long note is cut into lines that fit a
+        # half-width column, and the top margin grows with them.
+        had = (title.get("subtitle") or {}).get("text")
+        lines = ([had] if had else []) + textwrap.wrap(note, 72)
+        title["subtitle"] = {"text": "<br>".join(lines), "font": {"size": 12, "color": "#555"}}
+        spec["layout"]["margin"] = dict(spec["layout"]["margin"], t=44 + 20 * len(lines))
+        if len(lines) > 1:
+            # plotly centres a title in the top margin: pinned to the top, the lines under it
+            # stay above the plot
+            title.update(y=1, yref="container", yanchor="top", pad={"t": 10})
         return
     spec["layout"]["annotations"].append({
         "text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 1.0,
@@ -437,3 +447,79 @@ def figures_html(figs: list[tuple[str | None, go.Figure]], title: str = "DynSDPB
                                  config={"displaylogo": False}))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+# -- a self-training loop, per round (dynsdpb/selftrain/store.py `summarize`) -----------------
+
+def _round_mean(row: dict, key: str) -> float | None:
+    v = (row.get(key) or {}).get("mean")
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _round_layout(title: str, subtitle: str, ytitle: str) -> dict:
+    # short titles, the rest in a subtitle: at half width a 95-character title was cut at both
+    # ends; the title style of the fine-tuning curves beside them
+    return {"title": {"text": title, "x": 0, "font": {"size": 14},
+                      "subtitle": {"text": subtitle, "font": {"size": 12, "color": "#555"}}},
+            "height": 320, "margin": {"t": 62, "l": 60, "r": 20, "b": 50},
+            "xaxis": {"title": {"text": "round"}, "dtick": 1},
+            "yaxis": {"title": {"text": ytitle}}, "annotations": []}
+
+
+def _when_empty(spec: dict, what: str, xrange: list, yrange: list | None = None) -> None:
+    """Empty axes alone read as "zero kept": a note, and axes of a few rounds."""
+    if any(v is not None for t in spec["data"] for v in t["y"]):
+        return
+    spec["layout"]["annotations"].append({"text": what, "showarrow": False, "xref": "paper",
+                                          "yref": "paper", "x": 0.5, "y": 0.5,
+                                          "font": {"color": "#888"}})
+    spec["layout"]["xaxis"]["range"] = xrange
+    if yrange:
+        spec["layout"]["yaxis"]["range"] = yrange
+
+
+def fig_rounds_kept(summary: dict) -> go.Figure:
+    """Kept traces per method and round (mean over seeds): the training data of each round."""
+    spec = {"data": [], "layout": dict(_round_layout(
+        "Kept traces per round", "training examples each round kept, per method",
+        "kept traces"), barmode="group")}
+    for method in summary.get("methods") or []:
+        rs = [r for r in summary.get("rounds", []) if method in r["methods"]]
+        spec["data"].append({"type": "bar", "name": method, "x": [r["round"] for r in rs],
+                             "y": [_round_mean(r["methods"][method], "kept") for r in rs],
+                             "marker": {"color": method_color(method)}})
+    _when_empty(spec, "no round has finished yet", [0.5, 3.5], [0, 4])
+    _autorange_the_rest(spec)
+    return go.Figure(spec, _validate=False)
+
+
+def fig_rounds_accuracy(summary: dict, selfcorrect: bool = False) -> go.Figure:
+    """Test exact match (%) per method and round, round 0 the base model: flexible (solid),
+    strict (dashed) and, for self-correction, the first attempt (dotted). Methods that score
+    the same in every round are marked as coinciding (one would hide the other)."""
+    spec = {"data": [], "layout": _round_layout(
+        "Test exact match (%) per round",
+        "round 0: the base model; solid: flexible, dashed: strict"
+        + ("; dotted: first attempt" if selfcorrect else ""), "test exact match (%)")}
+    # a share: the same 0-100 axis as every % chart (a flat 33.3 % read as a wavy 32.5-34)
+    spec["layout"]["yaxis"]["range"] = [-2, 102]
+    base = summary.get("baseline") or {}
+    keys = [("test_first_exact_match", "dot", " first attempt")] if selfcorrect else []
+    keys += [("test_exact_match", "solid", " after correction" if selfcorrect else ""),
+             ("test_strict_exact_match", "dash", " strict")]
+    for method in summary.get("methods") or []:
+        rs = [r for r in summary.get("rounds", []) if method in r["methods"]]
+        for key, dash, suffix in keys:
+            y0 = base.get(key)
+            ys = [_round_mean(r["methods"][method], key) for r in rs]
+            spec["data"].append({
+                "type": "scatter", "mode": "lines+markers", "name": method + suffix,
+                "x": ([0] if y0 is not None else []) + [r["round"] for r in rs],
+                "y": [100 * v if v is not None else None
+                      for v in ([y0] if y0 is not None else []) + ys],
+                "line": {"color": method_color(method), "dash": dash},
+                "xaxis": "x", "yaxis": "y"})
+    _mark_coinciding(spec)
+    _when_empty(spec, "no test results yet", [-0.5, 3.5])
+    _autorange_the_rest(spec)
+    return go.Figure(spec, _validate=False)

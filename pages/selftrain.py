@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from app import common, feed, figures, livestatus, loopstatus, views
@@ -133,54 +132,6 @@ SHOWN = {"answer": "gold answer", "extracted": "model's answer",
          "first_extracted": "model's first answer"}
 
 
-# -- per-round charts beside the inner curves ---------------------------------------------------
-def round_figures(summary: dict) -> tuple[go.Figure, go.Figure]:
-    """Kept traces and test accuracy (%) per method and round (round 0: the base model)."""
-    kept, acc = go.Figure(), go.Figure()
-    base = summary.get("baseline") or {}
-    for method in summary.get("methods") or []:
-        rs = [r for r in summary.get("rounds", []) if method in r["methods"]]
-        x = [r["round"] for r in rs]
-        color = common.method_color(method)
-
-        def mean(r, k):
-            v = (r["methods"][method].get(k) or {}).get("mean")
-            return None if v is None or v != v else v
-        kept.add_trace(go.Bar(x=x, y=[mean(r, "kept") for r in rs], name=method,
-                              marker_color=color))
-        keys = [("test_first_exact_match", "dot", " first attempt")] if sc else []
-        for key, dash, suffix in keys + [("test_exact_match", "solid",
-                                          " after correction" if sc else ""),
-                                         ("test_strict_exact_match", "dash", " strict")]:
-            y0 = base.get(key)
-            xs = ([0] if y0 is not None else []) + x
-            ys = ([100 * y0] if y0 is not None else []) + [
-                None if mean(r, key) is None else 100 * mean(r, key) for r in rs]
-            acc.add_trace(go.Scatter(x=xs, y=ys, name=method + suffix, mode="lines+markers",
-                                     line={"color": color, "dash": dash}))
-    # short titles, the rest in a subtitle: at half width the long title was cut at both ends
-    sub = {"font": {"size": 12, "color": "#555"}}
-    head = {"x": 0, "font": {"size": 14}}        # as the fine-tuning curves beside them
-    kept.update_layout(title={**head, "text": "Kept traces per round", "subtitle": dict(
-                           sub, text="training examples each round kept, per method")},
-                       barmode="group", height=320, xaxis_title="round",
-                       yaxis_title="kept traces", margin={"t": 62}, xaxis_dtick=1)
-    # a share: the same 0-100 axis as every % chart (a flat 33.3 % read as a wavy 32.5-34)
-    acc.update_layout(title={**head, "text": "Test exact match (%) per round", "subtitle": dict(
-                          sub, text="round 0: the base model; solid: flexible, dashed: strict")},
-                      height=320, xaxis_title="round", yaxis_title="test exact match (%)",
-                      margin={"t": 62}, xaxis_dtick=1, yaxis_range=[-2, 102])
-    for fig, what in ((kept, "no round has finished yet"), (acc, "no test results yet")):
-        if not any(y is not None for t in fig.data for y in (t.y or ())):
-            # empty axes alone read as "zero kept"
-            fig.add_annotation(text=what, showarrow=False, xref="paper", yref="paper",
-                               x=0.5, y=0.5, font={"color": "#888"})
-            fig.update_xaxes(range=[0.5, 3.5] if fig is kept else [-0.5, 3.5])
-            if fig is kept:
-                fig.update_yaxes(range=[0, 4])
-    return kept, acc
-
-
 def header(view: dict) -> None:
     """The loop's state and where it is (under the live feed: one block with the rounds table
     that updates itself), a failure, and Stop or Resume."""
@@ -279,7 +230,8 @@ def watch() -> None:
         if view["rows"]:
             st.dataframe(view["rows"], hide_index=True, width="stretch",
                          column_config={"note": st.column_config.TextColumn(width="large")})
-    kept, acc = round_figures(summary)
+    kept = figures.fig_rounds_kept(summary)
+    acc = figures.fig_rounds_accuracy(summary, selfcorrect=sc)
     left, right = st.columns(2)
     with left:
         live_chart(kept, key="st_kept")

@@ -309,3 +309,23 @@ def test_new_points_refuses_changed_old_points():
     arms[0].records[0] = dict(arms[0].records[0], loss=9.0, ce=9.0)
     arms[0].records.append(dict(arms[0].records[-1], step=11, time=1011.0))
     assert livechart.new_points(f1, figures.fig_loss(arms)) is None
+
+
+def test_round_accuracy_marks_methods_that_score_the_same_in_every_round():
+    """Seen in a real loop: vanilla and dynsdpb both at 37.5 % (base) and 50 % (round 1), the
+    second line drawn exactly over the first, which then did not show at all."""
+    def row(v):
+        return {"test_exact_match": {"mean": v}, "test_strict_exact_match": {"mean": v - 0.125}}
+    summary = {"methods": ["vanilla", "dynsdpb"],
+               "baseline": {"test_exact_match": 0.375, "test_strict_exact_match": 0.25},
+               "rounds": [{"round": 1, "methods": {"vanilla": row(0.5), "dynsdpb": row(0.5)}}]}
+    fig = figures.fig_rounds_accuracy(summary).to_plotly_json()
+    sub = fig["layout"]["title"]["subtitle"]["text"]
+    assert sub.startswith("round 0: the base model") and "vanilla and dynsdpb coincide" in sub
+    assert "vanilla strict and dynsdpb strict coincide" in sub
+    dotted = [t["name"] for t in fig["data"] if t["line"].get("dash") == "dot"]
+    assert dotted == ["dynsdpb", "dynsdpb strict"]
+    summary["rounds"][0]["methods"]["dynsdpb"] = row(0.625)         # apart: nothing said
+    fig = figures.fig_rounds_accuracy(summary).to_plotly_json()
+    assert "coincide" not in fig["layout"]["title"]["subtitle"]["text"]
+    assert not [t for t in fig["data"] if t["line"].get("dash") == "dot"]
