@@ -1,7 +1,8 @@
-"""The live feed (app/feed.py): the two JSON routes that Live's status block and charts fetch
-while a run trains, instead of rerunning the page (issue 20: each rerun of a visible tab
-cost 30-45 ms of browser CPU even when nothing changed). The browser side is in
-tests/test_browser.py (test_browser_live_updates_without_rerunning_the_page)."""
+"""The live feed (app/feed.py): the JSON routes that the status blocks and charts of Live and
+Self-training fetch while a run trains, instead of rerunning the page (issue 20: each rerun of
+a visible tab cost 30-45 ms of browser CPU even when nothing changed). The browser side is in
+tests/test_browser.py (test_browser_live_updates_without_rerunning_the_page,
+test_browser_selftrain_updates_without_rerunning_the_page)."""
 from __future__ import annotations
 
 import json
