@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dynsdpb.compare import fmt_ci
+from dynsdpb.compare import fmt_ci, sample_size
 from dynsdpb.config import RunConfig
 from dynsdpb.errors import ConfigError
 from dynsdpb.metrics import mean_std, paired_diff
@@ -185,11 +185,12 @@ def format_rounds(summary: dict) -> str:
         strict = b.get("test_strict_exact_match")
         extra += f", strict {100 * strict:.1f}%" if strict is not None else ""
         lines.append(f"base model: test {100 * acc:.1f}%{extra}" if acc is not None else "")
-    seeds, n = len(summary.get("seeds") or []), summary.get("test_size")
-    if summary.get("rounds") and n:
-        lines.append(f"{seeds} seed{'s' if seeds != 1 else ''} per method x {n} test items; "
-                     f"one test item = {100 / n:.2f} points"
-                     + ("; one seed: no interval, no winner" if seeds < 2 else ""))
+    if summary.get("rounds") and summary.get("test_size"):
+        # the same words as Compare and the report, on the latest round's seeds
+        last = summary["rounds"][-1]["methods"]
+        lines.append(sample_size(dict(summary, methods=last))
+                     + ("; one seed: no interval, no winner"
+                        if all(len(r.get("seeds", [])) < 2 for r in last.values()) else ""))
     rows = [head]
     for rd in summary.get("rounds", []):
         for method, row in rd["methods"].items():
