@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from app import livestatus, progress
 from dynsdpb.selftrain.store import META
 from dynsdpb.store import RunDir, read_json, read_metrics
 
@@ -22,22 +23,17 @@ ACTIVE = ("queued", "running")
 KEY_FILES = ("round.json", "train.jsonl", "traces.jsonl", "eval.jsonl", "experiment.json")
 
 
-def elapsed(sec: float) -> str:
-    sec = max(0, int(sec))
-    return f"{sec // 3600}h {sec % 3600 // 60:02d}m" if sec >= 3600 else \
-        f"{sec // 60}m {sec % 60:02d}s"
-
-
 def where_words(status: dict, meta: dict) -> str:
     """Where the loop is ("round 1/2: training (vanilla-s0)"), or how long it took."""
     state = status.get("state", "?")
     if state in ACTIVE:
         return (f"round {status.get('round')}/{status.get('rounds')}: {status.get('phase')}"
                 + (f" ({status['arm']})" if status.get("arm") and state == "running" else ""))
-    where = f"{status.get('rounds', (meta.get('loop') or {}).get('rounds', '?'))} rounds"
+    n = status.get("rounds", (meta.get("loop") or {}).get("rounds", "?"))
+    where = f"{n} round{'' if n == 1 else 's'}"
     t0 = meta.get("created")
     if isinstance(t0, (int, float)) and status.get("updated"):
-        where += f", {elapsed(status['updated'] - t0)} from start to end"
+        where += f", {progress.fmt_took(status['updated'] - t0)}"   # as Live says it
     return where
 
 
@@ -102,7 +98,6 @@ def loop_view(path: Path, meta: dict | None = None) -> dict:
 def loop_html(view: dict) -> str:
     """The status block as one piece of HTML (what the feed sends): the state and where the
     loop is, then the rounds table."""
-    from app import livestatus
     line = f"{livestatus.badge_html(view['state'])} &nbsp; {html.escape(view['where'])}"
     return (f"<div class='dynsdpb-status'><p style='margin:0 0 0.5rem 0'>{line}</p>"
             "<p style='margin:0.5rem 0 0.25rem 0;font-weight:600'>Rounds</p>"
