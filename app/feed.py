@@ -80,6 +80,12 @@ def register_chart(exp_key: str, fn, *args, **kw) -> str:
     return ident
 
 
+def chart_url(exp_key: str, fn, *args, **kw) -> str:
+    """The URL that the live chart fn(arms of exp_key, *args, **kw) polls (registered here)."""
+    from app.common import server_url
+    return server_url(CHART_PATH, id=register_chart(exp_key, fn, *args, **kw))
+
+
 def _arms(exp_key: str) -> list | None:
     """The arms of an experiment key as Live reads them (shared cache), None if none."""
     from app import views

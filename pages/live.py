@@ -253,9 +253,7 @@ def live_charts() -> None:
     def chart(fn, *args, key: str, config: dict, **kw) -> None:
         """One live chart of fn(arms, *args, **kw); under the live feed it fetches its new
         points from the server while the run trains (unless the charts are paused)."""
-        src = (common.server_url(feed.CHART_PATH,
-                                 id=feed.register_chart(exp_id, fn, *args, **kw))
-               if use_feed and not paused else None)
+        src = feed.chart_url(exp_id, fn, *args, **kw) if use_feed and not paused else None
         live_chart(figures.figure(fn, arms, *args, **kw), key=key, config=config, feed=src)
     state = views.exp_state([a.state for a in arms])
     methods = list(dict.fromkeys(a.method for a in arms))

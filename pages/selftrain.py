@@ -213,8 +213,7 @@ def browse(sc: bool) -> None:
 def chart(exp_key: str, arms: list, fn, *args, key: str, **kw) -> None:
     """A live chart of fn(arms of experiment exp_key, ...); under the feed it fetches its new
     points by itself."""
-    src = (common.server_url(feed.CHART_PATH, id=feed.register_chart(exp_key, fn, *args, **kw))
-           if use_feed else None)
+    src = feed.chart_url(exp_key, fn, *args, **kw) if use_feed else None
     live_chart(figures.figure(fn, arms, *args, **kw), key=key, feed=src)
 
 
