@@ -489,6 +489,8 @@ def fig_rounds_kept(summary: dict) -> go.Figure:
                              "y": [_round_mean(r["methods"][method], "kept") for r in rs],
                              "marker": {"color": method_color(method)}})
     _when_empty(spec, "no round has finished yet", [0.5, 3.5], [0, 4])
+    # not _finish: bars have no lines to mark, and a range around one round's x would cut
+    # its bars in half
     _autorange_the_rest(spec)
     return go.Figure(spec, _validate=False)
 
@@ -519,7 +521,5 @@ def fig_rounds_accuracy(summary: dict, selfcorrect: bool = False) -> go.Figure:
                       for v in ([y0] if y0 is not None else []) + ys],
                 "line": {"color": method_color(method), "dash": dash},
                 "xaxis": "x", "yaxis": "y"})
-    _mark_coinciding(spec)
     _when_empty(spec, "no test results yet", [-0.5, 3.5])
-    _autorange_the_rest(spec)
-    return go.Figure(spec, _validate=False)
+    return _finish(spec)
