@@ -1,7 +1,8 @@
 """The workbench's server: the Streamlit app of app/main.py plus the live feed's JSON routes
 (app/feed.py), which the status blocks and charts of Live and Self-training fetch while a run
-trains instead of rerunning the page. `dynsdpb app` runs this file; `streamlit run app/main.py` still works, and
-its pages then poll by rerunning (more browser CPU per open tab, nothing else missing).
+trains instead of rerunning the page. `dynsdpb app` runs this file; `streamlit run app/main.py`
+still works, and its pages then poll by rerunning (more browser CPU per open tab, nothing else
+missing).
 """
 from __future__ import annotations
 
